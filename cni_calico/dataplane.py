@@ -1,0 +1,220 @@
+"""The workload's links, addresses, routes and sysctls, through pyroute2; knows nothing of etcd.
+
+Runs in the node's network namespace (the one the plugin was started in) and
+reaches into the pod's namespace by path. `setup` leaves nothing behind when
+it fails; `teardown` succeeds when things are already gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni_calico.errors import ADDRESS_CONFLICT, DATAPLANE_FAILURE, INVALID_ENV, CniError
+
+log = logging.getLogger(__name__)
+
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = "169.254.1.1"
+SCOPE_LINK = 253
+HOST_SYSCTLS_V4 = (
+    "net/ipv4/conf/{if}/proxy_arp=1",
+    "net/ipv4/neigh/{if}/proxy_delay=0",
+    "net/ipv4/conf/{if}/forwarding=1",
+    "net/ipv4/conf/{if}/route_localnet=1",
+)
+
+
+@dataclass
+class Workload:
+    netns: str  # path of the pod's network namespace
+    host_ifname: str  # cali…
+    ifname: str  # CNI_IFNAME inside the pod
+    addresses: list[str]  # CIDRs: "10.0.0.5/32"
+    mtu: int = 1500
+    allow_ip_forwarding: bool = False
+
+
+def open_netns(path: str) -> IPRoute:
+    """A netlink socket inside the namespace at `path`; never creates one (flags=0)."""
+    if not os.path.exists(path):
+        raise CniError(INVALID_ENV, f"CNI_NETNS {path} does not exist")
+    try:
+        return IPRoute(netns=path, flags=0)
+    except (OSError, NetlinkError) as exc:
+        raise CniError(INVALID_ENV, f"CNI_NETNS {path} is not a network namespace: {exc}") from None
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def write_sysctl(setting: str) -> None:
+    """`net/ipv4/conf/x/forwarding=1` under /proc/sys of the calling thread's namespace."""
+    key, _, value = setting.partition("=")
+    with open(f"/proc/sys/{key}", "w") as f:
+        f.write(value)
+
+
+def run_in_netns(path: str, fn) -> None:
+    """Runs fn in a thread that has joined the namespace at path (setns is per thread)."""
+    import ctypes
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), f"setns into {path} failed")
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+            errors.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def check_pod_ifname_free(netns: str, ifname: str) -> None:
+    with open_netns(netns) as pod:
+        if _index(pod, ifname) is not None:
+            raise CniError(ADDRESS_CONFLICT, f"interface {ifname} already exists in {netns}")
+
+
+def setup(w: Workload) -> str:
+    """Creates the veth pair and everything around it; returns the pod-side MAC."""
+    try:
+        return _setup(w)
+    except NetlinkError as exc:
+        teardown_host(w.host_ifname)
+        raise CniError(DATAPLANE_FAILURE, f"setting up {w.host_ifname} for {w.netns} failed: {exc}") from None
+    except OSError as exc:
+        teardown_host(w.host_ifname)
+        raise CniError(DATAPLANE_FAILURE, f"setting up {w.host_ifname} for {w.netns} failed: {exc}") from None
+    except BaseException:
+        teardown_host(w.host_ifname)
+        raise
+
+
+def _setup(w: Workload) -> str:
+    with IPRoute() as host, open_netns(w.netns) as pod:
+        if _index(pod, w.ifname) is not None:
+            raise CniError(ADDRESS_CONFLICT, f"interface {w.ifname} already exists in {w.netns}")
+        stale = _index(host, w.host_ifname)
+        if stale is not None:
+            # A previous sandbox of the same pod left its veth: Calico replaces it.
+            log.info("removing stale host interface %s", w.host_ifname)
+            host.link("del", index=stale)
+        fd = os.open(w.netns, os.O_RDONLY)
+        try:
+            host.link(
+                "add",
+                ifname=w.host_ifname,
+                kind="veth",
+                address=HOST_MAC,
+                mtu=w.mtu,
+                peer={"ifname": w.ifname, "net_ns_fd": fd, "mtu": w.mtu},
+            )
+        finally:
+            os.close(fd)
+        host_index = _index(host, w.host_ifname)
+        for setting in HOST_SYSCTLS_V4:
+            write_sysctl(setting.format(**{"if": w.host_ifname}))
+        host.link("set", index=host_index, state="up")
+
+        pod_index = _index(pod, w.ifname)
+        pod.link("set", index=pod_index, state="up")
+        mac = pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
+        for cidr in w.addresses:
+            iface = ipaddress.ip_interface(cidr)
+            pod.addr("add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        if any(ipaddress.ip_interface(c).version == 4 for c in w.addresses):
+            pod.route("add", dst=f"{GATEWAY_V4}/32", oif=pod_index, scope=SCOPE_LINK)
+            pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index)
+        for cidr in w.addresses:
+            iface = ipaddress.ip_interface(cidr)
+            host_prefix = 32 if iface.version == 4 else 128
+            host.route("replace", dst=f"{iface.ip}/{host_prefix}", oif=host_index, scope=SCOPE_LINK)
+    if w.allow_ip_forwarding:
+        run_in_netns(w.netns, lambda: write_sysctl("net/ipv4/ip_forward=1"))
+    return mac
+
+
+def teardown_host(host_ifname: str) -> bool:
+    """Deletes the host end (the kernel drops the peer and the routes with it)."""
+    with IPRoute() as host:
+        index = _index(host, host_ifname)
+        if index is None:
+            return False
+        try:
+            host.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise CniError(DATAPLANE_FAILURE, f"deleting {host_ifname} failed: {exc}") from None
+            return False
+        return True
+
+
+def teardown_pod(netns: str, ifname: str) -> bool:
+    """Deletes the pod's interface when the namespace is still there; a gone netns is fine."""
+    if not netns or not os.path.exists(netns):
+        return False
+    try:
+        pod = open_netns(netns)
+    except CniError:
+        return False
+    with pod:
+        index = _index(pod, ifname)
+        if index is None:
+            return False
+        try:
+            pod.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise CniError(DATAPLANE_FAILURE, f"deleting {ifname} in {netns} failed: {exc}") from None
+        return True
+
+
+def check(w: Workload) -> None:
+    """Raises CniError naming the first piece of the workload's dataplane that is missing."""
+    with IPRoute() as host, open_netns(w.netns) as pod:
+        host_index = _index(host, w.host_ifname)
+        if host_index is None:
+            raise CniError(DATAPLANE_FAILURE, f"host interface {w.host_ifname} is missing")
+        pod_index = _index(pod, w.ifname)
+        if pod_index is None:
+            raise CniError(DATAPLANE_FAILURE, f"interface {w.ifname} is missing in {w.netns}")
+        have = {
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(index=pod_index)
+        }
+        for cidr in w.addresses:
+            if str(ipaddress.ip_interface(cidr)) not in have:
+                raise CniError(DATAPLANE_FAILURE, f"address {cidr} is missing on {w.ifname} in {w.netns}")
+        host_routes = {
+            (r.get_attr("RTA_DST"), r["dst_len"])
+            for r in host.get_routes(oif=host_index)
+            if r.get_attr("RTA_DST")
+        }
+        for cidr in w.addresses:
+            iface = ipaddress.ip_interface(cidr)
+            if (str(iface.ip), 32 if iface.version == 4 else 128) not in host_routes:
+                raise CniError(DATAPLANE_FAILURE, f"route {iface.ip} dev {w.host_ifname} is missing")
+        defaults = [
+            r for r in pod.get_routes(family=2, oif=pod_index) if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")
+        ]
+        if any(ipaddress.ip_interface(c).version == 4 for c in w.addresses) and not defaults:
+            raise CniError(DATAPLANE_FAILURE, f"default route via {GATEWAY_V4} is missing in {w.netns}")

@@ -1,0 +1,81 @@
+"""WorkloadEndpoint resources: built from a request, written on ADD, removed on DEL.
+
+A DEL removes the endpoint only when it still names the DEL's container: a
+stale DEL for a re-created pod must not take the live pod's record.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from cni_calico import keys
+from cni_calico.datastore import KV, Datastore
+
+API_VERSION = "projectcalico.org/v3"
+
+
+@dataclass
+class EndpointId:
+    node: str
+    container_id: str
+    ifname: str
+    namespace: str = "default"
+    pod: str = ""
+
+    @property
+    def orchestrator(self) -> str:
+        return "k8s" if self.pod else "cni"
+
+    @property
+    def name(self) -> str:
+        from cni_calico.names import endpoint_name
+
+        return endpoint_name(self.node, self.container_id, self.ifname, self.pod)
+
+    @property
+    def key(self) -> str:
+        return keys.resource("workloadendpoints", self.name, self.namespace)
+
+
+def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str]) -> dict:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "kind": "WorkloadEndpoint",
+        "apiVersion": API_VERSION,
+        "metadata": {
+            "name": eid.name,
+            "namespace": eid.namespace,
+            "creationTimestamp": now,
+            "labels": {
+                "projectcalico.org/namespace": eid.namespace,
+                "projectcalico.org/orchestrator": eid.orchestrator,
+            },
+        },
+        "spec": {
+            "orchestrator": eid.orchestrator,
+            "node": eid.node,
+            "containerID": eid.container_id,
+            "pod": eid.pod,
+            "endpoint": eid.ifname,
+            "interfaceName": host_ifname,
+            "mac": mac,
+            "ipNetworks": ip_networks,
+            "profiles": profiles,
+        },
+    }
+
+
+def write(ds: Datastore, eid: EndpointId, resource: dict) -> None:
+    ds.put(eid.key, resource)
+
+
+def get(ds: Datastore, eid: EndpointId) -> KV | None:
+    return ds.get(eid.key)
+
+
+def delete_if_owned(ds: Datastore, eid: EndpointId, current: KV | None) -> bool:
+    """Deletes the endpoint if it belongs to eid's container; True if it was removed."""
+    if current is None or current.value.get("spec", {}).get("containerID") != eid.container_id:
+        return False
+    return ds.commit({eid.key: current.mod_revision}, deletes=[eid.key])

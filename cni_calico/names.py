@@ -1,0 +1,31 @@
+"""Names derived from a request: host veth, endpoint resource, IPAM handle (pure functions)."""
+
+from __future__ import annotations
+
+import hashlib
+
+VETH_PREFIX = "cali"
+
+
+def host_veth_name(container_id: str, k8s_namespace: str = "", pod: str = "") -> str:
+    """Calico's rule: sha1("<ns>.<pod>")[:11] under Kubernetes, else the container ID's first 11."""
+    if k8s_namespace and pod:
+        suffix = hashlib.sha1(f"{k8s_namespace}.{pod}".encode()).hexdigest()[:11]
+    else:
+        suffix = container_id[:11]
+    return VETH_PREFIX + suffix
+
+
+def _escape(part: str) -> str:
+    return part.replace("-", "--")
+
+
+def endpoint_name(node: str, container_id: str, ifname: str, pod: str = "") -> str:
+    """`<node>-k8s-<pod>-<if>` or `<node>-cni-<container>-<if>`, each part's '-' doubled."""
+    if pod:
+        return f"{_escape(node)}-k8s-{_escape(pod)}-{_escape(ifname)}"
+    return f"{_escape(node)}-cni-{_escape(container_id)}-{_escape(ifname)}"
+
+
+def handle_id(network: str, container_id: str) -> str:
+    return f"{network}.{container_id}"

@@ -1,0 +1,198 @@
+"""The network configuration read from stdin, as validated dataclasses.
+
+Everything a handler needs is parsed and checked here, once, before anything
+is touched; unknown keys are tolerated, as CNI configs carry extras.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from cni_calico.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
+from cni_calico.result import SUPPORTED_VERSIONS, Result
+
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # used with fullmatch
+DEFAULT_NODENAME_FILE = "/var/lib/calico/nodename"
+DEFAULT_LOG_FILE = "/var/log/calico/cni/cni.log"
+DEFAULT_MTU = 1500
+
+
+@dataclass
+class IpamConf:
+    type: str
+    assign_ipv4: bool = True
+    assign_ipv6: bool = False
+    ipv4_pools: list[str] = field(default_factory=list)
+    ipv6_pools: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+@dataclass
+class EtcdConf:
+    endpoints: list[str]
+    key_file: str = ""
+    cert_file: str = ""
+    ca_cert_file: str = ""
+
+
+@dataclass
+class NetConf:
+    name: str
+    cni_version: str
+    type: str
+    etcd: EtcdConf
+    ipam: IpamConf
+    log_level: str = "info"
+    log_file_path: str = DEFAULT_LOG_FILE
+    nodename: str = ""
+    nodename_file: str = DEFAULT_NODENAME_FILE
+    mtu: int = DEFAULT_MTU
+    allow_ip_forwarding: bool = False
+    kubeconfig: str = ""
+    policy_type: str = ""
+    prev_result: Result | None = None
+    raw: dict = field(default_factory=dict)
+
+
+def _fail(msg: str) -> CniError:
+    return CniError(INVALID_CONFIG, msg)
+
+
+def _str(conf: dict, key: str, default: str = "") -> str:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise _fail(f"network config field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _bool(conf: dict, key: str, default: bool) -> bool:
+    """Calico writes these as strings ("true"); accept JSON booleans too."""
+    value = conf.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _fail(f"network config field '{key}' must be \"true\" or \"false\", got {value!r}")
+
+
+def _str_list(conf: dict, key: str, where: str) -> list[str]:
+    value = conf.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(f"network config field '{where}{key}' must be a list of pool names or CIDRs")
+    return list(value)
+
+
+def check_version(version: object) -> str:
+    if version is None or version == "":
+        return "0.1.0"  # as libcni: a config without cniVersion is a 0.1.0 config
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(
+            INCOMPATIBLE_VERSION,
+            f"unsupported cniVersion {version!r}",
+            f"supported versions: {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    return version
+
+
+def parse_etcd(conf: dict) -> EtcdConf:
+    """etcd settings from the config, falling back to Calico's environment variables."""
+    endpoints = _str(conf, "etcd_endpoints") or os.environ.get("ETCD_ENDPOINTS", "")
+    if not endpoints:
+        authority = _str(conf, "etcd_authority")  # Calico's older single host:port form
+        endpoints = f"http://{authority}" if authority else ""
+    if not endpoints:
+        raise _fail("network config has no 'etcd_endpoints' (e.g. \"http://127.0.0.1:2379\")")
+    urls = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not urls:
+        raise _fail(f"network config field 'etcd_endpoints' {endpoints!r} names no endpoint")
+    for url in urls:
+        if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", url) and not re.match(
+            r"^https?://\[[0-9a-fA-F:]+\](:\d{1,5})?/?$", url
+        ):
+            raise _fail(f"etcd endpoint {url!r} is not a URL like http://127.0.0.1:2379")
+    return EtcdConf(
+        endpoints=urls,
+        key_file=_str(conf, "etcd_key_file") or os.environ.get("ETCD_KEY_FILE", ""),
+        cert_file=_str(conf, "etcd_cert_file") or os.environ.get("ETCD_CERT_FILE", ""),
+        ca_cert_file=_str(conf, "etcd_ca_cert_file") or os.environ.get("ETCD_CA_CERT_FILE", ""),
+    )
+
+
+def parse_ipam(conf: dict) -> IpamConf:
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise _fail("network config has no 'ipam' object")
+    ipam_type = ipam.get("type")
+    if not isinstance(ipam_type, str) or not ipam_type:
+        raise _fail("network config field 'ipam.type' is missing")
+    if not NAME_RE.fullmatch(ipam_type):
+        raise _fail(f"network config field 'ipam.type' {ipam_type!r} is not a plugin name")
+    return IpamConf(
+        type=ipam_type,
+        assign_ipv4=_bool(ipam, "assign_ipv4", True),
+        assign_ipv6=_bool(ipam, "assign_ipv6", False),
+        ipv4_pools=_str_list(ipam, "ipv4_pools", "ipam."),
+        ipv6_pools=_str_list(ipam, "ipv6_pools", "ipam."),
+        raw=ipam,
+    )
+
+
+def parse(conf: object, need_etcd: bool = True) -> NetConf:
+    """Validates a decoded network config; raises CniError with code 1 or 7."""
+    if not isinstance(conf, dict):
+        raise _fail("network config must be a JSON object")
+    version = check_version(conf.get("cniVersion"))
+    conf["cniVersion"] = version
+    name = conf.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail("network config has no 'name'")
+    if not NAME_RE.fullmatch(name):
+        raise _fail(f"network name {name!r} may hold only letters, digits, '_', '.' and '-'")
+    mtu = conf.get("mtu")
+    if mtu is None or (mtu == 0 and not isinstance(mtu, bool)):
+        mtu = DEFAULT_MTU
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
+        raise _fail(f"network config field 'mtu' must be a number from 68 to 65535, got {mtu!r}")
+    log_level = _str(conf, "log_level", "info") or "info"
+    from cni_calico.logsetup import LEVELS
+
+    if log_level.lower() not in LEVELS:
+        raise _fail(f"network config field 'log_level' {log_level!r} is not one of {', '.join(LEVELS)}")
+    datastore = _str(conf, "datastore_type", "etcdv3") or "etcdv3"
+    if datastore != "etcdv3":
+        raise _fail(f"datastore_type {datastore!r} is not supported: this plugin uses etcdv3")
+    kubernetes = conf.get("kubernetes") or {}
+    policy = conf.get("policy") or {}
+    settings = conf.get("container_settings") or {}
+    for key, value in (("kubernetes", kubernetes), ("policy", policy), ("container_settings", settings)):
+        if not isinstance(value, dict):
+            raise _fail(f"network config field '{key}' must be an object")
+    prev = conf.get("prevResult")
+    try:
+        prev_result = Result.from_dict(prev) if prev is not None else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(f"network config field 'prevResult' is not a CNI result: {exc}") from None
+    nodename_file = _str(conf, "nodename_file", DEFAULT_NODENAME_FILE) or DEFAULT_NODENAME_FILE
+    return NetConf(
+        name=name,
+        cni_version=version,
+        type=_str(conf, "type"),
+        etcd=parse_etcd(conf) if need_etcd else EtcdConf([]),
+        ipam=parse_ipam(conf),
+        log_level=log_level,
+        log_file_path=_str(conf, "log_file_path", DEFAULT_LOG_FILE),
+        nodename=_str(conf, "nodename"),
+        nodename_file=nodename_file,
+        mtu=mtu,
+        allow_ip_forwarding=_bool(settings, "allow_ip_forwarding", False),
+        kubeconfig=_str(kubernetes, "kubeconfig"),
+        policy_type=_str(policy, "type"),
+        prev_result=prev_result,
+        raw=conf,
+    )

@@ -1,0 +1,220 @@
+"""The `calico` CNI plugin: ADD, DEL, CHECK, STATUS and GC, with rollback on failure.
+
+ADD order: validate everything local, allocate, build the dataplane, write the
+endpoint. A failure at any step undoes the ones before it, so nothing leaks.
+DEL is idempotent and never touches a re-created pod's live veth or record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from cni_calico import logsetup, netconf, skel
+from cni_calico.errors import DATAPLANE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError
+from cni_calico.netconf import NetConf
+from cni_calico.result import Interface, IPConfig, Result, Route
+
+log = logging.getLogger(__name__)
+
+CALICO_IPAM = "calico-ipam"
+
+
+@dataclass
+class Context:
+    """What every handler derives from the request, once."""
+
+    req: skel.Request
+    conf: NetConf
+    node: str
+    namespace: str
+    pod: str
+    host_ifname: str
+
+    def endpoint_id(self):
+        from cni_calico.endpoints import EndpointId
+
+        return EndpointId(self.node, self.req.container_id, self.req.ifname, self.namespace, self.pod)
+
+
+def _context(req: skel.Request) -> Context:
+    from cni_calico.names import host_veth_name
+    from cni_calico.nodename import determine
+
+    conf = netconf.parse(req.conf)
+    logsetup.configure(conf.log_level, conf.log_file_path)
+    pod = req.args.get("K8S_POD_NAME", "")
+    namespace = req.args.get("K8S_POD_NAMESPACE", "") or "default"
+    host_ifname = host_veth_name(req.container_id, namespace if pod else "", pod)
+    return Context(req, conf, determine(conf), namespace, pod, host_ifname)
+
+
+def _datastore(conf: NetConf):
+    from cni_calico.datastore import Datastore
+
+    return Datastore(conf.etcd)
+
+
+def _allocate(ctx: Context, ds) -> list[str]:
+    if ctx.conf.ipam.type == CALICO_IPAM:
+        from ipam.plugin import assign
+
+        return assign(ctx.conf, ctx.req, ds, ctx.node)
+    from cni_calico.delegate import invoke
+
+    result = invoke(ctx.conf.ipam.type, "ADD", ctx.req)
+    if result is None or not result.ips:
+        raise CniError(DATAPLANE_FAILURE, f"IPAM plugin {ctx.conf.ipam.type} returned no address")
+    # The address is the workload's own: /32 (or /128) whatever the IPAM's prefix.
+    return [f"{ip.address.split('/')[0]}/{32 if ip.family == 4 else 128}" for ip in result.ips]
+
+
+def _release(ctx: Context, ds) -> None:
+    if ctx.conf.ipam.type == CALICO_IPAM:
+        from ipam.plugin import release
+
+        release(ctx.conf, ctx.req, ds)
+    else:
+        from cni_calico.delegate import invoke
+
+        invoke(ctx.conf.ipam.type, "DEL", ctx.req)
+
+
+def cmd_add(req: skel.Request) -> Result:
+    from cni_calico import dataplane, endpoints
+
+    started = time.monotonic()
+    ctx = _context(req)
+    if ctx.conf.policy_type == "k8s":
+        from cni_calico.kube import read_kubeconfig
+
+        read_kubeconfig(ctx.conf.kubeconfig)
+    if ctx.conf.ipam.type != CALICO_IPAM:
+        from cni_calico.delegate import find
+
+        find(ctx.conf.ipam.type, req.path)  # a missing IPAM plugin fails before anything is done
+    dataplane.check_pod_ifname_free(req.netns, req.ifname)
+    ds = _datastore(ctx.conf)
+    addresses = _allocate(ctx, ds)
+    workload = dataplane.Workload(
+        req.netns, ctx.host_ifname, req.ifname, addresses, ctx.conf.mtu, ctx.conf.allow_ip_forwarding
+    )
+    eid = ctx.endpoint_id()
+    try:
+        _fault_point("after-ipam")
+        mac = dataplane.setup(workload)
+        _fault_point("after-dataplane")
+        resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name])
+        endpoints.write(ds, eid, resource)
+        _fault_point("after-endpoint")
+    except BaseException:
+        _undo_add(ctx, ds, workload, eid)
+        raise
+    log.info(
+        "ADD container=%s pod=%s/%s address=%s interface=%s took %.0f ms",
+        req.container_id, ctx.namespace, ctx.pod or "-", ",".join(addresses), ctx.host_ifname,
+        (time.monotonic() - started) * 1000,
+    )
+    return Result(
+        interfaces=[Interface(ctx.host_ifname, dataplane.HOST_MAC), Interface(req.ifname, mac, req.netns)],
+        ips=[IPConfig(a, interface=1) for a in addresses],
+        routes=[Route("0.0.0.0/0", dataplane.GATEWAY_V4)] if any(":" not in a for a in addresses) else [],
+    )
+
+
+def _fault_point(name: str) -> None:
+    """Test hook: CNI_CALICO_FAIL_AT=<name> makes ADD fail here, so tests can prove the rollback."""
+    if os.environ.get("CNI_CALICO_FAIL_AT") == name:
+        raise CniError(DATAPLANE_FAILURE, f"injected failure at {name} (CNI_CALICO_FAIL_AT)")
+
+
+def _undo_add(ctx: Context, ds, workload, eid) -> None:
+    """Best effort, each step on its own: one failing must not stop the others."""
+    from cni_calico import dataplane, endpoints
+
+    for what, step in (
+        ("host veth", lambda: dataplane.teardown_host(workload.host_ifname)),
+        ("endpoint", lambda: endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))),
+        ("address", lambda: _release(ctx, ds)),
+    ):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - keep undoing; the original error is what the user sees
+            log.error("rolling back ADD of %s: removing the %s failed: %s", ctx.req.container_id, what, exc)
+
+
+def cmd_del(req: skel.Request) -> None:
+    from cni_calico import dataplane, endpoints
+
+    started = time.monotonic()
+    ctx = _context(req)
+    ds = _datastore(ctx.conf)
+    eid = ctx.endpoint_id()
+    current = endpoints.get(ds, eid)
+    owner = current.value.get("spec", {}).get("containerID") if current else None
+    # The pod's own end goes with its namespace; the host end only when no newer
+    # sandbox of the same pod (same veth name) owns the endpoint now.
+    dataplane.teardown_pod(req.netns, req.ifname)
+    if owner in (None, req.container_id):
+        dataplane.teardown_host(ctx.host_ifname)
+    else:
+        log.info("DEL for %s: endpoint now belongs to %s, leaving its veth alone", req.container_id, owner)
+    _release(ctx, ds)
+    endpoints.delete_if_owned(ds, eid, current)
+    log.info("DEL container=%s pod=%s/%s took %.0f ms", req.container_id, ctx.namespace, ctx.pod or "-",
+             (time.monotonic() - started) * 1000)
+
+
+def cmd_check(req: skel.Request) -> None:
+    from cni_calico import dataplane, endpoints
+
+    ctx = _context(req)
+    ds = _datastore(ctx.conf)
+    current = endpoints.get(ds, ctx.endpoint_id())
+    if current is None or current.value.get("spec", {}).get("containerID") != req.container_id:
+        raise CniError(DATAPLANE_FAILURE, f"no workload endpoint for container {req.container_id}")
+    addresses = list(current.value["spec"].get("ipNetworks") or [])
+    if ctx.conf.ipam.type == CALICO_IPAM:
+        from ipam.plugin import owned
+
+        held = set(owned(ctx.conf, req, ds))
+        for cidr in addresses:
+            if cidr.split("/")[0] not in held:
+                raise CniError(DATAPLANE_FAILURE, f"address {cidr} is no longer allocated to {req.container_id}")
+    if ctx.conf.prev_result is not None:
+        expected = {ip.address.split("/")[0] for ip in ctx.conf.prev_result.ips}
+        if expected != {a.split("/")[0] for a in addresses}:
+            raise CniError(DATAPLANE_FAILURE, f"addresses {sorted(expected)} of prevResult differ from {addresses}")
+    dataplane.check(dataplane.Workload(req.netns, ctx.host_ifname, req.ifname, addresses, ctx.conf.mtu))
+
+
+def cmd_status(req: skel.Request) -> None:
+    conf = netconf.parse(req.conf)
+    logsetup.configure(conf.log_level, conf.log_file_path)
+    from cni_calico.datastore import Datastore
+    from cni_calico.errors import DatastoreError
+
+    try:
+        ds = Datastore(conf.etcd, deadline=5.0)
+        if conf.ipam.type == CALICO_IPAM:
+            from ipam.store import IpamStore
+
+            if not [p for p in IpamStore(ds).pools() if not p.disabled]:
+                raise CniError(PLUGIN_NOT_AVAILABLE, "no enabled IP pool: create one with calicoctl")
+    except DatastoreError as exc:
+        raise CniError(PLUGIN_NOT_AVAILABLE, exc.msg, exc.details) from None
+
+
+def cmd_gc(req: skel.Request) -> None:
+    """Releases this network's allocations and endpoints on this node that no valid attachment holds."""
+    from cni_calico.gc import collect
+
+    ctx = _context(req)
+    collect(_datastore(ctx.conf), ctx.conf, ctx.node, req.conf.get("cni.dev/valid-attachments") or [])
+
+
+def main() -> int:
+    logsetup.setup_stderr()
+    return skel.run({"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc})

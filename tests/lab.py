@@ -1,0 +1,303 @@
+"""A lab on one machine: a real etcd, node and pod network namespaces, the plugin run as a runtime would.
+
+Used by the tests, the benchmarks and `make demo`. Everything it makes carries
+the lab's unique prefix and is removed by `Lab.close()`, also after failures;
+it never touches the machine's own namespace beyond processes it starts itself
+(etcd and its socat bridge, on loopback) and stops by PID.
+
+A node namespace cannot reach the host's loopback, so etcd is bridged in: a
+socat in the host serves a Unix socket that forwards to etcd, and a socat in
+each node listens on the node's 127.0.0.1:<port> and forwards to that socket.
+The plugin's config therefore says `http://127.0.0.1:<port>` everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NETNS_DIR = "/var/run/netns"
+REFERENCE_CNI_DIR = "/usr/lib/cni"
+
+
+def plugin_dir() -> str:
+    """Where `calico` and `calico-ipam` live: $CNI_CALICO_BIN, else the project venv's scripts."""
+    return os.environ.get("CNI_CALICO_BIN") or str(REPO / ".venv" / "bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _port_open(port: int, netns: str | None = None) -> bool:
+    if netns:
+        return sh("ip", "netns", "exec", netns, "bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}", check=False).returncode == 0
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Etcd:
+    """One etcd member on loopback, with its own data dir; stopped by PID."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    socket_path: str = ""
+    bridge: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Etcd:
+        data = self.workdir / f"etcd-{self.port}"
+        log = open(self.workdir / f"etcd-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                "etcd", "--name", f"lab{self.port}", "--data-dir", str(data),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                "--initial-cluster", f"lab{self.port}=http://127.0.0.1:{self.peer_port}",
+                "--unsafe-no-fsync",
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: _port_open(self.port), 20, f"etcd on {self.url}")
+        self.socket_path = str(self.workdir / f"etcd-{self.port}.sock")
+        self.bridge = subprocess.Popen(
+            ["socat", f"UNIX-LISTEN:{self.socket_path},fork,reuseaddr", f"TCP:127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: os.path.exists(self.socket_path), 10, "the etcd bridge socket")
+        return self
+
+    def stop(self) -> None:
+        for proc in (self.bridge, self.proc):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def ctl(self, *args: str) -> str:
+        return sh("etcdctl", "--endpoints", self.url, *args, env={**os.environ, "ETCDCTL_API": "3"}).stdout
+
+    def get_json(self, key: str) -> dict | None:
+        out = self.ctl("get", key, "--print-value-only").strip()
+        return json.loads(out) if out else None
+
+    def keys(self, prefix: str = "/calico") -> list[str]:
+        return [k for k in self.ctl("get", "--prefix", prefix, "--keys-only").split("\n") if k]
+
+    def put_json(self, key: str, value: dict) -> None:
+        self.ctl("put", key, json.dumps(value))
+
+    def wipe(self) -> None:
+        self.ctl("del", "--prefix", "/calico")
+
+
+@dataclass
+class PluginRun:
+    rc: int
+    out: dict
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class Lab:
+    """Owns every namespace and process it makes; `close()` removes them all."""
+
+    _ids = itertools.count()
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"cc{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
+        self.workdir = Path(tempfile.mkdtemp(prefix="cni-calico-lab-"))
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.etcds: list[Etcd] = []
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for etcd in self.etcds:
+            etcd.stop()
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- parts ------------------------------------------------------------------------
+
+    def etcd(self) -> Etcd:
+        etcd = Etcd(self.workdir)
+        self.etcds.append(etcd)  # registered first: a failed start is still stopped
+        return etcd.start()
+
+    def netns(self, role: str) -> str:
+        name = f"{self.prefix}{role}{next(self._ids)}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def node(self, etcd: Etcd | None = None, index: int = 1) -> str:
+        """A node namespace with an uplink and default route (proxy ARP needs one), forwarding on."""
+        ns = self.netns("node")
+        run = ["ip", "netns", "exec", ns]
+        sh(*run, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+        sh(*run, "ip", "link", "set", "up0", "up")
+        sh(*run, "ip", "link", "set", "up1", "up")
+        sh(*run, "ip", "addr", "add", f"192.168.{200 + index}.1/24", "dev", "up0")
+        sh(*run, "ip", "route", "add", "default", "via", f"192.168.{200 + index}.254", "dev", "up0", "onlink")
+        sh(*run, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if etcd is not None:
+            self.bridge_etcd(ns, etcd)
+        return ns
+
+    def bridge_etcd(self, ns: str, etcd: Etcd) -> None:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "socat",
+             f"TCP-LISTEN:{etcd.port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{etcd.socket_path}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        wait_for(lambda: _port_open(etcd.port, ns), 10, f"the etcd bridge in {ns}")
+
+    def pod(self) -> str:
+        return self.netns("pod")
+
+    @staticmethod
+    def netns_path(ns: str) -> str:
+        return f"{NETNS_DIR}/{ns}"
+
+    # --- running plugins ----------------------------------------------------------------
+
+    @staticmethod
+    def run_plugin(
+        node: str,
+        command: str,
+        conf: dict | bytes | str,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "eth0",
+        args: str = "",
+        exe: str = "calico",
+        bin_dir: str | None = None,
+        cni_path: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> PluginRun:
+        """Runs a plugin in the node's namespace with the CNI env and the config on stdin."""
+        bin_dir = bin_dir or plugin_dir()
+        stdin = conf if isinstance(conf, bytes) else (conf if isinstance(conf, str) else json.dumps(conf)).encode()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_ARGS": args,
+            "CNI_PATH": cni_path if cni_path is not None else f"{bin_dir}:{REFERENCE_CNI_DIR}",
+            # The IPAM host lock lives here; the lab points it at its own directory.
+            "CALICO_RUN_DIR": os.environ.get("CALICO_RUN_DIR"),
+        }
+        env.update(extra_env or {})
+        env = {k: v for k, v in env.items() if v is not None}
+        exe_path = exe if os.path.isabs(exe) else os.path.join(bin_dir, exe)
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["ip", "netns", "exec", node, exe_path], input=stdin, env=env, capture_output=True, timeout=timeout
+        )
+        seconds = time.monotonic() - started
+        stdout = proc.stdout.decode(errors="replace")
+        try:
+            out = json.loads(stdout) if stdout.strip() else {}
+        except ValueError:
+            out = {"unparseable": stdout}
+        return PluginRun(proc.returncode, out, stdout, proc.stderr.decode(errors="replace"), seconds)
+
+    @staticmethod
+    def in_ns(ns: str, *cmd: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
+
+    def links(self, ns: str) -> list[str]:
+        out = self.in_ns(ns, "ip", "-o", "link", "show").stdout
+        return [line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line]
+
+    def routes(self, ns: str) -> list[str]:
+        return [r for r in self.in_ns(ns, "ip", "-4", "route", "show").stdout.splitlines() if r]
+
+    def ping(self, ns: str, address: str, count: int = 1) -> bool:
+        return self.in_ns(ns, "ping", "-c", str(count), "-W", "2", address).returncode == 0
+
+
+def pool(name: str, cidr: str, block_size: int = 26, disabled: bool = False) -> dict:
+    return {
+        "kind": "IPPool",
+        "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": name},
+        "spec": {"cidr": cidr, "blockSize": block_size, "ipipMode": "Never", "vxlanMode": "Never",
+                 "natOutgoing": False, "disabled": disabled, "nodeSelector": "all()"},
+    }
+
+
+def add_pool(etcd: Etcd, name: str, cidr: str, block_size: int = 26, disabled: bool = False) -> None:
+    etcd.put_json(f"/calico/resources/v3/projectcalico.org/ippools/{name}", pool(name, cidr, block_size, disabled))
+
+
+def netconf(etcd: Etcd, name: str = "net1", version: str = "1.0.0", node: str = "node1", **extra) -> dict:
+    conf = {
+        "name": name,
+        "cniVersion": version,
+        "type": "calico",
+        "etcd_endpoints": etcd.url,
+        "log_level": "debug",
+        "log_file_path": str(Path(tempfile.gettempdir()) / "cni-calico-tests.log"),
+        "nodename": node,
+        "ipam": {"type": "calico-ipam"},
+    }
+    conf.update(extra)
+    return conf
