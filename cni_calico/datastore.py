@@ -66,8 +66,10 @@ class Datastore:
         self.rpc_timeout = rpc_timeout
         self.deadline = deadline
         self._creds = None
+        self._tls_files = ""
         if any(u.startswith("https://") for u in self.urls) or conf.ca_cert_file:
             self._creds = self._tls_credentials(conf)
+            self._tls_files = f"; TLS with CA {conf.ca_cert_file or '(system)'}, certificate {conf.cert_file or '(none)'}"
         self._clients: dict[int, object] = {}
         self._current = 0
         self.round_trips = 0  # counted for the benchmarks' "etcd round trips per ADD"
@@ -120,7 +122,7 @@ class Datastore:
                 delay = min(delay * 2, 1.0)
         where = ", ".join(self.urls)
         raise DatastoreError(
-            f"etcd at {where} unreachable after {self.deadline:.0f} s ({what})",
+            f"etcd at {where} unreachable after {self.deadline:.0f} s ({what}{self._tls_files})",
             _describe(last),
         )
 

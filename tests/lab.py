@@ -74,10 +74,11 @@ class Etcd:
     proc: subprocess.Popen | None = None
     socket_path: str = ""
     bridge: subprocess.Popen | None = None
+    tls: Certs | None = None  # serve https and require client certificates signed by tls.ca
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> Etcd:
         data = self.workdir / f"etcd-{self.port}"
@@ -90,6 +91,7 @@ class Etcd:
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
                 "--initial-cluster", f"lab{self.port}=http://127.0.0.1:{self.peer_port}",
                 "--unsafe-no-fsync",
+                *(self.tls.etcd_args() if self.tls else []),
             ],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -113,7 +115,8 @@ class Etcd:
                     proc.wait()
 
     def ctl(self, *args: str) -> str:
-        return sh("etcdctl", "--endpoints", self.url, *args, env={**os.environ, "ETCDCTL_API": "3"}).stdout
+        tls = self.tls.etcdctl_args() if self.tls else []
+        return sh("etcdctl", "--endpoints", self.url, *tls, *args, env={**os.environ, "ETCDCTL_API": "3"}).stdout
 
     def get_json(self, key: str) -> dict | None:
         out = self.ctl("get", key, "--print-value-only").strip()
@@ -127,6 +130,46 @@ class Etcd:
 
     def wipe(self) -> None:
         self.ctl("del", "--prefix", "/calico")
+
+
+@dataclass
+class Certs:
+    """A throw-away CA with a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        d = self.directory
+        d.mkdir(parents=True, exist_ok=True)
+        ossl = ("openssl",)
+        sh(*ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lab-ca",
+           "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+        for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                          ("client", "extendedKeyUsage=clientAuth")):
+            (d / f"{name}.ext").write_text(ext + "\n")
+            sh(*ossl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=lab-{name}",
+               "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+            sh(*ossl, "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
+               str(d / "ca.key"), "-CAcreateserial", "-days", "2", "-out", str(d / f"{name}.pem"),
+               "-extfile", str(d / f"{name}.ext"))
+            os.chmod(d / f"{name}.key", 0o600)
+
+    @property
+    def ca(self) -> str:
+        return str(self.directory / "ca.pem")
+
+    def key(self, name: str = "client") -> str:
+        return str(self.directory / f"{name}.key")
+
+    def cert(self, name: str = "client") -> str:
+        return str(self.directory / f"{name}.pem")
+
+    def etcd_args(self) -> list[str]:
+        return ["--cert-file", self.cert("server"), "--key-file", self.key("server"),
+                "--trusted-ca-file", self.ca, "--client-cert-auth"]
+
+    def etcdctl_args(self) -> list[str]:
+        return ["--cacert", self.ca, "--cert", self.cert(), "--key", self.key()]
 
 
 @dataclass
@@ -171,8 +214,8 @@ class Lab:
 
     # --- parts ------------------------------------------------------------------------
 
-    def etcd(self) -> Etcd:
-        etcd = Etcd(self.workdir)
+    def etcd(self, tls: Certs | None = None) -> Etcd:
+        etcd = Etcd(self.workdir, tls=tls)
         self.etcds.append(etcd)  # registered first: a failed start is still stopped
         return etcd.start()
 
