@@ -132,14 +132,20 @@ class Datastore:
             return None
         return KV(key, json.loads(value), meta.mod_revision)
 
-    def list(self, prefix: str, keys_only: bool = False) -> list[KV]:
-        """Every key under prefix, read in pages so a large store never makes one huge reply."""
+    def revision(self) -> int:
+        """The store's current revision: one cheap call that tells whether anything changed."""
+        resp = self._call("revision", lambda c: c.get_range_response(b"/calico/", b"/calico0", count_only=True))
+        return int(resp.header.revision)
+
+    def list(self, prefix: str, keys_only: bool = False, revision: int | None = None) -> list[KV]:
+        """Every key under prefix, read in pages so a large store never makes one huge reply.
+
+        With `revision`, reads that snapshot (several lists then agree with each other)."""
         from pyetcd import utils
 
         out: list[KV] = []
         start = prefix.encode()
         end = utils.prefix_range_end(start)
-        revision = None
         while True:
             resp = self._call(
                 "list",

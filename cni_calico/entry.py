@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-NAMES = ("calico", "calico-ipam", "calicoctl")
+NAMES = ("calico", "calico-ipam", "calicoctl", "calico-node")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from cni_calico.ctl.main import main as ctl
 
         return ctl(argv[1:])
+    elif name == "calico-node":
+        from cni_calico.node.main import main as node
+
+        return node(argv[1:])
     elif name == "calico":
         from cni_calico.plugin import main as run
     else:

@@ -23,6 +23,14 @@ MAX_BYTES = 100 * 1024 * 1024
 BACKUPS = 5
 
 _file_handler: logging.Handler | None = None
+NOISY = ("pyroute2", "asyncio", "grpc")
+
+
+class _QuietLibraries(logging.Filter):
+    """Library chatter (every netlink message) drowns our own debug lines: only their warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(NOISY)
 
 
 def setup_stderr(level: str = "warning") -> None:
@@ -31,6 +39,7 @@ def setup_stderr(level: str = "warning") -> None:
     if not any(getattr(h, "_cni_stderr", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(_QuietLibraries())
         handler._cni_stderr = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(LEVELS.get(level.lower(), logging.WARNING))
@@ -53,5 +62,6 @@ def configure(level: str, file_path: str) -> None:
         logging.getLogger(__name__).warning("cannot log to %s: %s", file_path, exc)
         return
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(_QuietLibraries())
     root.addHandler(handler)
     _file_handler = handler

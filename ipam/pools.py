@@ -18,6 +18,9 @@ class Pool:
     block_size: int
     disabled: bool = False
     node_selector: str = "all()"
+    ipip_mode: str = "Never"  # Always | CrossSubnet | Never
+    vxlan_mode: str = "Never"
+    disable_bgp_export: bool = False
 
     @property
     def family(self) -> int:
@@ -38,6 +41,9 @@ def pool_from_resource(resource: dict) -> Pool:
         block_size=int(spec.get("blockSize") or DEFAULT_BLOCK_SIZE[family]),
         disabled=spec.get("disabled") in (True, "true", "True"),
         node_selector=str(spec.get("nodeSelector") or "all()"),
+        ipip_mode=str(spec.get("ipipMode") or "Never"),
+        vxlan_mode=str(spec.get("vxlanMode") or "Never"),
+        disable_bgp_export=spec.get("disableBGPExport") in (True, "true"),
     )
 
 

@@ -172,6 +172,75 @@ class Certs:
         return ["--cacert", self.ca, "--cert", self.cert(), "--key", self.key()]
 
 
+class CalicoNode:
+    """A calico-node process (and the BIRD it starts) in a node namespace; stopped by PID."""
+
+    def __init__(self, lab: Lab, ns: str, etcd: Etcd, name: str, env: dict[str, str]) -> None:
+        self.lab, self.ns, self.etcd, self.name = lab, ns, etcd, name
+        self.dir = lab.workdir / name
+        self.run_dir, self.lib_dir = self.dir / "run", self.dir / "lib"
+        self.extra_env = env
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "calico-node.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "NODENAME": self.name,
+            "ETCD_ENDPOINTS": self.etcd.url,
+            "CALICO_RUN_DIR": str(self.run_dir),
+            "CALICO_LIB_DIR": str(self.lib_dir),
+            "NO_DEFAULT_POOLS": "true",
+            "CALICO_NODE_LOG_LEVEL": "debug",
+            **self.extra_env,
+        }
+
+    def start(self) -> CalicoNode:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, os.path.join(plugin_dir(), "calico-node")],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def bird_pid(self) -> int | None:
+        try:
+            pid = int((self.run_dir / "bird.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return None
+        return pid if comm == "bird" else None
+
+    def stop(self, graceful: bool = True) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not graceful:
+            pid = self.bird_pid()
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def birdc(self, *args: str) -> str:
+        return sh("ip", "netns", "exec", self.ns, "birdc", "-s", str(self.run_dir / "bird.ctl"), *args,
+                  check=False).stdout
+
+
 @dataclass
 class PluginRun:
     rc: int
@@ -192,10 +261,13 @@ class Lab:
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.etcds: list[Etcd] = []
+        self.calico_nodes: list[CalicoNode] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
+        for node in self.calico_nodes:
+            node.stop(graceful=False)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
@@ -239,6 +311,37 @@ class Lab:
         if etcd is not None:
             self.bridge_etcd(ns, etcd)
         return ns
+
+    SWITCH_NET = "192.168.200"
+
+    def switch(self) -> str:
+        """The L2 segment nodes share: a bridge in its own namespace, with a gateway address."""
+        ns = self.netns("switch")
+        run = ["ip", "netns", "exec", ns]
+        sh(*run, "ip", "link", "add", "br0", "type", "bridge")
+        sh(*run, "ip", "addr", "add", f"{self.SWITCH_NET}.254/24", "dev", "br0")
+        sh(*run, "ip", "link", "set", "br0", "up")
+        return ns
+
+    def cluster_node(self, switch: str, index: int, etcd: Etcd | None = None) -> str:
+        """A node on the switch: eth0 = 192.168.200.<index>/24, default route via the switch."""
+        ns = self.netns("node")
+        sh("ip", "netns", "exec", switch, "ip", "link", "add", f"p{index}", "type", "veth",
+           "peer", "name", "eth0", "netns", ns)
+        sh("ip", "netns", "exec", switch, "ip", "link", "set", f"p{index}", "master", "br0", "up")
+        run = ["ip", "netns", "exec", ns]
+        sh(*run, "ip", "addr", "add", f"{self.SWITCH_NET}.{index}/24", "dev", "eth0")
+        sh(*run, "ip", "link", "set", "eth0", "up")
+        sh(*run, "ip", "route", "add", "default", "via", f"{self.SWITCH_NET}.254", "dev", "eth0")
+        sh(*run, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if etcd is not None:
+            self.bridge_etcd(ns, etcd)
+        return ns
+
+    def calico_node(self, ns: str, etcd: Etcd, name: str, **env: str) -> CalicoNode:
+        node = CalicoNode(self, ns, etcd, name, env)
+        self.calico_nodes.append(node)
+        return node.start()
 
     def bridge_etcd(self, ns: str, etcd: Etcd) -> None:
         proc = subprocess.Popen(

@@ -1,0 +1,1 @@
+"""calico-node: registers the node, keeps BIRD in step with etcd, programs tunnel routes."""

@@ -1,0 +1,156 @@
+"""calico-node's settings from the environment (the classic calico-node variables), validated at start.
+
+A bad or unknown value stops the node with a message naming the variable, so
+there is never a half-working node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+
+from cni_calico.netconf import EtcdConf
+
+MODES = ("always", "cross-subnet", "never")
+BACKENDS = ("bird", "none", "vxlan")
+DEFAULT_POOL_V4 = "192.168.0.0/16"
+DEFAULT_AS = 64512
+
+
+class NodeConfigError(ValueError):
+    """A setting calico-node cannot start with; the message names the variable."""
+
+
+@dataclass
+class NodeConfig:
+    nodename: str
+    ip: str  # "autodetect", "none" or an address with optional /len
+    ip_autodetection: str
+    ip6: str
+    ip6_autodetection: str
+    etcd: EtcdConf
+    backend: str
+    pool_cidr: str
+    pool_ipip: str
+    pool_vxlan: str
+    pool_block_size: int
+    pool_nat_outgoing: bool
+    no_default_pools: bool
+    as_number: int | None
+    run_dir: str
+    lib_dir: str
+    log_level: str
+    labels: dict[str, str] = field(default_factory=dict)
+    rr_cluster_id: str = ""
+
+    @property
+    def nodename_file(self) -> str:
+        return os.path.join(self.lib_dir, "nodename")
+
+    @property
+    def bird_dir(self) -> str:
+        return self.run_dir
+
+
+def _mode(env: dict[str, str], name: str) -> str:
+    value = env.get(name, "never").strip().lower() or "never"
+    value = {"crosssubnet": "cross-subnet", "off": "never", "false": "never", "true": "always"}.get(value, value)
+    if value not in MODES:
+        raise NodeConfigError(f"{name}={env[name]!r} is not one of always, cross-subnet, never")
+    return value
+
+
+def _autodetect_method(env: dict[str, str], name: str) -> str:
+    method = env.get(name, "first-found").strip() or "first-found"
+    if method in ("first-found", "skip") or method.startswith(("interface=", "can-reach=", "skip-interface=")):
+        if method.startswith(("interface=", "skip-interface=")):
+            try:
+                re.compile(method.split("=", 1)[1])
+            except re.error as exc:
+                raise NodeConfigError(f"{name}={method!r}: bad regular expression: {exc}") from None
+        if method.startswith("can-reach="):
+            try:
+                ipaddress.ip_address(method.split("=", 1)[1])
+            except ValueError:
+                raise NodeConfigError(f"{name}={method!r}: can-reach needs an IP address") from None
+        return method
+    raise NodeConfigError(f"{name}={method!r} is not first-found, interface=REGEX, skip-interface=REGEX or can-reach=IP")
+
+
+def _labels(raw: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NodeConfigError(f"CALICO_NODE_LABELS item {item!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def from_env(env: dict[str, str] | None = None) -> NodeConfig:
+    env = dict(os.environ if env is None else env)
+    import socket
+
+    nodename = env.get("NODENAME") or env.get("HOSTNAME") or socket.gethostname()
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", nodename):
+        raise NodeConfigError(f"NODENAME={nodename!r} is not a lowercase DNS name")
+    ip = env.get("IP", "").strip() or "autodetect"
+    if ip not in ("autodetect", "none"):
+        try:
+            ipaddress.IPv4Interface(ip)
+        except ValueError:
+            raise NodeConfigError(f"IP={ip!r} is not an IPv4 address, 'autodetect' or 'none'") from None
+    ip6 = env.get("IP6", "").strip() or "none"
+    endpoints = env.get("ETCD_ENDPOINTS", "").strip()
+    if not endpoints:
+        raise NodeConfigError("ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379)")
+    from cni_calico.errors import CniError
+    from cni_calico.netconf import parse_etcd
+
+    try:
+        etcd = parse_etcd({"etcd_endpoints": endpoints})
+    except CniError as exc:
+        raise NodeConfigError(f"ETCD_ENDPOINTS: {exc.msg}") from None
+    backend = env.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower() or "bird"
+    if backend not in BACKENDS:
+        raise NodeConfigError(f"CALICO_NETWORKING_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    pool = env.get("CALICO_IPV4POOL_CIDR", "").strip() or DEFAULT_POOL_V4
+    try:
+        ipaddress.IPv4Network(pool)
+    except ValueError as exc:
+        raise NodeConfigError(f"CALICO_IPV4POOL_CIDR={pool!r}: {exc}") from None
+    ipip, vxlan = _mode(env, "CALICO_IPV4POOL_IPIP"), _mode(env, "CALICO_IPV4POOL_VXLAN")
+    if ipip != "never" and vxlan != "never":
+        raise NodeConfigError("CALICO_IPV4POOL_IPIP and CALICO_IPV4POOL_VXLAN cannot both be enabled")
+    block = env.get("CALICO_IPV4POOL_BLOCK_SIZE", "26").strip() or "26"
+    if not block.isdigit() or not 20 <= int(block) <= 32:
+        raise NodeConfigError(f"CALICO_IPV4POOL_BLOCK_SIZE={block!r} must be 20 to 32")
+    asn = env.get("AS", "").strip()
+    if asn and (not asn.isdigit() or not 1 <= int(asn) <= 4294967295):
+        raise NodeConfigError(f"AS={asn!r} is not an AS number (1 to 4294967295)")
+    level = env.get("CALICO_NODE_LOG_LEVEL", env.get("LOG_LEVEL", "info")).lower()
+    return NodeConfig(
+        nodename=nodename,
+        ip=ip,
+        ip_autodetection=_autodetect_method(env, "IP_AUTODETECTION_METHOD"),
+        ip6=ip6,
+        ip6_autodetection=_autodetect_method(env, "IP6_AUTODETECTION_METHOD"),
+        etcd=EtcdConf(etcd.endpoints, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
+                      env.get("ETCD_CA_CERT_FILE", "")),
+        backend=backend,
+        pool_cidr=pool,
+        pool_ipip=ipip,
+        pool_vxlan=vxlan,
+        pool_block_size=int(block),
+        pool_nat_outgoing=env.get("CALICO_IPV4POOL_NAT_OUTGOING", "true").lower() == "true",
+        # The classic unit sets NO_DEFAULT_POOLS= (empty): only a true value disables the pool.
+        no_default_pools=env.get("NO_DEFAULT_POOLS", "").strip().lower() in ("true", "1", "yes"),
+        as_number=int(asn) if asn else None,
+        run_dir=env.get("CALICO_RUN_DIR", "/var/run/calico"),
+        lib_dir=env.get("CALICO_LIB_DIR", "/var/lib/calico"),
+        log_level=level,
+        labels=_labels(env.get("CALICO_NODE_LABELS", "")),
+        rr_cluster_id=env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID", "").strip(),
+    )

@@ -1,0 +1,55 @@
+"""`calico-node`: the long-running node agent, configured by the classic environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="calico-node",
+        description="Registers this node in etcd and keeps BIRD's BGP configuration in step with it.",
+        epilog="Configured by environment: NODENAME, IP / IP_AUTODETECTION_METHOD, ETCD_ENDPOINTS, "
+        "CALICO_NETWORKING_BACKEND, CALICO_IPV4POOL_CIDR, CALICO_IPV4POOL_IPIP, CALICO_IPV4POOL_VXLAN, "
+        "NO_DEFAULT_POOLS, AS, CALICO_RUN_DIR, CALICO_LIB_DIR.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    args = parser.parse_args(argv)
+    if args.version:
+        from cni_calico import __version__
+
+        print(__version__)
+        return 0
+    from cni_calico.node.config import NodeConfigError, from_env
+
+    try:
+        cfg = from_env()
+    except NodeConfigError as exc:
+        sys.stderr.write(f"calico-node: {exc}\n")
+        return 2
+    from cni_calico.logsetup import LEVELS, setup_stderr
+
+    setup_stderr(cfg.log_level if cfg.log_level in LEVELS else "info")
+    log = logging.getLogger("calico-node")
+    from cni_calico.errors import CniError
+    from cni_calico.node.agent import Agent
+    from cni_calico.node.autodetect import AutodetectError
+
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    try:
+        agent.start()
+    except (AutodetectError, CniError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    log.info("calico-node running")
+    try:
+        agent.run()
+    finally:
+        agent.shutdown()
+    log.info("calico-node stopped")
+    return 0

@@ -1,0 +1,82 @@
+"""Which BGP sessions a node has: the full mesh, explicit BGPPeers, route reflector roles (pure).
+
+Peerings are symmetric, as in Calico: when a BGPPeer makes node A peer with
+node B (through peerSelector), B peers with A too, so both ends configure the
+session. A route reflector (a node with routeReflectorClusterID) treats every
+peer that is not a reflector of the same cluster as its client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cni_calico.node.model import NodeInfo, PeerInfo, Snapshot
+
+MESH, GLOBAL, NODE = "node-to-node mesh", "global", "node specific"
+PREFIX = {MESH: "Mesh", GLOBAL: "Global", NODE: "Node"}
+
+
+@dataclass(frozen=True)
+class Peering:
+    ip: str
+    asn: int
+    kind: str
+    rr_client: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX[self.kind]}_{self.ip.replace('.', '_').replace(':', '_')}"
+
+
+def _selects(selector: str, labels: dict[str, str]) -> bool:
+    from cni_calico.selector import matches
+
+    return matches(selector or "all()", labels)
+
+
+def _applies_to(peer: PeerInfo, node: NodeInfo) -> bool:
+    if peer.node:
+        return peer.node == node.name
+    return _selects(peer.node_selector, node.labels)
+
+
+def peerings(snap: Snapshot, me: str) -> list[Peering]:
+    node = snap.nodes.get(me)
+    if node is None or not node.ipv4:
+        return []
+    asn_of = {n.name: n.asn or snap.default_asn for n in snap.nodes.values()}
+    by_ip = {n.ipv4: n for n in snap.nodes.values() if n.ipv4}
+    out: dict[str, Peering] = {}
+
+    def add(ip: str, asn: int, kind: str) -> None:
+        if ip == node.ipv4 or ip in out:
+            return
+        remote = by_ip.get(ip)
+        client = bool(node.rr_cluster_id) and (remote is None or remote.rr_cluster_id != node.rr_cluster_id)
+        out[ip] = Peering(ip, asn, kind, rr_client=client and remote is not None)
+
+    if snap.mesh:
+        for other in sorted(snap.nodes.values(), key=lambda n: n.name):
+            if other.name != me and other.ipv4:
+                add(other.ipv4, asn_of[other.name], MESH)
+    for peer in sorted(snap.peers, key=lambda p: p.name):
+        kind = NODE if peer.node or peer.node_selector else GLOBAL
+        if _applies_to(peer, node):
+            if peer.peer_ip:
+                add(peer.peer_ip.split(":")[0] if peer.peer_ip.count(":") == 1 else peer.peer_ip,
+                    peer.asn or snap.default_asn, kind)
+            if peer.peer_selector:
+                for other in sorted(snap.nodes.values(), key=lambda n: n.name):
+                    if other.name != me and other.ipv4 and _selects(peer.peer_selector, other.labels):
+                        add(other.ipv4, asn_of[other.name], NODE)
+        # The reverse direction: I am selected as a peer by some node this BGPPeer applies to.
+        if peer.peer_selector and _selects(peer.peer_selector, node.labels):
+            for other in sorted(snap.nodes.values(), key=lambda n: n.name):
+                if other.name != me and other.ipv4 and _applies_to(peer, other):
+                    add(other.ipv4, asn_of[other.name], NODE)
+    return sorted(out.values(), key=lambda p: p.name)
+
+
+def my_asn(snap: Snapshot, me: str) -> int:
+    node = snap.nodes.get(me)
+    return (node.asn if node and node.asn else None) or snap.default_asn

@@ -1,0 +1,204 @@
+"""Encapsulation: the VXLAN device and the routes to other nodes' blocks through it, from etcd.
+
+Upstream BIRD 2 cannot program tunnel routes, so calico-node does (as Felix
+does): each remote block of a VXLAN pool is routed via the remote node's
+tunnel address on `vxlan.calico`, with a permanent neighbour entry for that
+address and an FDB entry sending its MAC to the remote node's IP. The plan is
+computed purely (`plan_vxlan`, `plan_ipip`) and applied with pyroute2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from cni_calico import keys
+from cni_calico.datastore import Datastore
+from cni_calico.node.config import NodeConfig
+from cni_calico.node.model import Snapshot
+
+log = logging.getLogger(__name__)
+
+VXLAN_DEVICE = "vxlan.calico"
+VXLAN_VNI = 4096
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50
+IPIP_DEVICE = "tunl0"
+IPIP_OVERHEAD = 20
+ROUTE_PROTO = 80  # marks the routes calico-node owns, as Felix does
+ONLINK = 4
+
+
+@dataclass(frozen=True)
+class TunnelRoute:
+    dst: str  # a remote block
+    via: str  # the remote tunnel address (VXLAN) or node address (IPIP)
+    device: str
+
+
+@dataclass
+class Plan:
+    routes: list[TunnelRoute] = field(default_factory=list)
+    neighbours: dict[str, str] = field(default_factory=dict)  # tunnel address -> MAC
+    fdb: dict[str, str] = field(default_factory=dict)  # MAC -> remote node IP
+
+
+def tunnel_mac(node: str) -> str:
+    """A stable, locally administered unicast MAC for the node's VXLAN device."""
+    digest = hashlib.sha1(f"vxlan:{node}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x66, *digest[:5]))
+
+
+def _needs_tunnel(mode: str, my_cidr: str, remote_ip: str) -> bool:
+    if mode == "Always":
+        return True
+    if mode == "CrossSubnet" and my_cidr:
+        return ipaddress.ip_address(remote_ip) not in ipaddress.IPv4Interface(my_cidr).network
+    return False
+
+
+def plan_vxlan(snap: Snapshot, me: str, my_cidr: str) -> Plan:
+    plan = Plan()
+    for cidr, owner in sorted(snap.blocks.items()):
+        pool = snap.pool_of(cidr)
+        remote = snap.nodes.get(owner)
+        if owner == me or pool is None or pool.vxlan_mode == "Never" or remote is None:
+            continue
+        if not (remote.vxlan_addr and remote.vxlan_mac and remote.ipv4):
+            continue
+        if _needs_tunnel(pool.vxlan_mode, my_cidr, remote.ipv4):
+            plan.routes.append(TunnelRoute(cidr, remote.vxlan_addr, VXLAN_DEVICE))
+            plan.neighbours[remote.vxlan_addr] = remote.vxlan_mac
+            plan.fdb[remote.vxlan_mac] = remote.ipv4
+    return plan
+
+
+def plan_ipip(snap: Snapshot, me: str, my_cidr: str) -> Plan:
+    """IPIP sends straight to the remote node's address over tunl0 (no neighbour/FDB state)."""
+    plan = Plan()
+    for cidr, owner in sorted(snap.blocks.items()):
+        pool = snap.pool_of(cidr)
+        remote = snap.nodes.get(owner)
+        if owner == me or pool is None or pool.ipip_mode == "Never" or remote is None or not remote.ipv4:
+            continue
+        if _needs_tunnel(pool.ipip_mode, my_cidr, remote.ipv4):
+            plan.routes.append(TunnelRoute(cidr, remote.ipv4, IPIP_DEVICE))
+    return plan
+
+
+def tunnel_mtu(uplink_mtu: int, snap: Snapshot) -> int:
+    """Pods and tunnel devices leave room for the largest encapsulation in use."""
+    overhead = 0
+    for pool in snap.pools:
+        if pool.vxlan_mode != "Never":
+            overhead = max(overhead, VXLAN_OVERHEAD)
+        if pool.ipip_mode != "Never":
+            overhead = max(overhead, IPIP_OVERHEAD)
+    return uplink_mtu - overhead
+
+
+class Tunnels:
+    """Applies the VXLAN plan on this node; IPIP is planned only (this kernel has no ipip driver)."""
+
+    def __init__(self, ds: Datastore, cfg: NodeConfig, my_cidr: str) -> None:
+        self.ds = ds
+        self.cfg = cfg
+        self.my_cidr = my_cidr
+        self.programmed: set[TunnelRoute] = set()
+
+    def sync(self, snap: Snapshot) -> None:
+        from pyroute2 import IPRoute
+
+        me = self.cfg.nodename
+        with IPRoute() as ipr:
+            uplink_mtu = self._uplink_mtu(ipr)
+            self._write_mtu(tunnel_mtu(uplink_mtu, snap))
+            vxlan_pools = [p for p in snap.pools if p.family == 4 and p.vxlan_mode != "Never" and not p.disabled]
+            if not vxlan_pools:
+                self._remove_device(ipr)
+                return
+            node = snap.nodes[me]
+            if not (node.vxlan_addr and node.vxlan_mac):
+                self._allocate_tunnel_address(vxlan_pools)
+                return  # the Node update moves etcd's revision: the next sync programs the rest
+            index = self._ensure_device(ipr, node.vxlan_addr, node.vxlan_mac, uplink_mtu - VXLAN_OVERHEAD)
+            self._apply(ipr, index, plan_vxlan(snap, me, self.my_cidr))
+
+    # --- pieces -----------------------------------------------------------------------
+
+    def _uplink_mtu(self, ipr) -> int:
+        ip = self.my_cidr.split("/")[0]
+        for addr in ipr.get_addr(family=2):
+            if addr.get_attr("IFA_ADDRESS") == ip:
+                return int(ipr.get_links(addr["index"])[0].get_attr("IFLA_MTU"))
+        return 1500
+
+    def _write_mtu(self, mtu: int) -> None:
+        import os
+
+        from cni_calico.node.startup import write_file
+
+        path = os.path.join(self.cfg.lib_dir, "mtu")
+        try:
+            with open(path) as f:
+                if f.read().strip() == str(mtu):
+                    return
+        except OSError:
+            pass
+        write_file(path, str(mtu))
+
+    def _allocate_tunnel_address(self, pools) -> None:
+        from ipam.store import IpamStore
+
+        me = self.cfg.nodename
+        got = IpamStore(self.ds).auto_assign(f"vxlan-tunnel-addr-{me}", {"node": me, "type": "vxlanTunnelAddress"},
+                                             me, pools)
+        key = keys.resource("nodes", me)
+        current = self.ds.get(key)
+        if current is None:
+            return
+        spec = current.value.setdefault("spec", {})
+        spec["ipv4VXLANTunnelAddr"] = got.ip
+        spec["vxlanTunnelMACAddr"] = tunnel_mac(me)
+        self.ds.commit({key: current.mod_revision}, {key: current.value})
+        log.info("VXLAN tunnel address %s, MAC %s", got.ip, tunnel_mac(me))
+
+    def _ensure_device(self, ipr, address: str, mac: str, mtu: int) -> int:
+        found = ipr.link_lookup(ifname=VXLAN_DEVICE)
+        if not found:
+            ipr.link("add", ifname=VXLAN_DEVICE, kind="vxlan", vxlan_id=VXLAN_VNI,
+                     vxlan_local=self.my_cidr.split("/")[0], vxlan_port=VXLAN_PORT, vxlan_learning=0,
+                     address=mac, mtu=mtu)
+            found = ipr.link_lookup(ifname=VXLAN_DEVICE)
+            log.info("created %s (VNI %d, MTU %d)", VXLAN_DEVICE, VXLAN_VNI, mtu)
+        index = found[0]
+        ipr.link("set", index=index, mtu=mtu, state="up")
+        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
+        if address not in have:
+            ipr.addr("add", index=index, address=address, prefixlen=32)
+        return index
+
+    def _apply(self, ipr, index: int, plan: Plan) -> None:
+        for tunnel_ip, mac in plan.neighbours.items():
+            ipr.neigh("replace", dst=tunnel_ip, lladdr=mac, ifindex=index, state="permanent")
+        for mac, node_ip in plan.fdb.items():
+            ipr.fdb("replace", ifindex=index, lladdr=mac, dst=node_ip)
+        wanted = set(plan.routes)
+        for route in wanted:
+            ipr.route("replace", dst=route.dst, gateway=route.via, oif=index, flags=ONLINK, proto=ROUTE_PROTO)
+        current = {
+            f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+            for r in ipr.get_routes(family=2, oif=index) if r["proto"] == ROUTE_PROTO and r.get_attr("RTA_DST")
+        }
+        for dst in current - {r.dst for r in wanted}:
+            ipr.route("del", dst=dst, oif=index, proto=ROUTE_PROTO)
+            log.info("removed tunnel route %s", dst)
+        self.programmed = wanted
+
+    def _remove_device(self, ipr) -> None:
+        found = ipr.link_lookup(ifname=VXLAN_DEVICE)
+        if found:
+            ipr.link("del", index=found[0])
+            log.info("removed %s: no VXLAN pool left", VXLAN_DEVICE)
