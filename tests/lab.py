@@ -177,7 +177,7 @@ class CalicoNode:
 
     def __init__(self, lab: Lab, ns: str, etcd: Etcd, name: str, env: dict[str, str]) -> None:
         self.lab, self.ns, self.etcd, self.name = lab, ns, etcd, name
-        self.dir = lab.workdir / name
+        self.dir = lab.workdir / f"{name}-{next(Lab._ids)}"
         self.run_dir, self.lib_dir = self.dir / "run", self.dir / "lib"
         self.extra_env = env
         self.proc: subprocess.Popen | None = None

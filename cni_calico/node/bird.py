@@ -48,8 +48,12 @@ class Bird:
         self.check(text)
         os.replace(self.config_path + ".new", self.config_path)
         changed = text != self.config
+        was_configured = bool(self.config)
         self.config = text
         if not self.running():
+            if was_configured:
+                log.warning("BIRD is not running (exit %s); starting it again", self.proc and self.proc.returncode)
+                self.restarts += 1
             self.start()
         elif changed:
             self.reload()

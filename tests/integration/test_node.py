@@ -1,0 +1,179 @@
+"""calico-node on a simulated cluster: BGP mesh, reflectors, joins and leaves, BIRD and etcd failures."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+
+import pytest
+
+from tests.integration.cluster import Cluster
+from tests.lab import add_pool, sh
+
+
+@pytest.fixture
+def cluster(lab, etcd):
+    c = Cluster(lab, etcd)
+    yield c
+    c.close()
+
+
+def test_mesh_three_nodes_every_pod_reaches_every_pod(cluster, etcd):
+    add_pool(etcd, "pool", "10.80.0.0/16", 26)
+    for i in (1, 2, 3):
+        cluster.add_node(i)
+    cluster.wait_established()
+    for name in ("node1", "node2", "node3"):
+        states = cluster.bgp_states(name)
+        others = {f"Mesh_{cluster.ip(n).replace('.', '_')}" for n in cluster.ns if n != name}
+        assert states == {peer: "Established" for peer in others}
+        for _ in range(2):
+            cluster.add_pod(name)
+    for name in cluster.ns:
+        for other, _, _, address in cluster.pods:
+            if other != name:
+                block = address.rsplit(".", 1)[0]
+                cluster.wait_route(name, rf"^{block}\.\d+/26 via {cluster.ip(other)} dev eth0 proto bird")
+    assert cluster.all_pairs_ping() == []
+    for name in cluster.ns:
+        routes = cluster.routes(name)
+        # Only BIRD's routes and the node's own: no static route anywhere, no /32 of another node.
+        remote = [r for r in routes if " via 192.168.200." in r and not r.startswith("default")]
+        assert remote and all("proto bird" in r and "/26" in r for r in remote), routes
+        assert any(r.startswith("blackhole 10.80.") for r in routes)
+
+
+def test_new_pod_in_an_exported_block_needs_no_bgp_change(cluster, etcd):
+    add_pool(etcd, "pool", "10.81.0.0/16", 26)
+    for i in (1, 2):
+        cluster.add_node(i)
+    cluster.wait_established()
+    cluster.add_pod("node1")
+    pod2, _ = cluster.add_pod("node2")
+    cluster.wait_route("node2", r"^10\.81\.0\.0/26 via 192\.168\.200\.1")
+    cluster.wait_route("node2", r"^blackhole 10\.81\.0\.64/26")
+    time.sleep(1)  # let both BIRDs settle before taking the "before" picture
+    before = cluster.routes("node2")
+    config_before = (cluster.calico["node1"].run_dir / "bird.cfg").read_text()
+    _, address = cluster.add_pod("node1")  # same block: nothing to announce
+    assert cluster.lab.ping(pod2, address)
+    assert cluster.routes("node2") == before
+    assert (cluster.calico["node1"].run_dir / "bird.cfg").read_text() == config_before
+
+
+def test_fourth_node_joins_and_one_leaves(cluster, etcd, lab):
+    add_pool(etcd, "pool", "10.82.0.0/16", 26)
+    for i in (1, 2, 3):
+        cluster.add_node(i)
+    cluster.wait_established()
+    for name in ("node1", "node2", "node3"):
+        cluster.add_pod(name)
+    cluster.add_node(4)
+    cluster.wait_established()
+    assert len(cluster.bgp_states("node1")) == 3
+    cluster.add_pod("node4")
+    block4 = cluster.pods[-1][3].rsplit(".", 1)[0]
+    for name in ("node1", "node2", "node3"):
+        cluster.wait_route(name, rf"^{block4}\.\d+/26 via 192\.168\.200\.4")
+    assert cluster.all_pairs_ping() == []
+    # node3 leaves: its calico-node stops and its Node is deleted; the others drop its session and routes.
+    block3 = str(ipaddress.ip_network([p for p in cluster.pods if p[0] == "node3"][0][3] + "/26", strict=False))
+    cluster.calico["node3"].stop(graceful=False)
+    etcd.ctl("del", "/calico/resources/v3/projectcalico.org/nodes/node3")
+    for name in ("node1", "node2", "node4"):
+        cluster.wait_route(name, rf"^{re.escape(block3)} via", present=False)
+        assert "Mesh_192_168_200_3" not in cluster.bgp_states(name)
+
+
+def test_route_reflector_topology(cluster, etcd):
+    add_pool(etcd, "pool", "10.83.0.0/16", 26)
+    etcd.put_json("/calico/resources/v3/projectcalico.org/bgpconfigurations/default", {
+        "kind": "BGPConfiguration", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "default"},
+        "spec": {"nodeToNodeMeshEnabled": False, "asNumber": 64512}})
+    etcd.put_json("/calico/resources/v3/projectcalico.org/bgppeers/peer-with-rr", {
+        "kind": "BGPPeer", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "peer-with-rr"},
+        "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}})
+    cluster.add_node(1, CALICO_NODE_LABELS="route-reflector=true", CALICO_ROUTE_REFLECTOR_CLUSTER_ID="224.0.0.1")
+    for i in (2, 3, 4):
+        cluster.add_node(i)
+    cluster.wait_established()
+    assert sorted(cluster.bgp_states("node1")) == ["Node_192_168_200_2", "Node_192_168_200_3", "Node_192_168_200_4"]
+    for name in ("node2", "node3", "node4"):
+        assert cluster.bgp_states(name) == {"Node_192_168_200_1": "Established"}  # only the reflector
+    assert "rr client" in (cluster.calico["node1"].run_dir / "bird.cfg").read_text()
+    for name in ("node1", "node2", "node3", "node4"):
+        cluster.add_pod(name)
+    for name in ("node2", "node3"):
+        for other in ("node3", "node4"):
+            if other != name:
+                block = [p for p in cluster.pods if p[0] == other][0][3].rsplit(".", 1)[0]
+                cluster.wait_route(name, rf"^{block}\.\d+/26 via {cluster.ip(other)}")
+    assert cluster.all_pairs_ping() == []
+
+
+def test_bird_killed_is_restarted_and_routes_come_back(cluster, etcd):
+    add_pool(etcd, "pool", "10.84.0.0/16", 26)
+    for i in (1, 2):
+        cluster.add_node(i)
+    cluster.wait_established()
+    pod1, _ = cluster.add_pod("node1")
+    _, a2 = cluster.add_pod("node2")
+    cluster.wait_route("node1", r"^10\.84\.0\.64/26 via")
+    old = cluster.calico["node1"].bird_pid()
+    sh("kill", "-9", str(old))
+    cluster.wait_route("node1", r"^10\.84\.0\.64/26 via")  # persisted routes stay meanwhile
+    from tests.lab import wait_for
+
+    wait_for(lambda: cluster.calico["node1"].bird_pid() not in (None, old), 15, "BIRD to be restarted")
+    cluster.wait_established()
+    assert "starting it again" in cluster.calico["node1"].log()
+    assert cluster.lab.ping(pod1, a2)
+
+
+def test_routing_survives_an_etcd_outage_and_resyncs(lab, tmp_path):
+    etcd = lab.etcd()  # a private etcd: this test stops it
+    add_pool(etcd, "pool", "10.85.0.0/16", 26)
+    cluster = Cluster(lab, etcd)
+    try:
+        for i in (1, 2):
+            cluster.add_node(i)
+        cluster.wait_established()
+        pod1, _ = cluster.add_pod("node1")
+        _, a2 = cluster.add_pod("node2")
+        cluster.wait_route("node1", r"^10\.85\.0\.64/26 via")
+        etcd.proc.send_signal(15)
+        etcd.proc.wait(10)
+        time.sleep(4)  # calico-node notices and keeps its configuration
+        assert cluster.lab.ping(pod1, a2)
+        assert all(s == "Established" for s in cluster.bgp_states("node1").values())
+        assert "etcd unavailable" in cluster.calico["node1"].log()
+        etcd.start()  # same data dir and port: the cluster's state is back
+        _, a3 = cluster.add_pod("node2")  # a change while it was away is picked up
+        assert cluster.lab.ping(pod1, a3)
+        from tests.lab import wait_for
+
+        wait_for(lambda: "etcd is back" in cluster.calico["node1"].log(), 20, "calico-node to resync")
+    finally:
+        cluster.close()
+
+
+def test_graceful_stop_keeps_routes_and_traffic(cluster, etcd):
+    add_pool(etcd, "pool", "10.86.0.0/16", 26)
+    for i in (1, 2):
+        cluster.add_node(i)
+    cluster.wait_established()
+    pod1, a1 = cluster.add_pod("node1")
+    pod2, a2 = cluster.add_pod("node2")
+    cluster.wait_route("node1", r"^10\.86\.0\.64/26 via")
+    cluster.wait_route("node2", r"^10\.86\.0\.0/26 via")
+    cluster.calico["node1"].stop(graceful=True)
+    assert cluster.calico["node1"].bird_pid() is None
+    time.sleep(3)
+    # node1's kernel keeps its routes (persist); node2 keeps node1's block (graceful restart).
+    assert any(r.startswith("10.86.0.64/26 via") for r in cluster.routes("node1"))
+    assert any(r.startswith("10.86.0.0/26 via") for r in cluster.routes("node2"))
+    assert cluster.lab.ping(pod1, a2) and cluster.lab.ping(pod2, a1)
+    cluster.start("node1")
+    cluster.wait_established()
+    assert cluster.lab.ping(pod1, a2)
