@@ -48,7 +48,7 @@ class NetConf:
     log_file_path: str = DEFAULT_LOG_FILE
     nodename: str = ""
     nodename_file: str = DEFAULT_NODENAME_FILE
-    mtu: int = DEFAULT_MTU
+    mtu: int = 0  # 0: not in the config; the plugin then takes calico-node's mtu file
     allow_ip_forwarding: bool = False
     kubeconfig: str = ""
     policy_type: str = ""
@@ -156,8 +156,8 @@ def parse(conf: object, need_etcd: bool = True) -> NetConf:
         raise _fail(f"network name {name!r} may hold only letters, digits, '_', '.' and '-'")
     mtu = conf.get("mtu")
     if mtu is None or (mtu == 0 and not isinstance(mtu, bool)):
-        mtu = DEFAULT_MTU
-    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
+        mtu = 0
+    elif not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
         raise _fail(f"network config field 'mtu' must be a number from 68 to 65535, got {mtu!r}")
     log_level = _str(conf, "log_level", "info") or "info"
     from cni_calico.logsetup import LEVELS

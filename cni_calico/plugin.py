@@ -98,8 +98,10 @@ def cmd_add(req: skel.Request) -> Result:
     dataplane.check_pod_ifname_free(req.netns, req.ifname)
     ds = _datastore(ctx.conf)
     addresses = _allocate(ctx, ds)
+    from cni_calico.nodename import pod_mtu
+
     workload = dataplane.Workload(
-        req.netns, ctx.host_ifname, req.ifname, addresses, ctx.conf.mtu, ctx.conf.allow_ip_forwarding
+        req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding
     )
     eid = ctx.endpoint_id()
     try:
@@ -187,7 +189,7 @@ def cmd_check(req: skel.Request) -> None:
         expected = {ip.address.split("/")[0] for ip in ctx.conf.prev_result.ips}
         if expected != {a.split("/")[0] for a in addresses}:
             raise CniError(DATAPLANE_FAILURE, f"addresses {sorted(expected)} of prevResult differ from {addresses}")
-    dataplane.check(dataplane.Workload(req.netns, ctx.host_ifname, req.ifname, addresses, ctx.conf.mtu))
+    dataplane.check(dataplane.Workload(req.netns, ctx.host_ifname, req.ifname, addresses))
 
 
 def cmd_status(req: skel.Request) -> None:

@@ -98,11 +98,11 @@ class Agent:
                 self.bird.config = ""
             self.last_revision = revision
             return True
-        if self.tunnels is not None:
-            self.tunnels.sync(snap)
         if self.bird and snap.nodes[me].ipv4:
             subnet = str(ipaddress.IPv4Interface(self.ipv4_cidr).network) if self.ipv4_cidr else ""
             self.bird.apply(birdconf.render(snap, me, subnet))
+        if self.tunnels is not None:
+            self.tunnels.sync(snap)
         self.last_revision = revision
         return True
 
@@ -119,6 +119,10 @@ class Agent:
                 self.etcd_ok = False
             except BirdError as exc:
                 log.error("%s", exc)
+            except Exception:  # noqa: BLE001 - one bad sync must not take the node's routing down
+                log.exception("sync failed; retrying")
+                self.last_revision = None
+                self.stop_event.wait(1.0)
             if self.bird:
                 try:
                     self.bird.ensure_running()

@@ -29,6 +29,8 @@ IPIP_DEVICE = "tunl0"
 IPIP_OVERHEAD = 20
 ROUTE_PROTO = 80  # marks the routes calico-node owns, as Felix does
 ONLINK = 4
+NTF_SELF = 2
+NUD_PERMANENT = 0x80
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class Tunnels:
         for tunnel_ip, mac in plan.neighbours.items():
             ipr.neigh("replace", dst=tunnel_ip, lladdr=mac, ifindex=index, state="permanent")
         for mac, node_ip in plan.fdb.items():
-            ipr.fdb("replace", ifindex=index, lladdr=mac, dst=node_ip)
+            # NTF_SELF: the VXLAN device's own table, as `bridge fdb replace … self permanent`.
+            ipr.fdb("replace", ifindex=index, lladdr=mac, dst=node_ip, flags=NTF_SELF, state=NUD_PERMANENT)
         wanted = set(plan.routes)
         for route in wanted:
             ipr.route("replace", dst=route.dst, gateway=route.via, oif=index, flags=ONLINK, proto=ROUTE_PROTO)

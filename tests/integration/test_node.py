@@ -177,3 +177,43 @@ def test_graceful_stop_keeps_routes_and_traffic(cluster, etcd):
     cluster.start("node1")
     cluster.wait_established()
     assert cluster.lab.ping(pod1, a2)
+
+
+def test_vxlan_pool_goes_through_the_tunnel(cluster, etcd):
+    pool = {
+        "kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "vx"},
+        "spec": {"cidr": "10.87.0.0/16", "blockSize": 26, "vxlanMode": "Always", "ipipMode": "Never",
+                 "natOutgoing": False, "nodeSelector": "all()"},
+    }
+    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/vx", pool)
+    for i in (1, 2):
+        cluster.add_node(i)
+    cluster.wait_established()
+    from tests.lab import wait_for
+
+    def tunnel(name: str) -> dict:
+        return etcd.get_json(f"/calico/resources/v3/projectcalico.org/nodes/{name}")["spec"]
+
+    wait_for(lambda: all(tunnel(n).get("ipv4VXLANTunnelAddr") for n in ("node1", "node2")), 20, "tunnel addresses")
+    pod1, a1 = cluster.add_pod("node1")
+    pod2, a2 = cluster.add_pod("node2")
+    peer_tunnel = tunnel("node2")["ipv4VXLANTunnelAddr"]
+    block2 = str(ipaddress.ip_network(f"{a2}/26", strict=False))
+    cluster.wait_route("node1", rf"^{re.escape(block2)} via {re.escape(peer_tunnel)} dev vxlan\.calico")
+    # BIRD does not carry VXLAN pools: no plain route to node2's block over eth0.
+    assert not any(r.startswith(f"{block2} via 192.168.200.2 dev eth0") for r in cluster.routes("node1"))
+    link = cluster.lab.in_ns(cluster.ns["node1"], "ip", "-d", "link", "show", "vxlan.calico").stdout
+    assert "vxlan id 4096" in link and "mtu 1450" in link
+
+    def tx_packets() -> int:
+        out = cluster.lab.in_ns(cluster.ns["node1"], "cat", "/sys/class/net/vxlan.calico/statistics/tx_packets")
+        return int(out.stdout.strip() or 0)
+
+    before = tx_packets()
+    assert cluster.lab.ping(pod1, a2, count=3) and cluster.lab.ping(pod2, a1)
+    assert tx_packets() >= before + 3
+    # The pods' MTU leaves room for the VXLAN header (calico-node writes it, the plugin reads it).
+    lib = cluster.calico["node1"].lib_dir
+    assert (lib / "mtu").read_text().strip() == "1450"
+    pod3, _ = cluster.add_pod("node1", nodename_file=str(lib / "nodename"))
+    assert "mtu 1450" in cluster.lab.in_ns(pod3, "ip", "link", "show", "eth0").stdout

@@ -79,7 +79,7 @@ def test_classic_config_parses(monkeypatch):
     assert parsed.ipam.assign_ipv4 is True and parsed.ipam.assign_ipv6 is False
     assert parsed.ipam.ipv4_pools == [] and parsed.ipam.ipv6_pools == []
     assert parsed.kubeconfig == KUBECONFIG
-    assert parsed.mtu == netconf.DEFAULT_MTU == 1500
+    assert parsed.mtu == 0  # unset: the plugin takes calico-node's mtu file, else 1500
     assert parsed.nodename_file == netconf.DEFAULT_NODENAME_FILE
     assert parsed.log_file_path == netconf.DEFAULT_LOG_FILE
     assert parsed.prev_result is None
@@ -152,8 +152,20 @@ def test_mtu_in_range(mtu):
 
 
 @pytest.mark.parametrize("mtu", [0, None])
-def test_mtu_zero_or_null_means_default(mtu):
-    assert netconf.parse(conf(mtu=mtu)).mtu == 1500
+def test_mtu_zero_or_null_means_unset(mtu):
+    assert netconf.parse(conf(mtu=mtu)).mtu == 0
+
+
+def test_pod_mtu_from_config_file_or_default(tmp_path):
+    from cni_calico.nodename import pod_mtu
+
+    parsed = netconf.parse(conf(nodename_file=str(tmp_path / "nodename")))
+    assert pod_mtu(parsed) == 1500
+    (tmp_path / "mtu").write_text("1450\n")
+    assert pod_mtu(parsed) == 1450
+    assert pod_mtu(netconf.parse(conf(mtu=1400, nodename_file=str(tmp_path / "nodename")))) == 1400
+    (tmp_path / "mtu").write_text("junk")
+    assert pod_mtu(parsed) == 1500
 
 
 @pytest.mark.parametrize("mtu", [67, 65536, -1, 1 << 40, True, "1500", "big", 1500.0, [1500]])
