@@ -35,7 +35,9 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
     exported_pools = bgp_pools(snap)
     exported_blocks = [b for b in blocks if any(ipaddress.ip_network(b).subnet_of(ipaddress.ip_network(p))
                                                 for p in exported_pools)]
-    cross_subnet = sorted(p.cidr for p in snap.pools if p.family == 4 and p.vxlan_mode == "CrossSubnet")
+    v4 = [p for p in snap.pools if p.family == 4]
+    cross_subnet = sorted(p.cidr for p in v4 if "CrossSubnet" in (p.vxlan_mode, p.ipip_mode))
+    always_tunnelled = sorted(p.cidr for p in v4 if "Always" in (p.vxlan_mode, p.ipip_mode))
     out = [HEADER.format(node=me), f"router id {node.ipv4};", "log stderr all;", ""]
     out += [
         "protocol device {", "  scan time 10;", "}", "",
@@ -43,8 +45,11 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
         "protocol direct {", "  ipv4;", '  interface -"cali*", -"vxlan.calico", -"tunl*", "*";', "}", "",
     ]
     kernel_filter = ["filter calico_kernel_programming {"]
+    if always_tunnelled:
+        # Encapsulated pools' routes go through the tunnel device: calico-node programs those.
+        kernel_filter.append(f"  if (net ~ {_set(always_tunnelled)}) && source = RTS_BGP then reject;")
     if cross_subnet and local_subnet:
-        # Routes of cross-subnet VXLAN pools to other subnets go through the tunnel (calico-node's job).
+        # Routes of cross-subnet pools to other subnets go through the tunnel (calico-node's job).
         kernel_filter.append(
             f"  if (net ~ {_set(cross_subnet)}) && !(bgp_next_hop ~ {local_subnet}) then reject;"
         )

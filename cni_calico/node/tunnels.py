@@ -109,24 +109,59 @@ class Tunnels:
         self.cfg = cfg
         self.my_cidr = my_cidr
         self.programmed: set[TunnelRoute] = set()
+        self.ipip_warned = False
 
     def sync(self, snap: Snapshot) -> None:
         from pyroute2 import IPRoute
 
-        me = self.cfg.nodename
         with IPRoute() as ipr:
             uplink_mtu = self._uplink_mtu(ipr)
             self._write_mtu(tunnel_mtu(uplink_mtu, snap))
-            vxlan_pools = [p for p in snap.pools if p.family == 4 and p.vxlan_mode != "Never" and not p.disabled]
-            if not vxlan_pools:
-                self._remove_device(ipr)
+            self._sync_vxlan(ipr, snap, uplink_mtu)
+            self._sync_ipip(ipr, snap, uplink_mtu)
+
+    def _sync_vxlan(self, ipr, snap: Snapshot, uplink_mtu: int) -> None:
+        me = self.cfg.nodename
+        pools = [p for p in snap.pools if p.family == 4 and p.vxlan_mode != "Never" and not p.disabled]
+        if not pools:
+            self._remove_device(ipr)
+            return
+        node = snap.nodes[me]
+        if not (node.vxlan_addr and node.vxlan_mac):
+            addr = self._allocate_tunnel_address(pools, "vxlan-tunnel-addr")
+            self._update_node({"ipv4VXLANTunnelAddr": addr, "vxlanTunnelMACAddr": tunnel_mac(me)})
+            return  # the Node update moves etcd's revision: the next sync programs the rest
+        index = self._ensure_device(ipr, node.vxlan_addr, node.vxlan_mac, uplink_mtu - VXLAN_OVERHEAD)
+        self._apply(ipr, index, plan_vxlan(snap, me, self.my_cidr))
+
+    def _sync_ipip(self, ipr, snap: Snapshot, uplink_mtu: int) -> None:
+        pools = [p for p in snap.pools if p.family == 4 and p.ipip_mode != "Never" and not p.disabled]
+        if not pools:
+            return
+        found = ipr.link_lookup(ifname=IPIP_DEVICE)
+        if not found:
+            try:
+                ipr.link("add", ifname=IPIP_DEVICE, kind="ipip")
+                found = ipr.link_lookup(ifname=IPIP_DEVICE)
+            except Exception as exc:  # noqa: BLE001 - reported once, the rest of the node goes on
+                if not self.ipip_warned:
+                    log.error("IPIP pool %s cannot be programmed: this kernel has no ipip driver (%s)",
+                              pools[0].cidr, exc)
+                    self.ipip_warned = True
                 return
-            node = snap.nodes[me]
-            if not (node.vxlan_addr and node.vxlan_mac):
-                self._allocate_tunnel_address(vxlan_pools)
-                return  # the Node update moves etcd's revision: the next sync programs the rest
-            index = self._ensure_device(ipr, node.vxlan_addr, node.vxlan_mac, uplink_mtu - VXLAN_OVERHEAD)
-            self._apply(ipr, index, plan_vxlan(snap, me, self.my_cidr))
+        me = self.cfg.nodename
+        node_key = keys.resource("nodes", me)
+        current = self.ds.get(node_key)
+        bgp = ((current.value.get("spec") or {}).get("bgp") or {}) if current else {}
+        address = bgp.get("ipv4IPIPTunnelAddr")
+        if not address:
+            address = self._allocate_tunnel_address(pools, "ipip-tunnel-addr")
+            self._update_node({}, bgp_extra={"ipv4IPIPTunnelAddr": address})
+        index = found[0]
+        ipr.link("set", index=index, mtu=uplink_mtu - IPIP_OVERHEAD, state="up")
+        if address not in {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}:
+            ipr.addr("add", index=index, address=address, prefixlen=32)
+        self._apply(ipr, index, plan_ipip(snap, me, self.my_cidr))
 
     # --- pieces -----------------------------------------------------------------------
 
@@ -151,21 +186,24 @@ class Tunnels:
             pass
         write_file(path, str(mtu))
 
-    def _allocate_tunnel_address(self, pools) -> None:
+    def _allocate_tunnel_address(self, pools, kind: str) -> str:
+        """An address from the node's own block for the tunnel device (handle `<kind>-<node>`)."""
         from ipam.store import IpamStore
 
         me = self.cfg.nodename
-        got = IpamStore(self.ds).auto_assign(f"vxlan-tunnel-addr-{me}", {"node": me, "type": "vxlanTunnelAddress"},
-                                             me, pools)
-        key = keys.resource("nodes", me)
+        got = IpamStore(self.ds).auto_assign(f"{kind}-{me}", {"node": me, "type": kind}, me, pools)
+        log.info("%s of %s: %s", kind, me, got.ip)
+        return got.ip
+
+    def _update_node(self, spec_extra: dict, bgp_extra: dict | None = None) -> None:
+        key = keys.resource("nodes", self.cfg.nodename)
         current = self.ds.get(key)
         if current is None:
             return
         spec = current.value.setdefault("spec", {})
-        spec["ipv4VXLANTunnelAddr"] = got.ip
-        spec["vxlanTunnelMACAddr"] = tunnel_mac(me)
+        spec.update(spec_extra)
+        spec.setdefault("bgp", {}).update(bgp_extra or {})
         self.ds.commit({key: current.mod_revision}, {key: current.value})
-        log.info("VXLAN tunnel address %s, MAC %s", got.ip, tunnel_mac(me))
 
     def _ensure_device(self, ipr, address: str, mac: str, mtu: int) -> int:
         found = ipr.link_lookup(ifname=VXLAN_DEVICE)

@@ -217,3 +217,33 @@ def test_vxlan_pool_goes_through_the_tunnel(cluster, etcd):
     assert (lib / "mtu").read_text().strip() == "1450"
     pod3, _ = cluster.add_pod("node1", nodename_file=str(lib / "nodename"))
     assert "mtu 1450" in cluster.lab.in_ns(pod3, "ip", "link", "show", "eth0").stdout
+
+
+def _kernel_has_ipip(lab) -> bool:
+    ns = lab.netns("probe")
+    try:
+        return lab.in_ns(ns, "ip", "link", "add", "probe0", "type", "ipip").returncode == 0
+    finally:
+        from tests.conftest import _remove
+
+        _remove(lab, ns)
+
+
+def test_ipip_pool_goes_through_tunl0(cluster, etcd, lab):
+    if not _kernel_has_ipip(lab):
+        pytest.skip("this kernel has no ipip driver (`ip link add … type ipip` fails): IPIP routing cannot run "
+                    "here; its route plan is covered by tests/unit/test_node_plan.py")
+    pool = {
+        "kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "ipip"},
+        "spec": {"cidr": "10.88.0.0/16", "blockSize": 26, "ipipMode": "Always", "vxlanMode": "Never",
+                 "natOutgoing": False, "nodeSelector": "all()"},
+    }
+    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/ipip", pool)
+    for i in (1, 2):
+        cluster.add_node(i)
+    cluster.wait_established()
+    pod1, a1 = cluster.add_pod("node1")
+    pod2, a2 = cluster.add_pod("node2")
+    block2 = str(ipaddress.ip_network(f"{a2}/26", strict=False))
+    cluster.wait_route("node1", rf"^{re.escape(block2)} via 192\.168\.200\.2 dev tunl0")
+    assert cluster.lab.ping(pod1, a2) and cluster.lab.ping(pod2, a1)
