@@ -1,9 +1,11 @@
-"""`make demo`: one simulated node, two pods networked by the real `calico` binary, a ping between them.
+"""`make demo`: two simulated nodes running calico-node + BIRD, pods networked by the real `calico` binary.
 
 Starts a private etcd on loopback, creates an IP pool with calicoctl, makes a
-node namespace and two pod namespaces, runs `calico` ADD in the node exactly
-as a runtime would (CNI_* env vars, examples/10-calico.conf on stdin), shows
-addresses and routes, pings, runs DEL, and removes everything it made.
+switch and two node namespaces, starts calico-node in each (BGP full mesh),
+runs `calico` ADD in the nodes exactly as a runtime would (CNI_* env vars,
+examples/10-calico.conf on stdin), shows addresses and routes, pings on one
+node and across nodes, measures iperf3 node-to-node against pod-to-pod,
+runs DEL, and removes everything it made.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.lab import Lab, plugin_dir, sh  # noqa: E402
+from tests.lab import Lab, plugin_dir, sh, wait_for  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -30,9 +33,23 @@ def show(title: str, cmd: list[str]) -> str:
     return out
 
 
+def iperf(lab: Lab, server_ns: str, client_ns: str, address: str, seconds: int = 3) -> float:
+    """Gbit/s from client to server (iperf3, one TCP stream)."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = lab.in_ns(client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J", timeout=seconds + 20).stdout
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> int:
     bin_dir = plugin_dir()
-    print(f"plugin binaries: {bin_dir}")
+    print(f"binaries: {bin_dir}")
+    ok = True
     with Lab(prefix=f"demo{os.getpid() % 10000}-") as lab:
         os.environ["CALICO_RUN_DIR"] = str(lab.workdir / "run")
         say("etcd on loopback")
@@ -42,56 +59,80 @@ def main() -> int:
         say("an IP pool, with calicoctl")
         env = {**os.environ, "ETCD_ENDPOINTS": etcd.url, "DATASTORE_TYPE": "etcdv3"}
         ctl = os.path.join(bin_dir, "calicoctl")
-        print(subprocess.run([ctl, "apply", "-f", str(REPO / "examples/ippool.yaml")], env=env,
-                             capture_output=True, text=True).stdout.rstrip())
-        print(subprocess.run([ctl, "get", "ippool", "-o", "wide"], env=env, capture_output=True, text=True).stdout)
+        for args in (["apply", "-f", str(REPO / "examples/ippool.yaml")], ["get", "ippool", "-o", "wide"]):
+            print(subprocess.run([ctl, *args], env=env, capture_output=True, text=True).stdout.rstrip())
 
-        say("one node namespace, two pod namespaces")
-        node = lab.node(etcd)
-        pods = [lab.pod(), lab.pod()]
-        print(f"node: {node}\npods: {', '.join(pods)}")
+        say("a switch and two nodes, each running calico-node (BIRD, node-to-node mesh)")
+        switch = lab.switch()
+        nodes = [lab.cluster_node(switch, i, etcd) for i in (1, 2)]
+        calico = [lab.calico_node(ns, etcd, f"node{i}", IP=f"192.168.200.{i}/24") for i, ns in zip((1, 2), nodes)]
+        for i, ns in enumerate(nodes):
+            print(f"node{i + 1}: namespace {ns}, address 192.168.200.{i + 1}, calico-node pid {calico[i].proc.pid}")
+
+        def established() -> bool:
+            return all("Established" in c.birdc("show", "protocols") for c in calico)
+
+        wait_for(established, 60, "BGP sessions")
+        show("node1's BGP peers", ["ip", "netns", "exec", nodes[0], "env", f"CALICO_RUN_DIR={calico[0].run_dir}",
+                                   ctl, "node", "status"])
 
         conf = json.loads((REPO / "examples/10-calico.conf").read_text())
-        conf.update(etcd_endpoints=etcd.url, nodename="demo-node", log_file_path=str(lab.workdir / "cni.log"))
+        conf.update(etcd_endpoints=etcd.url, log_file_path=str(lab.workdir / "cni.log"))
         say("the network config on stdin (examples/10-calico.conf, pointed at this etcd)")
         print(json.dumps(conf, indent=2))
 
-        addresses = []
-        for i, pod in enumerate(pods):
-            cid = f"demo{i}" + "0" * 59
-            args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=demo-pod-{i}"
-            say(f"CNI ADD pod {i}: ip netns exec {node} {bin_dir}/calico")
-            run = lab.run_plugin(node, "ADD", conf, cid, lab.netns_path(pod), args=args, bin_dir=bin_dir)
-            print(f"exit {run.rc} in {run.seconds * 1000:.0f} ms\n{json.dumps(run.out, indent=2)}")
-            if run.rc != 0:
-                print(run.stderr[-2000:])
-                return 1
-            addresses.append(run.out["ip4"]["ip"].split("/")[0])
+        pods = []  # (node index, pod ns, container id, address)
+        for node_index, count in ((0, 2), (1, 1)):
+            for _ in range(count):
+                pod = lab.pod()
+                cid = f"demo{len(pods)}".ljust(64, "0")
+                args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=demo-pod-{len(pods)}"
+                node_conf = {**conf, "nodename": f"node{node_index + 1}"}
+                say(f"CNI ADD pod {len(pods)} on node{node_index + 1}: ip netns exec {nodes[node_index]} calico")
+                run = lab.run_plugin(nodes[node_index], "ADD", node_conf, cid, lab.netns_path(pod), args=args,
+                                     bin_dir=bin_dir)
+                print(f"exit {run.rc} in {run.seconds * 1000:.0f} ms\n{json.dumps(run.out)}")
+                if run.rc != 0:
+                    print(run.stderr[-2000:])
+                    return 1
+                pods.append((node_index, pod, cid, run.out["ip4"]["ip"].split("/")[0], args))
 
         say("addresses and routes")
-        for pod in pods:
+        for _, pod, _, _, _ in pods:
             show(f"pod {pod}", ["ip", "netns", "exec", pod, "ip", "-4", "addr", "show", "eth0"])
-            show(f"pod {pod}", ["ip", "netns", "exec", pod, "ip", "route"])
-        show(f"node {node}", ["ip", "netns", "exec", node, "ip", "route"])
-        show("etcd", ["etcdctl", "--endpoints", etcd.url, "get", "--prefix", "/calico", "--keys-only"])
+        show(f"pod {pods[0][1]}", ["ip", "netns", "exec", pods[0][1], "ip", "route"])
+        time.sleep(3)  # BGP carries the new blocks
+        for ns in nodes:
+            show(f"node {ns}: /32s of its pods, the other node's block by BGP, a blackhole for its own",
+                 ["ip", "netns", "exec", ns, "ip", "route"])
 
-        say(f"ping pod 0 -> pod 1 ({addresses[1]})")
-        ping = subprocess.run(["ip", "netns", "exec", pods[0], "ping", "-c", "3", "-W", "2", addresses[1]])
-        say("CNI DEL both pods")
-        for i, pod in enumerate(pods):
-            cid = f"demo{i}" + "0" * 59
-            run = lab.run_plugin(node, "DEL", conf, cid, lab.netns_path(pod), bin_dir=bin_dir)
-            print(f"DEL pod {i}: exit {run.rc} in {run.seconds * 1000:.0f} ms")
+        say(f"ping on one node: pod 0 -> pod 1 ({pods[1][3]})")
+        ok &= subprocess.run(["ip", "netns", "exec", pods[0][1], "ping", "-c", "2", "-W", "2", pods[1][3]]).returncode == 0
+        say(f"ping across nodes: pod 0 (node1) -> pod 2 (node2, {pods[2][3]})")
+        ok &= subprocess.run(["ip", "netns", "exec", pods[0][1], "ping", "-c", "2", "-W", "2", pods[2][3]]).returncode == 0
+
+        say("iperf3: node to node, then pod to pod across the nodes (the reference document's experiment)")
+        node_rate = iperf(lab, nodes[1], nodes[0], "192.168.200.2")
+        pod_rate = iperf(lab, pods[2][1], pods[0][1], pods[2][3])
+        print(f"node1 -> node2: {node_rate:.2f} Gbit/s")
+        print(f"pod on node1 -> pod on node2: {pod_rate:.2f} Gbit/s")
+        print(f"pod/node ratio: {pod_rate / node_rate:.2f} (the reference document: 543/571 Mbit/s = 0.95)")
+
+        say("CNI DEL every pod")
+        for node_index, pod, cid, _, args in pods:
+            node_conf = {**conf, "nodename": f"node{node_index + 1}"}
+            run = lab.run_plugin(nodes[node_index], "DEL", node_conf, cid, lab.netns_path(pod), args=args,
+                                 bin_dir=bin_dir)
+            print(f"DEL {cid[:8]}…: exit {run.rc} in {run.seconds * 1000:.0f} ms")
+            ok &= run.rc == 0
         left = etcd.keys("/calico/ipam/v2/handle/")
         print(f"handles left in etcd: {left or 'none'}")
-        links = [link for link in lab.links(node) if link.startswith("cali")]
-        print(f"cali links left on the node: {links or 'none'}")
-        ok = ping.returncode == 0 and not left and not links
+        ok &= not left
     say("tear-down")
-    mine = [n for n in sh("ip", "netns", "list").stdout.split() if n.startswith("demo")]
-    print(f"namespaces left: {mine or 'none'}; etcd stopped")
-    print("\nDEMO", "PASSED" if ok else "FAILED")
-    return 0 if ok else 1
+    mine = [n for n in sh("ip", "netns", "list").stdout.split() if n.startswith(f"demo{os.getpid() % 10000}-")]
+    print(f"namespaces left: {mine or 'none'}; etcd, calico-node and BIRD stopped")
+    print("\nDEMO", "PASSED" if ok and not mine else "FAILED")
+    return 0 if ok and not mine else 1
 
 
 if __name__ == "__main__":
