@@ -46,6 +46,10 @@ def iperf(lab: Lab, server_ns: str, client_ns: str, address: str, seconds: int =
         server.wait()
 
 
+def ping(ns: str, address: str) -> bool:
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-W", "2", address]).returncode == 0
+
+
 def main() -> int:
     bin_dir = plugin_dir()
     print(f"binaries: {bin_dir}")
@@ -65,7 +69,8 @@ def main() -> int:
         say("a switch and two nodes, each running calico-node (BIRD, node-to-node mesh)")
         switch = lab.switch()
         nodes = [lab.cluster_node(switch, i, etcd) for i in (1, 2)]
-        calico = [lab.calico_node(ns, etcd, f"node{i}", IP=f"192.168.200.{i}/24") for i, ns in zip((1, 2), nodes)]
+        calico = [lab.calico_node(ns, etcd, f"node{i}", IP=f"192.168.200.{i}/24")
+                  for i, ns in zip((1, 2), nodes, strict=True)]
         for i, ns in enumerate(nodes):
             print(f"node{i + 1}: namespace {ns}, address 192.168.200.{i + 1}, calico-node pid {calico[i].proc.pid}")
 
@@ -107,9 +112,9 @@ def main() -> int:
                  ["ip", "netns", "exec", ns, "ip", "route"])
 
         say(f"ping on one node: pod 0 -> pod 1 ({pods[1][3]})")
-        ok &= subprocess.run(["ip", "netns", "exec", pods[0][1], "ping", "-c", "2", "-W", "2", pods[1][3]]).returncode == 0
+        ok &= ping(pods[0][1], pods[1][3])
         say(f"ping across nodes: pod 0 (node1) -> pod 2 (node2, {pods[2][3]})")
-        ok &= subprocess.run(["ip", "netns", "exec", pods[0][1], "ping", "-c", "2", "-W", "2", pods[2][3]]).returncode == 0
+        ok &= ping(pods[0][1], pods[2][3])
 
         say("iperf3: node to node, then pod to pod across the nodes (the reference document's experiment)")
         node_rate = iperf(lab, nodes[1], nodes[0], "192.168.200.2")

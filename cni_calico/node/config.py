@@ -76,7 +76,9 @@ def _autodetect_method(env: dict[str, str], name: str) -> str:
             except ValueError:
                 raise NodeConfigError(f"{name}={method!r}: can-reach needs an IP address") from None
         return method
-    raise NodeConfigError(f"{name}={method!r} is not first-found, interface=REGEX, skip-interface=REGEX or can-reach=IP")
+    raise NodeConfigError(
+        f"{name}={method!r} is not first-found, interface=REGEX, skip-interface=REGEX or can-reach=IP"
+    )
 
 
 def _labels(raw: str) -> dict[str, str]:

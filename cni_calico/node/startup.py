@@ -16,7 +16,7 @@ API = "projectcalico.org/v3"
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def register_node(ds: Datastore, cfg: NodeConfig, ipv4_cidr: str, extra_spec: dict | None = None) -> dict:
