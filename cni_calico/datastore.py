@@ -161,13 +161,26 @@ class Datastore:
                 return out
             start = resp.kvs[-1].key + b"\0"
 
-    def commit(self, guards: dict[str, int], puts: dict[str, dict] | None = None, deletes: Iterable[str] = ()) -> bool:
-        """One transaction: if every guarded key still has its mod revision (0: absent), apply all."""
+    def commit(
+        self,
+        guards: dict[str, int],
+        puts: dict[str, dict] | None = None,
+        deletes: Iterable[str] = (),
+        otherwise: dict[str, dict] | None = None,
+    ) -> bool:
+        """One transaction: if every guarded key still has its mod revision (0: absent), apply all.
+
+        `otherwise` is written instead when a guard fails (etcd's else branch), so "create X if
+        absent, and always write Y" is still one round trip."""
         t = self._txn
+
+        def put(k: str, v: dict):
+            return t.Put(k, json.dumps(v, separators=(",", ":")))
+
         compare = [t.Version(k) == 0 if rev == 0 else t.Mod(k) == rev for k, rev in guards.items()]
-        success = [t.Put(k, json.dumps(v, separators=(",", ":"))) for k, v in (puts or {}).items()]
-        success += [t.Delete(k) for k in deletes]
-        ok, _ = self._call("transaction", lambda c: c.transaction(compare=compare, success=success, failure=[]))
+        success = [put(k, v) for k, v in (puts or {}).items()] + [t.Delete(k) for k in deletes]
+        failure = [put(k, v) for k, v in (otherwise or {}).items()]
+        ok, _ = self._call("transaction", lambda c: c.transaction(compare=compare, success=success, failure=failure))
         return bool(ok)
 
     def put(self, key: str, value: dict) -> None:

@@ -66,8 +66,28 @@ def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], p
     }
 
 
-def write(ds: Datastore, eid: EndpointId, resource: dict) -> None:
-    ds.put(eid.key, resource)
+def default_profile(network: str) -> dict:
+    """The network's own profile: its endpoints carry the label `<network>` and accept traffic only
+    from endpoints with that label; egress is open. Two networks are two isolated tenants."""
+    return {
+        "kind": "Profile",
+        "apiVersion": API_VERSION,
+        "metadata": {"name": network},
+        "spec": {
+            "ingress": [{"action": "Allow", "source": {"selector": f"has({network})"}}],
+            "egress": [{"action": "Allow"}],
+            "labelsToApply": {network: ""},
+        },
+    }
+
+
+def write(ds: Datastore, eid: EndpointId, resource: dict, network: str = "") -> None:
+    """Writes the endpoint, and the network's default profile when there is none, in one transaction."""
+    if not network:
+        ds.put(eid.key, resource)
+        return
+    profile_key = keys.resource("profiles", network)
+    ds.commit({profile_key: 0}, {eid.key: resource, profile_key: default_profile(network)}, otherwise={eid.key: resource})
 
 
 def get(ds: Datastore, eid: EndpointId) -> KV | None:

@@ -109,7 +109,7 @@ def cmd_add(req: skel.Request) -> Result:
         mac = dataplane.setup(workload)
         _fault_point("after-dataplane")
         resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name])
-        endpoints.write(ds, eid, resource)
+        endpoints.write(ds, eid, resource, network=ctx.conf.name)
         _fault_point("after-endpoint")
     except BaseException:
         _undo_add(ctx, ds, workload, eid)

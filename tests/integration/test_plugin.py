@@ -119,6 +119,17 @@ def test_endpoint_record(lab, node, make_pod, pool, conf, etcd):
     assert wep["spec"]["ipNetworks"] == [add.out["ips"][0]["address"]]
     assert wep["spec"]["mac"] == add.out["interfaces"][1]["mac"]
     assert wep["spec"]["profiles"] == ["net1"]
+    profile_key = "/calico/resources/v3/projectcalico.org/profiles/net1"
+    profile = etcd.get_json(profile_key)
+    assert profile["spec"]["labelsToApply"] == {"net1": ""}
+    assert profile["spec"]["ingress"] == [{"action": "Allow", "source": {"selector": "has(net1)"}}]
+    # An operator's edit of the profile survives the next ADD (created only when absent).
+    profile["spec"]["egress"] = []
+    etcd.put_json(profile_key, profile)
+    other = make_pod()
+    assert Lab.run_plugin(node, "ADD", conf(), "wep000000002", Lab.netns_path(other)).rc == 0
+    assert etcd.get_json(profile_key)["spec"]["egress"] == []
+    assert Lab.run_plugin(node, "DEL", conf(), "wep000000002", Lab.netns_path(other)).rc == 0
     handle = etcd.get_json(f"{HANDLES}net1.wep000000001")
     assert handle["handleID"] == "net1.wep000000001" and sum(handle["block"].values()) == 1
     assert Lab.run_plugin(node, "DEL", conf(), "wep000000001", Lab.netns_path(pod), args=args).rc == 0
