@@ -40,6 +40,13 @@ class Workload:
     addresses: list[str]  # CIDRs: "10.0.0.5/32"
     mtu: int = 1500
     allow_ip_forwarding: bool = False
+    mac: str = ""  # the pod side's MAC; chosen up front so the endpoint record can be written first
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, as the kernel would pick for a veth."""
+    first, *rest = os.urandom(6)
+    return ":".join(f"{b:02x}" for b in ((first & 0xFE) | 0x02, *rest))
 
 
 def open_netns(path: str) -> IPRoute:
@@ -127,7 +134,7 @@ def _setup(w: Workload) -> str:
                 kind="veth",
                 address=HOST_MAC,
                 mtu=w.mtu,
-                peer={"ifname": w.ifname, "net_ns_fd": fd, "mtu": w.mtu},
+                peer={"ifname": w.ifname, "net_ns_fd": fd, "mtu": w.mtu, **({"address": w.mac} if w.mac else {})},
             )
         finally:
             os.close(fd)

@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from cni_calico.errors import INVALID_CONFIG, CniError, DatastoreError
@@ -69,10 +71,12 @@ class Datastore:
         self._tls_files = ""
         if any(u.startswith("https://") for u in self.urls) or conf.ca_cert_file:
             self._creds = self._tls_credentials(conf)
-            self._tls_files = f"; TLS with CA {conf.ca_cert_file or '(system)'}, certificate {conf.cert_file or '(none)'}"
+            ca, cert = conf.ca_cert_file or "(system)", conf.cert_file or "(none)"
+            self._tls_files = f"; TLS with CA {ca}, certificate {cert}"
         self._clients: dict[int, object] = {}
         self._current = 0
-        self.round_trips = 0  # counted for the benchmarks' "etcd round trips per ADD"
+        self.round_trips = 0  # every call since start
+        self._local = threading.local()  # per-thread count: one agent serves many requests at once
 
     def _tls_credentials(self, conf: EtcdConf):
         if bool(conf.key_file) != bool(conf.cert_file):
@@ -107,6 +111,7 @@ class Datastore:
             client = self._client(self._current)
             try:
                 self.round_trips += 1
+                self._local.calls = getattr(self._local, "calls", 0) + 1
                 return fn(client)
             except (self._grpc.RpcError, self._pyetcd.Etcd3Exception, ValueError) as exc:
                 last = exc
@@ -131,6 +136,13 @@ class Datastore:
         if meta is None:
             return None
         return KV(key, json.loads(value), meta.mod_revision)
+
+    def calls(self) -> int:
+        """Round trips this thread made since `reset_calls` (what one CNI operation cost)."""
+        return getattr(self._local, "calls", 0)
+
+    def reset_calls(self) -> None:
+        self._local.calls = 0
 
     def revision(self) -> int:
         """The store's current revision: one cheap call that tells whether anything changed."""
@@ -167,11 +179,13 @@ class Datastore:
         puts: dict[str, dict] | None = None,
         deletes: Iterable[str] = (),
         otherwise: dict[str, dict] | None = None,
+        create_if_absent: dict[str, dict] | None = None,
     ) -> bool:
         """One transaction: if every guarded key still has its mod revision (0: absent), apply all.
 
         `otherwise` is written instead when a guard fails (etcd's else branch), so "create X if
-        absent, and always write Y" is still one round trip."""
+        absent, and always write Y" is still one round trip. `create_if_absent` rides along with a
+        successful commit as a nested transaction: each key is written only if it does not exist."""
         t = self._txn
 
         def put(k: str, v: dict):
@@ -179,9 +193,24 @@ class Datastore:
 
         compare = [t.Version(k) == 0 if rev == 0 else t.Mod(k) == rev for k, rev in guards.items()]
         success = [put(k, v) for k, v in (puts or {}).items()] + [t.Delete(k) for k in deletes]
+        for k, v in (create_if_absent or {}).items():
+            success.append(t.Txn(compare=[t.Version(k) == 0], success=[put(k, v)], failure=[]))
         failure = [put(k, v) for k, v in (otherwise or {}).items()]
         ok, _ = self._call("transaction", lambda c: c.transaction(compare=compare, success=success, failure=failure))
         return bool(ok)
+
+    def multi_get(self, keys_: list[str], prefixes: list[str] = ()) -> dict[str, list[KV]]:
+        """Several keys and prefixes read in one round trip (one snapshot): {key or prefix: [KV]}."""
+        from pyetcd import utils
+
+        t = self._txn
+        ops = [t.Get(k) for k in keys_]
+        ops += [t.Get(p, utils.prefix_range_end(p.encode())) for p in prefixes]
+        _, responses = self._call("multi-get", lambda c: c.transaction(compare=[], success=ops, failure=[]))
+        out: dict[str, list[KV]] = {}
+        for name, kvs in zip([*keys_, *prefixes], responses, strict=True):
+            out[name] = [KV(meta.key.decode(), json.loads(value), meta.mod_revision) for value, meta in kvs]
+        return out
 
     def put(self, key: str, value: dict) -> None:
         self._call("put", lambda c: c.put(key, json.dumps(value, separators=(",", ":"))))

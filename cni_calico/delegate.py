@@ -23,7 +23,7 @@ def find(plugin: str, path: list[str]) -> str:
 
 def invoke(plugin: str, command: str, req: Request) -> Result | None:
     exe = find(plugin, req.path)
-    env = dict(os.environ, CNI_COMMAND=command)
+    env = dict(req.env or os.environ, CNI_COMMAND=command)
     try:
         proc = subprocess.run([exe], input=req.stdin, env=env, capture_output=True, timeout=TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
@@ -32,9 +32,11 @@ def invoke(plugin: str, command: str, req: Request) -> Result | None:
     try:
         data = json.loads(out) if out else {}
     except ValueError:
-        raise CniError(IO_FAILURE, f"IPAM plugin {plugin} printed something that is not JSON", out[:200].decode(errors="replace")) from None
+        shown = out[:200].decode(errors="replace")
+        raise CniError(IO_FAILURE, f"IPAM plugin {plugin} printed something that is not JSON", shown) from None
     if proc.returncode != 0 or "code" in data:
-        raise CniError(int(data.get("code", 100)), f"IPAM plugin {plugin}: {data.get('msg', 'failed')}", data.get("details", ""))
+        msg = f"IPAM plugin {plugin}: {data.get('msg', 'failed')}"
+        raise CniError(int(data.get("code", 100)), msg, data.get("details", ""))
     if command != "ADD":
         return None
     try:

@@ -39,7 +39,7 @@ class EndpointId:
 
 
 def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str]) -> dict:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "kind": "WorkloadEndpoint",
         "apiVersion": API_VERSION,
@@ -87,7 +87,8 @@ def write(ds: Datastore, eid: EndpointId, resource: dict, network: str = "") -> 
         ds.put(eid.key, resource)
         return
     profile_key = keys.resource("profiles", network)
-    ds.commit({profile_key: 0}, {eid.key: resource, profile_key: default_profile(network)}, otherwise={eid.key: resource})
+    ds.commit({profile_key: 0}, {eid.key: resource, profile_key: default_profile(network)},
+              otherwise={eid.key: resource})
 
 
 def get(ds: Datastore, eid: EndpointId) -> KV | None:

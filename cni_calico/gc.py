@@ -24,7 +24,7 @@ def collect(ds: Datastore, conf: NetConf, node: str, valid_attachments: list) ->
         container_id = handle_id[len(conf.name) + 1:]
         if container_id in valid or not _held_on_node(store, handle_id, node):
             continue
-        freed = store.release_by_handle(handle_id)
+        freed, _ = store.release_by_handle(handle_id)
         log.info("GC released %s (%s): no valid attachment", handle_id, ", ".join(freed))
         released.append(handle_id)
     deleted: list[str] = []

@@ -8,7 +8,6 @@ DEL is idempotent and never touches a re-created pod's live veth or record.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -51,39 +50,59 @@ def _context(req: skel.Request) -> Context:
     return Context(req, conf, determine(conf), namespace, pod, host_ifname)
 
 
+_shared: dict | None = None  # the agent keeps warm clients here; a plugin process makes one per call
+
+
+def share_datastores() -> None:
+    """Called by the agent: reuse one etcd client per etcd configuration across requests."""
+    global _shared
+    _shared = {}
+
+
 def _datastore(conf: NetConf):
     from cni_calico.datastore import Datastore
 
-    return Datastore(conf.etcd)
+    if _shared is None:
+        ds = Datastore(conf.etcd)
+    else:
+        ident = (tuple(conf.etcd.endpoints), conf.etcd.key_file, conf.etcd.cert_file, conf.etcd.ca_cert_file)
+        ds = _shared.get(ident)
+        if ds is None:
+            ds = _shared[ident] = Datastore(conf.etcd)
+    ds.reset_calls()
+    return ds
 
 
-def _allocate(ctx: Context, ds) -> list[str]:
+def _allocate(ctx: Context, ds, riders=None) -> tuple[list[str], bool]:
+    """Addresses for the workload, and whether `riders` (the endpoint) went into IPAM's transaction."""
     if ctx.conf.ipam.type == CALICO_IPAM:
         from ipam.plugin import assign
 
-        return assign(ctx.conf, ctx.req, ds, ctx.node)
+        return assign(ctx.conf, ctx.req, ds, ctx.node, riders)
     from cni_calico.delegate import invoke
 
     result = invoke(ctx.conf.ipam.type, "ADD", ctx.req)
     if result is None or not result.ips:
         raise CniError(DATAPLANE_FAILURE, f"IPAM plugin {ctx.conf.ipam.type} returned no address")
     # The address is the workload's own: /32 (or /128) whatever the IPAM's prefix.
-    return [f"{ip.address.split('/')[0]}/{32 if ip.family == 4 else 128}" for ip in result.ips]
+    return [f"{ip.address.split('/')[0]}/{32 if ip.family == 4 else 128}" for ip in result.ips], False
 
 
-def _release(ctx: Context, ds) -> None:
+def _release(ctx: Context, ds, known=None, also_delete: dict[str, int] | None = None) -> bool:
+    """Frees the container's addresses; True when `also_delete` went in the same transaction."""
     if ctx.conf.ipam.type == CALICO_IPAM:
         from ipam.plugin import release
 
-        release(ctx.conf, ctx.req, ds)
-    else:
-        from cni_calico.delegate import invoke
+        return release(ctx.conf, ctx.req, ds, known, also_delete)[1]
+    from cni_calico.delegate import invoke
 
-        invoke(ctx.conf.ipam.type, "DEL", ctx.req)
+    invoke(ctx.conf.ipam.type, "DEL", ctx.req)
+    return False
 
 
 def cmd_add(req: skel.Request) -> Result:
     from cni_calico import dataplane, endpoints
+    from cni_calico.nodename import pod_mtu
 
     started = time.monotonic()
     ctx = _context(req)
@@ -97,27 +116,38 @@ def cmd_add(req: skel.Request) -> Result:
         find(ctx.conf.ipam.type, req.path)  # a missing IPAM plugin fails before anything is done
     dataplane.check_pod_ifname_free(req.netns, req.ifname)
     ds = _datastore(ctx.conf)
-    addresses = _allocate(ctx, ds)
-    from cni_calico.nodename import pod_mtu
-
-    workload = dataplane.Workload(
-        req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding
-    )
     eid = ctx.endpoint_id()
-    try:
-        _fault_point("after-ipam")
-        mac = dataplane.setup(workload)
-        _fault_point("after-dataplane")
+    mac = dataplane.random_mac()
+
+    def endpoint_riders(addresses: list[str]):
+        from cni_calico import keys
+        from ipam.store import Riders
+
         resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name])
-        endpoints.write(ds, eid, resource, network=ctx.conf.name)
-        _fault_point("after-endpoint")
+        profile = {keys.resource("profiles", ctx.conf.name): endpoints.default_profile(ctx.conf.name)}
+        return Riders(puts={eid.key: resource}, create_if_absent=profile)
+
+    # The endpoint record rides in IPAM's transaction: one round trip fewer, and never an
+    # address without its endpoint (a crash before the dataplane leaves both, for GC/DEL).
+    addresses, endpoint_written = _allocate(ctx, ds, endpoint_riders)
+    workload = dataplane.Workload(
+        req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding, mac
+    )
+    try:
+        _fault_point(req, "after-ipam")
+        if not endpoint_written:  # another IPAM plugin, or a repeated ADD
+            endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name]),
+                            network=ctx.conf.name)
+        _fault_point(req, "after-endpoint")
+        dataplane.setup(workload)
+        _fault_point(req, "after-dataplane")
     except BaseException:
         _undo_add(ctx, ds, workload, eid)
         raise
     log.info(
-        "ADD container=%s pod=%s/%s address=%s interface=%s took %.0f ms",
+        "ADD container=%s pod=%s/%s address=%s interface=%s etcd_round_trips=%d took %.0f ms",
         req.container_id, ctx.namespace, ctx.pod or "-", ",".join(addresses), ctx.host_ifname,
-        (time.monotonic() - started) * 1000,
+        ds.calls(), (time.monotonic() - started) * 1000,
     )
     return Result(
         interfaces=[Interface(ctx.host_ifname, dataplane.HOST_MAC), Interface(req.ifname, mac, req.netns)],
@@ -126,9 +156,9 @@ def cmd_add(req: skel.Request) -> Result:
     )
 
 
-def _fault_point(name: str) -> None:
+def _fault_point(req: skel.Request, name: str) -> None:
     """Test hook: CNI_CALICO_FAIL_AT=<name> makes ADD fail here, so tests can prove the rollback."""
-    if os.environ.get("CNI_CALICO_FAIL_AT") == name:
+    if req.env.get("CNI_CALICO_FAIL_AT") == name:
         raise CniError(DATAPLANE_FAILURE, f"injected failure at {name} (CNI_CALICO_FAIL_AT)")
 
 
@@ -148,13 +178,16 @@ def _undo_add(ctx: Context, ds, workload, eid) -> None:
 
 
 def cmd_del(req: skel.Request) -> None:
-    from cni_calico import dataplane, endpoints
+    from cni_calico import dataplane, endpoints, keys
+    from cni_calico.names import handle_id
 
     started = time.monotonic()
     ctx = _context(req)
     ds = _datastore(ctx.conf)
     eid = ctx.endpoint_id()
-    current = endpoints.get(ds, eid)
+    handle_key = keys.handle(handle_id(ctx.conf.name, req.container_id))
+    read = ds.multi_get([eid.key, handle_key])  # the endpoint and the handle in one round trip
+    current = read[eid.key][0] if read[eid.key] else None
     owner = current.value.get("spec", {}).get("containerID") if current else None
     # The pod's own end goes with its namespace; the host end only when no newer
     # sandbox of the same pod (same veth name) owns the endpoint now.
@@ -163,10 +196,18 @@ def cmd_del(req: skel.Request) -> None:
         dataplane.teardown_host(ctx.host_ifname)
     else:
         log.info("DEL for %s: endpoint now belongs to %s, leaving its veth alone", req.container_id, owner)
-    _release(ctx, ds)
-    endpoints.delete_if_owned(ds, eid, current)
-    log.info("DEL container=%s pod=%s/%s took %.0f ms", req.container_id, ctx.namespace, ctx.pod or "-",
-             (time.monotonic() - started) * 1000)
+    known = None
+    if read[handle_key]:
+        from ipam.store import Handle
+
+        kv = read[handle_key][0]
+        known = Handle(kv.key[len(keys.handle_dir()):], dict(kv.value.get("block") or {}), kv.mod_revision)
+    mine = {eid.key: current.mod_revision} if current is not None and owner == req.container_id else {}
+    gone = _release(ctx, ds, known, mine) if (known or ctx.conf.ipam.type != CALICO_IPAM) else False
+    if mine and not gone:
+        endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))
+    log.info("DEL container=%s pod=%s/%s etcd_round_trips=%d took %.0f ms", req.container_id, ctx.namespace,
+             ctx.pod or "-", ds.calls(), (time.monotonic() - started) * 1000)
 
 
 def cmd_check(req: skel.Request) -> None:

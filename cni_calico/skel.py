@@ -12,8 +12,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from cni_calico.errors import (
     DECODE_FAILURE,
@@ -54,6 +54,7 @@ class Request:
     path: list[str] = field(default_factory=list)
     stdin: bytes = b""
     conf: dict = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the invocation's environment (agent: the caller's)
 
     @property
     def version(self) -> str:
@@ -91,7 +92,7 @@ def read_request(env: dict[str, str], stdin: bytes) -> Request:
         raise CniError(INVALID_ENV, "required env variable CNI_COMMAND is missing")
     if command not in COMMANDS:
         raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {command!r}", f"expected one of {', '.join(COMMANDS)}")
-    req = Request(command=command, stdin=stdin)
+    req = Request(command=command, stdin=stdin, env=env)
     if command == "VERSION":
         return req
     missing = [k for k in REQUIRED_ENV[command] if not env.get(k)]
@@ -140,7 +141,7 @@ def version_info(stdin: bytes) -> dict:
 def _asked_version(stdin: bytes) -> str:
     """The config's cniVersion for error replies, when it is one we speak; else the latest."""
     try:
-        asked = json.loads(stdin).get("cniVersion")
+        asked = json.loads(stdin).get("cniVersion") or DEFAULT_CONFIG_VERSION
     except (ValueError, AttributeError, UnicodeDecodeError):
         return LATEST_VERSION
     return asked if asked in SUPPORTED_VERSIONS else LATEST_VERSION
@@ -152,30 +153,37 @@ def error_json(err: CniError, version: str) -> str:
     return json.dumps({"cniVersion": version, "code": err.code, "msg": err.msg, "details": err.details})
 
 
-def run(handlers: dict[str, Handler], env: dict[str, str] | None = None) -> int:
-    """Runs one CNI invocation; prints the result or the error JSON; returns the exit status."""
-    env = dict(os.environ) if env is None else env
-    stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+def execute(handlers: dict[str, Handler], env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+    """One CNI invocation: (exit status, what belongs on stdout). Used by the process and the agent."""
     req: Request | None = None
     version = _asked_version(stdin)
     try:
         req = read_request(env, stdin)
         if req.command == "VERSION":
-            sys.stdout.write(json.dumps(version_info(stdin)) + "\n")
-            return 0
+            return 0, json.dumps(version_info(stdin)) + "\n"
         handler = handlers.get(req.command)
         if handler is None:
             raise CniError(INVALID_ENV, f"CNI_COMMAND {req.command} is not supported by this plugin")
         result = handler(req)
-        if result is not None:
-            sys.stdout.write(json.dumps(result.to_dict(version)) + "\n")
-        return 0
+        return 0, (json.dumps(result.to_dict(version)) + "\n") if result is not None else ""
     except CniError as err:
         log.error("%s failed: %s", req.command if req else env.get("CNI_COMMAND", "?"), err)
-        sys.stdout.write(error_json(err, version) + "\n")
-        return 1
+        return 1, error_json(err, version) + "\n"
     except Exception as exc:  # noqa: BLE001 - the last line of defence for stdout's shape
         log.exception("internal error")
         err = CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "see the plugin log for the traceback")
-        sys.stdout.write(error_json(err, version) + "\n")
-        return 1
+        return 1, error_json(err, version) + "\n"
+
+
+def read_stdin() -> bytes:
+    return sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+
+
+def run(handlers: dict[str, Handler], env: dict[str, str] | None = None, stdin: bytes | None = None) -> int:
+    """Runs one CNI invocation in this process; prints the result or the error JSON; returns the status."""
+    env = dict(os.environ) if env is None else env
+    status, out = execute(handlers, env, read_stdin() if stdin is None else stdin)
+    if out:
+        sys.stdout.write(out)
+        sys.stdout.flush()
+    return status

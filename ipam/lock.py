@@ -7,7 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,8 @@ def run_dir() -> str:
 
 
 @contextlib.contextmanager
-def node_lock(node: str) -> Iterator[None]:
-    path = os.path.join(run_dir(), f"ipam-{node}.lock")
+def node_lock(node: str, directory: str | None = None) -> Iterator[None]:
+    path = os.path.join(directory or run_dir(), f"ipam-{node}.lock")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 
-from cni_calico import skel
+from cni_calico import keys, skel
 from cni_calico.datastore import Datastore
 from cni_calico.errors import DATAPLANE_FAILURE, CniError
 from cni_calico.names import handle_id
@@ -17,7 +18,7 @@ from cni_calico.netconf import NetConf
 from cni_calico.result import IPConfig, Result
 from ipam.lock import node_lock
 from ipam.pools import select_pools
-from ipam.store import IpamStore
+from ipam.store import Handle, IpamStore, Riders
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def _attrs(node: str, req: skel.Request) -> dict:
     attrs = {
         "node": node,
         "containerID": req.container_id,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if req.args.get("K8S_POD_NAME"):
         attrs["namespace"] = req.args.get("K8S_POD_NAMESPACE", "default")
@@ -34,36 +35,56 @@ def _attrs(node: str, req: skel.Request) -> dict:
     return attrs
 
 
-def assign(conf: NetConf, req: skel.Request, ds: Datastore, node: str) -> list[str]:
-    """Addresses (as /32 or /128 CIDRs) for the request's container; the same ones on a repeat."""
+def assign(
+    conf: NetConf, req: skel.Request, ds: Datastore, node: str, riders: Callable[[list[str]], Riders] | None = None
+) -> tuple[list[str], bool]:
+    """Addresses (as /32 or /128 CIDRs) for the request's container; the same ones on a repeat.
+
+    Pools and the node's affine blocks come in one read; `riders(addresses)` are written in the
+    last assignment's own transaction. Returns (addresses, whether the riders were written)."""
     store = IpamStore(ds)
     handle = handle_id(conf.name, req.container_id)
     families = [f for f, want in ((4, conf.ipam.assign_ipv4), (6, conf.ipam.assign_ipv6)) if want]
     if not families:
         raise CniError(7, "ipam assigns no address: both assign_ipv4 and assign_ipv6 are false")
     out: list[str] = []
-    with node_lock(node):
-        pools = store.pools()
+    rode = False
+    run_dir = req.env.get("CALICO_RUN_DIR") or None
+    with node_lock(node, run_dir):
+        pools_dir = keys.resource_dir("ippools")
+        prefixes = [pools_dir] + [keys.affinity_dir(node, f) for f in families]
+        read = ds.multi_get([], prefixes)
+        pools = store.parse_pools(read[pools_dir])
         # Node labels cost a read: only when some pool selects nodes by label.
         selective = any(p.node_selector.strip() not in ("", "all()", "!all()") for p in pools)
         labels = store.node_labels(node) if selective else {}
         try:
-            for family in families:
+            for i, family in enumerate(families):
                 requested = conf.ipam.ipv4_pools if family == 4 else conf.ipam.ipv6_pools
                 chosen = select_pools(pools, requested, family, labels)
-                got = store.auto_assign(handle, _attrs(node, req), node, chosen)
+                affine = [keys.cidr_from_block_key(kv.key) for kv in read[keys.affinity_dir(node, family)]]
+                last = i == len(families) - 1
+
+                def ride(ip: str, family: int = family) -> Riders:
+                    addrs = [*out, f"{ip}/{32 if family == 4 else 128}"]
+                    return riders(addrs) if riders else Riders()
+
+                got = store.auto_assign(handle, _attrs(node, req), node, chosen, affine,
+                                        ride if (last and riders) else None)
                 out.append(f"{got.ip}/{32 if family == 4 else 128}")
+                rode = last and got.fresh and riders is not None
         except BaseException:
             # All or nothing: a failed second family returns the first one's address.
             if out:
                 store.release_by_handle(handle)
             raise
     log.debug("assigned %s to %s (%d conflicts)", out, handle, store.conflicts)
-    return out
+    return out, rode
 
 
-def release(conf: NetConf, req: skel.Request, ds: Datastore) -> list[str]:
-    return IpamStore(ds).release_by_handle(handle_id(conf.name, req.container_id))
+def release(conf: NetConf, req: skel.Request, ds: Datastore, known: Handle | None = None,
+            also_delete: dict[str, int] | None = None) -> tuple[list[str], bool]:
+    return IpamStore(ds).release_by_handle(handle_id(conf.name, req.container_id), known, also_delete)
 
 
 def owned(conf: NetConf, req: skel.Request, ds: Datastore) -> list[str]:
@@ -85,7 +106,7 @@ def cmd_add(req: skel.Request) -> Result:
     from cni_calico.nodename import determine
 
     conf, ds = _open(req)
-    addresses = assign(conf, req, ds, determine(conf))
+    addresses, _ = assign(conf, req, ds, determine(conf))
     return Result(ips=[IPConfig(a) for a in addresses])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from cni_calico.errors import INVALID_CONFIG, CniError
@@ -47,33 +46,17 @@ def pool_from_resource(resource: dict) -> Pool:
     )
 
 
-_TERM = re.compile(r"""^\s*(?:has\((?P<has>[\w./-]+)\)|(?P<key>[\w./-]+)\s*(?P<op>==|!=)\s*(?P<q>['"])(?P<val>.*?)(?P=q))\s*$""")
-
-
 def node_selected(selector: str, labels: dict[str, str]) -> bool:
-    """The nodeSelector forms pools use: all(), !all(), and `k == 'v'`/`k != 'v'`/has(k) joined by &&.
+    """A pool's nodeSelector in Calico's selector language; one that does not parse selects no node,
+    so a pool is never used by mistake."""
+    if selector.strip() in ("", "all()"):
+        return True  # the common case, without loading the selector parser on the plugin's hot path
+    from cni_calico.selector import SelectorError, matches
 
-    The full selector language arrives with network policy; an expression this
-    does not understand selects no node, so a pool is never used by mistake.
-    """
-    selector = selector.strip()
-    if selector in ("", "all()"):
-        return True
-    if selector == "!all()":
+    try:
+        return matches(selector or "all()", labels)
+    except SelectorError:
         return False
-    for term in selector.split("&&"):
-        m = _TERM.match(term)
-        if not m:
-            return False
-        if m.group("has"):
-            ok = m.group("has") in labels
-        elif m.group("op") == "==":
-            ok = labels.get(m.group("key")) == m.group("val")
-        else:
-            ok = labels.get(m.group("key")) != m.group("val")
-        if not ok:
-            return False
-    return True
 
 
 def select_pools(pools: list[Pool], requested: list[str], family: int, node_labels: dict[str, str]) -> list[Pool]:

@@ -9,6 +9,7 @@ two callers ever commit the same ordinal.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cni_calico import keys
@@ -24,6 +25,15 @@ log = logging.getLogger(__name__)
 class Assignment:
     ip: str  # bare address
     block: str  # the block's CIDR
+    fresh: bool = False  # our commit made it (and wrote the caller's riders); False: a repeat ADD's
+
+
+@dataclass
+class Riders:
+    """Writes that travel in the assignment's own transaction (the endpoint, its profile)."""
+
+    puts: dict[str, dict] = field(default_factory=dict)
+    create_if_absent: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,8 +54,12 @@ class IpamStore:
     # --- reads -----------------------------------------------------------------
 
     def pools(self) -> list[Pool]:
+        return self.parse_pools(self.ds.list(keys.resource_dir("ippools")))
+
+    @staticmethod
+    def parse_pools(kvs: list[KV]) -> list[Pool]:
         out = []
-        for kv in self.ds.list(keys.resource_dir("ippools")):
+        for kv in kvs:
             try:
                 out.append(pool_from_resource(kv.value))
             except (KeyError, ValueError, TypeError) as exc:
@@ -87,45 +101,61 @@ class IpamStore:
 
     # --- assignment -------------------------------------------------------------
 
-    def auto_assign(self, handle_id: str, attrs: dict, node: str, pools: list[Pool]) -> Assignment:
-        """One address for the handle from the given pools (all of one family); idempotent per handle."""
+    def auto_assign(
+        self,
+        handle_id: str,
+        attrs: dict,
+        node: str,
+        pools: list[Pool],
+        affinities: list[str] | None = None,
+        riders: Callable[[str], Riders] | None = None,
+    ) -> Assignment:
+        """One address for the handle from the given pools (all of one family); idempotent per handle.
+
+        `affinities`: the node's affine blocks when the caller already read them (saves a round
+        trip on the first try). `riders(ip)`: writes to commit in the same transaction."""
         if not pools:
             raise CniError(POOL_EXHAUSTED, "no enabled IP pool to assign from (create one with calicoctl)")
         family = pools[0].family
         # Optimistic first try: the handle is new (its guard is "absent"); after a
         # lost race the handle is re-read, so a second family can join it.
         known: list[Handle] = [Handle(handle_id)]
+        prefetched = [affinities]
 
         def once() -> Assignment:
+            affine = prefetched[0] if prefetched[0] is not None else self.affine_blocks(node, family)
+            prefetched[0] = None  # a retry reads afresh
             try:
                 return self._assign_once(Handle(handle_id, dict(known[0].blocks), known[0].mod_revision),
-                                         attrs, node, pools, family)
+                                         attrs, node, pools, family, affine, riders)
             except ConflictError:
                 known[0] = self.get_handle(handle_id) or Handle(handle_id)
                 raise
 
         return retry_on_conflict(once, f"assigning an address for {handle_id}")
 
-    def _assign_once(self, handle: Handle, attrs: dict, node: str, pools: list[Pool], family: int) -> Assignment:
-        for cidr in self.affine_blocks(node, family):
+    def _assign_once(
+        self, handle: Handle, attrs: dict, node: str, pools: list[Pool], family: int, affine: list[str], riders
+    ) -> Assignment:
+        for cidr in affine:
             if not any(p.contains(cidr) for p in pools):
                 continue
             got = self.get_block(cidr)
             if got is None or got[0].free == 0:
                 continue
-            return self._commit_assign(got[0], got[1], handle, attrs, node)
+            return self._commit_assign(got[0], got[1], handle, attrs, riders)
         claimed = self._claim_block(node, pools, family)
         if claimed is not None:
-            return self._commit_assign(claimed, 0, handle, attrs, node, new_affinity=node)
+            return self._commit_assign(claimed, 0, handle, attrs, riders, new_affinity=node)
         if not self.strict_affinity():
             for block, rev in self._blocks_with_room(pools, family):
                 log.info("borrowing an address from block %s (affine to %s)", block.cidr, block.node)
-                return self._commit_assign(block, rev, handle, attrs, node)
+                return self._commit_assign(block, rev, handle, attrs, riders)
         names = ", ".join(f"{p.name} ({p.cidr})" for p in pools)
         raise CniError(POOL_EXHAUSTED, f"no free IPv{family} address: pool {names} is exhausted")
 
     def _commit_assign(
-        self, block: Block, rev: int, handle: Handle, attrs: dict, node: str, new_affinity: str = ""
+        self, block: Block, rev: int, handle: Handle, attrs: dict, riders, new_affinity: str = ""
     ) -> Assignment:
         (ip,) = block.assign(1, handle.handle_id, attrs)
         handle.blocks[block.cidr] = handle.blocks.get(block.cidr, 0) + 1
@@ -136,8 +166,9 @@ class IpamStore:
             affinity_key = keys.affinity(new_affinity, block.cidr)
             guards[affinity_key] = 0
             puts[affinity_key] = {"state": "confirmed", "deleted": False}
-        if self.ds.commit(guards, puts):
-            return Assignment(ip, block.cidr)
+        extra = riders(ip) if riders else Riders()
+        if self.ds.commit(guards, {**extra.puts, **puts}, create_if_absent=extra.create_if_absent):
+            return Assignment(ip, block.cidr, fresh=True)
         # Lost a race, or this handle already holds an address (a repeated ADD).
         existing = self.ips_by_handle(handle.handle_id)
         family_existing = [a for a in existing if network(a.block).version == network(block.cidr).version]
@@ -196,14 +227,27 @@ class IpamStore:
 
     # --- release ----------------------------------------------------------------
 
-    def release_by_handle(self, handle_id: str) -> list[str]:
-        """Frees everything the handle holds and deletes it; [] when it is already gone."""
-        return retry_on_conflict(lambda: self._release_once(handle_id), f"releasing {handle_id}")
+    def release_by_handle(
+        self, handle_id: str, known: Handle | None = None, also_delete: dict[str, int] | None = None
+    ) -> tuple[list[str], bool]:
+        """Frees everything the handle holds and deletes it; ([], False) when it is already gone.
 
-    def _release_once(self, handle_id: str) -> list[str]:
-        handle = self.get_handle(handle_id)
+        `known`: the handle as the caller just read it (saves a round trip on the first try).
+        `also_delete`: keys (with their mod revisions) deleted in the final transaction, such as
+        the endpoint; the bool says whether they went (a lost guard leaves them to the caller)."""
+        first = [known, also_delete or {}]
+
+        def once() -> tuple[list[str], bool]:
+            handle, extra = first
+            first[0], first[1] = None, {}  # a retry reads afresh and leaves the riders to the caller
+            return self._release_once(handle_id, handle, extra)
+
+        return retry_on_conflict(once, f"releasing {handle_id}")
+
+    def _release_once(self, handle_id: str, handle: Handle | None, extra: dict[str, int]) -> tuple[list[str], bool]:
+        handle = handle or self.get_handle(handle_id)
         if handle is None:
-            return []
+            return [], False
         freed: list[str] = []
         cidrs = list(handle.blocks)
         for i, cidr in enumerate(cidrs):
@@ -219,7 +263,7 @@ class IpamStore:
                 puts[keys.block(cidr)] = block.to_dict()
             del handle.blocks[cidr]
             if last:
-                ok = self.ds.commit(guards, puts, deletes=[handle_key])
+                ok = self.ds.commit({**guards, **extra}, puts, deletes=[handle_key, *extra])
             else:
                 puts[handle_key] = handle.to_dict()
                 ok = self.ds.commit(guards, puts)
@@ -230,7 +274,8 @@ class IpamStore:
                 handle = self.get_handle(handle_id) or Handle(handle_id)
         if not cidrs:
             self.ds.commit({keys.handle(handle_id): handle.mod_revision}, deletes=[keys.handle(handle_id)])
-        return freed
+            return freed, False
+        return freed, bool(extra)
 
     def release_ips(self, ips: list[str]) -> list[str]:
         """Frees addresses regardless of handle (operator clean-up); fixes the handles' counts."""
@@ -266,6 +311,95 @@ class IpamStore:
                 raise ConflictError(block.cidr)
             return freed
         return []
+
+    # --- operator clean-up (calicoctl): added for issue 5, existing methods unchanged --------
+
+    def blocks(self) -> list[tuple[Block, int]]:
+        """Every block of both families, with its mod revision."""
+        return [(Block.from_dict(kv.value), kv.mod_revision) for f in (4, 6) for kv in self.ds.list(keys.block_dir(f))]
+
+    def handles(self) -> list[Handle]:
+        prefix = keys.handle_dir()
+        return [Handle(kv.key[len(prefix):], dict(kv.value.get("block") or {}), kv.mod_revision)
+                for kv in self.ds.list(prefix)]
+
+    def affinities(self, node: str | None = None) -> list[tuple[str, str]]:
+        """(node, block CIDR) of every block affinity, or of one node's."""
+        root = f"{keys.IPAM}/host/"
+        out = []
+        for kv in self.ds.list(root + (f"{node}/" if node else ""), keys_only=True):
+            parts = kv.key[len(root):].split("/")  # <node>/ipv4/block/<cidr>
+            if len(parts) == 4 and parts[2] == "block":
+                out.append((parts[0], keys.cidr_from_block_key(kv.key)))
+        return out
+
+    def release_affinity(self, node: str, cidr: str) -> str:
+        """Drops the node's claim on a block: "deleted" (it was empty, block gone too), "unaffine"
+        (it still holds addresses: they stay valid, the block now belongs to no node), "" (nothing to do)."""
+        return retry_on_conflict(lambda: self._release_affinity_once(node, cidr), f"releasing {node}'s {cidr}")
+
+    def _release_affinity_once(self, node: str, cidr: str) -> str:
+        aff_key = keys.affinity(node, cidr)
+        aff = self.ds.get(aff_key)
+        got = self.get_block(cidr)
+        guards: dict[str, int] = {}
+        puts: dict[str, dict] = {}
+        deletes: list[str] = []
+        outcome = "released" if aff else ""
+        if aff is not None:
+            guards[aff_key] = aff.mod_revision
+            deletes.append(aff_key)
+        if got is not None and got[0].node in (node, None):
+            block, rev = got
+            guards[keys.block(cidr)] = rev
+            if block.is_empty():
+                deletes.append(keys.block(cidr))
+                outcome = "deleted"
+            elif block.affinity is not None:
+                block.affinity = None
+                puts[keys.block(cidr)] = block.to_dict()
+                outcome = "unaffine"
+        if not guards or (not puts and not deletes):
+            return outcome
+        if not self.ds.commit(guards, puts, deletes):
+            self.conflicts += 1
+            raise ConflictError(cidr)
+        return outcome
+
+    def release_ip_of_handle(self, ip: str, handle_id: str) -> bool:
+        """Frees `ip` only while `handle_id` still holds it (checked in the same guarded transaction)."""
+        return retry_on_conflict(lambda: self._release_ip_of_handle_once(ip, handle_id), f"releasing {ip}")
+
+    def _release_ip_of_handle_once(self, ip: str, handle_id: str) -> bool:
+        for kv in self.ds.list(keys.block_dir(network(ip).version)):
+            block = Block.from_dict(kv.value)
+            if not network(ip).subnet_of(network(block.cidr)):  # type: ignore[arg-type]
+                continue
+            if block.handle_of(block.ordinal_of(ip)) != handle_id:
+                return False
+            block.release_ips([ip])
+            guards: dict[str, int] = {kv.key: kv.mod_revision}
+            puts: dict[str, dict] = {kv.key: block.to_dict()}
+            deletes: list[str] = []
+            handle = self.get_handle(handle_id)
+            if handle is not None:
+                guards[keys.handle(handle_id)] = handle.mod_revision
+                handle.blocks[block.cidr] = handle.blocks.get(block.cidr, 1) - 1
+                if handle.blocks[block.cidr] <= 0:
+                    del handle.blocks[block.cidr]
+                if handle.blocks:
+                    puts[keys.handle(handle_id)] = handle.to_dict()
+                else:
+                    deletes.append(keys.handle(handle_id))
+            if not self.ds.commit(guards, puts, deletes):
+                self.conflicts += 1
+                raise ConflictError(block.cidr)
+            return True
+        return False
+
+    def delete_handle(self, handle_id: str, mod_revision: int) -> bool:
+        """Deletes a handle record that is still at `mod_revision` (a leaked, empty handle)."""
+        return self.ds.commit({keys.handle(handle_id): mod_revision}, deletes=[keys.handle(handle_id)])
 
 
 def block_of(kv: KV) -> Block:

@@ -58,7 +58,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 def _port_open(port: int, netns: str | None = None) -> bool:
     if netns:
-        return sh("ip", "netns", "exec", netns, "bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}", check=False).returncode == 0
+        probe = f"echo > /dev/tcp/127.0.0.1/{port}"
+        return sh("ip", "netns", "exec", netns, "bash", "-c", probe, check=False).returncode == 0
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0

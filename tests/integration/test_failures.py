@@ -141,7 +141,7 @@ def test_status_and_gc(lab, node, make_pod, pool, conf, etcd):
     assert Lab.run_plugin(node, "STATUS", netconf).rc == 0
     pods = [make_pod() for _ in range(3)]
     cids = [f"gc{i}".ljust(16, "0") for i in range(3)]
-    for cid, pod in zip(cids, pods):
+    for cid, pod in zip(cids, pods, strict=True):
         assert Lab.run_plugin(node, "ADD", netconf, cid, Lab.netns_path(pod)).rc == 0
     valid = [{"containerID": cids[0], "ifname": "eth0"}]
     gc = Lab.run_plugin(node, "GC", {**netconf, "cni.dev/valid-attachments": valid})
@@ -152,7 +152,7 @@ def test_status_and_gc(lab, node, make_pod, pool, conf, etcd):
     # STATUS says the plugin is unavailable when etcd is not there.
     down = Lab.run_plugin(node, "STATUS", {**netconf, "etcd_endpoints": f"http://127.0.0.1:{free_port()}"})
     _assert_cni_error(down, 50, "unreachable")
-    for cid, pod in zip(cids, pods):
+    for cid, pod in zip(cids, pods, strict=True):
         assert Lab.run_plugin(node, "DEL", netconf, cid, Lab.netns_path(pod)).rc == 0
     assert_nothing_left(lab, node, etcd)
 

@@ -18,7 +18,7 @@ def test_fifty_parallel_adds(lab, node, make_pod, conf, etcd):
 
     with ThreadPoolExecutor(N) as pool:
         adds = list(pool.map(lambda a: Lab.run_plugin(node, "ADD", netconf, a[0], Lab.netns_path(a[1])),
-                             zip(cids, pods)))
+                             zip(cids, pods, strict=True)))
     failures = [r.stdout + r.stderr[-500:] for r in adds if r.rc != 0]
     assert failures == []
     addresses = [r.out["ips"][0]["address"].split("/")[0] for r in adds]
@@ -30,6 +30,6 @@ def test_fifty_parallel_adds(lab, node, make_pod, conf, etcd):
 
     with ThreadPoolExecutor(N) as pool:
         dels = list(pool.map(lambda a: Lab.run_plugin(node, "DEL", netconf, a[0], Lab.netns_path(a[1])),
-                             zip(cids, pods)))
+                             zip(cids, pods, strict=True)))
     assert [r.stdout for r in dels if r.rc != 0] == []
     assert_nothing_left(lab, node, etcd)

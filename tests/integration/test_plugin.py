@@ -51,7 +51,7 @@ def test_lifecycle(version, lab, node, make_pod, pool, conf, etcd):
     addresses = [_address(r, version).split("/")[0] for r in results]
     assert len(set(addresses)) == 2
 
-    for pod, address in zip(pods, addresses):
+    for pod, address in zip(pods, addresses, strict=True):
         assert f"inet {address}/32" in lab.in_ns(pod, "ip", "-4", "addr", "show", "eth0").stdout
         routes = lab.routes(pod)
         assert any(r.startswith("default via 169.254.1.1 dev eth0") for r in routes)
@@ -140,16 +140,16 @@ def test_repeat_add_returns_same_address(lab, node, make_pod, pool, conf, etcd):
     pod = make_pod()
     first = Lab.run_plugin(node, "ADD", conf(), "rep000000001", Lab.netns_path(pod))
     assert first.rc == 0
+    from cni_calico import netconf as nc
     from cni_calico.datastore import Datastore
     from cni_calico.netconf import EtcdConf
     from cni_calico.skel import Request
-    from cni_calico import netconf as nc
     from ipam.plugin import assign
 
     # The IPAM layer asked again for the same container hands back the same address.
     ds = Datastore(EtcdConf([etcd.url]))
-    again = assign(nc.parse(conf()), Request("ADD", container_id="rep000000001"), ds, "node1")
+    again, wrote = assign(nc.parse(conf()), Request("ADD", container_id="rep000000001"), ds, "node1")
     ds.close()
-    assert again == [first.out["ips"][0]["address"]]
+    assert again == [first.out["ips"][0]["address"]] and wrote is False
     assert Lab.run_plugin(node, "DEL", conf(), "rep000000001", Lab.netns_path(pod)).rc == 0
     assert_nothing_left(lab, node, etcd)
