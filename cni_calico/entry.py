@@ -30,11 +30,28 @@ def main(argv: list[str] | None = None) -> int:
 
         return node(argv[1:])
     elif name == "calico":
-        from cni_calico.plugin import main as run
+        return _calico()
     else:
         sys.stderr.write(f"called as {name!r}: expected one of {', '.join(NAMES)}\n")
         return 2
     return run()
+
+
+def _calico() -> int:
+    """The agent if it is there (fast), else the whole plugin in this process."""
+    stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    if os.environ.get("CNI_COMMAND") in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
+        from cni_calico.agent_client import forward
+        from cni_calico.build_id import build_id
+
+        answered = forward(dict(os.environ), stdin, build_id())
+        if answered is not None:
+            status, out = answered
+            sys.stdout.write(out)
+            return status
+    from cni_calico.plugin import main
+
+    return main(stdin)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,9 @@ def cmd_gc(req: skel.Request) -> None:
     collect(_datastore(ctx.conf), ctx.conf, ctx.node, req.conf.get("cni.dev/valid-attachments") or [])
 
 
-def main() -> int:
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+
+
+def main(stdin: bytes | None = None) -> int:
     logsetup.setup_stderr()
-    return skel.run({"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc})
+    return skel.run(HANDLERS, stdin=stdin)

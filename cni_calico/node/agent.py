@@ -1,4 +1,4 @@
-"""calico-node's composition root: start-up, then keep BIRD (and tunnel routes) in step with etcd.
+"""calico-node's composition root: start-up, then keep BIRD, tunnel routes and policy rules in step with etcd.
 
 The loop asks etcd for its revision a few times a second and rebuilds the
 node's view only when it moved. When etcd is away the node keeps the last
@@ -35,6 +35,8 @@ class Agent:
         self.last_revision: int | None = None
         self.etcd_ok = True
         self.tunnels = None
+        self.cni_server = None
+        self.policy = None  # cni_calico.policy.sync.PolicySync, made in start()
 
     # --- start ------------------------------------------------------------------------
 
@@ -81,6 +83,14 @@ class Agent:
         from cni_calico.node.tunnels import Tunnels
 
         self.tunnels = Tunnels(self.ds, self.cfg, self.ipv4_cidr)
+        if self.cfg.cni_server:
+            from cni_calico.node.cni_server import CniServer
+
+            self.cni_server = CniServer(self.cfg.run_dir)
+            self.cni_server.start()
+        from cni_calico.policy.sync import PolicySync
+
+        self.policy = PolicySync(self.ds, self.cfg.nodename)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -103,6 +113,8 @@ class Agent:
             self.bird.apply(birdconf.render(snap, me, subnet))
         if self.tunnels is not None:
             self.tunnels.sync(snap)
+        if self.policy is not None:
+            self.policy.sync(snap.revision)
         self.last_revision = revision
         return True
 
@@ -134,6 +146,7 @@ class Agent:
         self.stop_event.set()
 
     def shutdown(self) -> None:
+        # Policy rules stay programmed: a restart must not open a gap (`calico-node --cleanup` removes them).
         if self.bird:
             self.bird.stop(graceful=True)
         self.ds.close()

@@ -44,6 +44,7 @@ class NodeConfig:
     log_level: str
     labels: dict[str, str] = field(default_factory=dict)
     rr_cluster_id: str = ""
+    cni_server: bool = True  # serve CNI requests on $CALICO_RUN_DIR/cni.sock (the fast path)
 
     @property
     def nodename_file(self) -> str:
@@ -155,4 +156,5 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         log_level=level,
         labels=_labels(env.get("CALICO_NODE_LABELS", "")),
         rr_cluster_id=env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID", "").strip(),
+        cni_server=env.get("CALICO_CNI_SERVER", "true").strip().lower() not in ("false", "0", "no", "off"),
     )

@@ -11,13 +11,27 @@ import sys
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="calico-node",
-        description="Registers this node in etcd and keeps BIRD's BGP configuration in step with it.",
+        description="Registers this node in etcd and keeps BIRD's BGP configuration and the policy rules "
+        "in step with it.",
         epilog="Configured by environment: NODENAME, IP / IP_AUTODETECTION_METHOD, ETCD_ENDPOINTS, "
         "CALICO_NETWORKING_BACKEND, CALICO_IPV4POOL_CIDR, CALICO_IPV4POOL_IPIP, CALICO_IPV4POOL_VXLAN, "
         "NO_DEFAULT_POOLS, AS, CALICO_RUN_DIR, CALICO_LIB_DIR.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="remove calico-node's policy rules (iptables chains, jump, ipsets) from this network "
+                        "namespace and exit")
     args = parser.parse_args(argv)
+    if args.cleanup:
+        from cni_calico.policy.iptables import PolicyError, cleanup
+
+        try:
+            for what in cleanup():
+                print(f"removed {what}")
+        except PolicyError as exc:
+            sys.stderr.write(f"calico-node: {exc}\n")
+            return 1
+        return 0
     if args.version:
         from cni_calico import __version__
 

@@ -1,0 +1,278 @@
+"""calicoctl ipam show / check / release / configure: Calico IPAM in etcd, for the operator.
+
+Reads go straight to the blocks, handles and resources; every write is an
+`ipam.store.IpamStore` guarded transaction. Release is careful by design: an
+address is never released while a WorkloadEndpoint lists it, and a release
+from a report re-checks each address against etcd first (same handle, handle
+unchanged since the report, no endpoint now), so a report that went stale
+while a pod was being set up cannot take that pod's address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+
+from cni_calico import __version__, keys
+from cni_calico.ctl import CommandError, config, ipam_check, output
+from cni_calico.ctl.kinds.workload import WORKLOADENDPOINT
+from cni_calico.resources import Resource, from_stored
+
+log = logging.getLogger(__name__)
+
+
+def _connect(args: argparse.Namespace):
+    return config.connect(config.load(args.config))
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise CommandError(f"invalid IP address: {text!r}") from None
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{n:.5g} ({100 * n / total:.0f}%)" if total else "0"
+
+
+# --- show --------------------------------------------------------------------------------------
+
+
+def run_show(args: argparse.Namespace) -> int:
+    ds = _connect(args)
+    try:
+        if args.ip:
+            return _show_ip(ds, _address(args.ip))
+        if args.show_configuration:
+            kv = ds.get(keys.ipam_config())
+            value = kv.value if kv else {}
+            rows = [["StrictAffinity", str(bool(value.get("strict_affinity", False))).lower()],
+                    ["AutoAllocateBlocks", str(bool(value.get("auto_allocate_blocks", True))).lower()],
+                    ["MaxBlocksPerHost", str(int(value.get("max_blocks_per_host") or 0))]]
+            print(output.box(["PROPERTY", "VALUE"], rows), end="")
+            return 0
+        snap = ipam_check.load(ds)
+    finally:
+        ds.close()
+    print(_usage_table(snap, args.show_blocks), end="")
+    return 0
+
+
+def _usage_table(snap: ipam_check.Snapshot, show_blocks: bool) -> str:
+    nets = []
+    for pool in snap.pools:
+        try:
+            nets.append(ipaddress.ip_network(str(pool.spec.get("cidr")), strict=False))
+        except ValueError:
+            log.warning("ignoring %s: its cidr %r is not a network", pool.ident, pool.spec.get("cidr"))
+    blocks = sorted(snap.blocks, key=lambda b: (ipaddress.ip_network(b.cidr).version, ipaddress.ip_network(b.cidr)))
+    rows: list[list[str]] = []
+
+    def row(group: str, cidr: str, affinity: str, total: int, used: int) -> None:
+        cells = [group, cidr, affinity] if show_blocks else [group, cidr]
+        rows.append([*cells, f"{total:.5g}", _pct(used, total), _pct(total - used, total)])
+
+    placed: set[str] = set()
+    for net in sorted(nets, key=lambda n: (n.version, n)):
+        inside = [b for b in blocks if _within(b.cidr, net)]
+        used = sum(len(b.allocations) - b.free for b in inside)
+        row("IP Pool", str(net), "", net.num_addresses, used)
+        for b in inside if show_blocks else []:
+            row("Block", b.cidr, b.node or "<none>", len(b.allocations), len(b.allocations) - b.free)
+        placed.update(b.cidr for b in inside)
+    for b in (b for b in blocks if b.cidr not in placed) if show_blocks else []:  # the pool is gone
+        row("Block", b.cidr, b.node or "<none>", len(b.allocations), len(b.allocations) - b.free)
+    headings = ["GROUPING", "CIDR", *(["AFFINITY"] if show_blocks else []), "IPS TOTAL", "IPS IN USE", "IPS FREE"]
+    numbers = frozenset(range(len(headings) - 3, len(headings)))
+    return output.box(headings, rows, right=numbers)
+
+
+def _within(cidr: str, net) -> bool:
+    block = ipaddress.ip_network(cidr)
+    return block.version == net.version and block.subnet_of(net)
+
+
+def _show_ip(ds, ip: str) -> int:
+    from ipam.store import IpamStore
+
+    store = IpamStore(ds)
+    for block, _ in store.blocks():
+        if _within(f"{ip}/{32 if ':' not in ip else 128}", ipaddress.ip_network(block.cidr)):
+            index = block.allocations[block.ordinal_of(ip)]
+            if index is None:
+                break
+            attrs = block.attributes[index] if index < len(block.attributes) else {}
+            print(f"IP {ip} is in use")
+            print(f"Handle ID: {attrs.get('handle_id') or '<none>'}")
+            secondary = attrs.get("secondary") or {}
+            print("Active Owner Attributes:" if secondary else "No Active Owner attributes defined")
+            for key in sorted(secondary):
+                print(f"  {key}: {secondary[key]}")
+            print(f"Block: {block.cidr} (affinity: {block.node or '<none>'})")
+            owners = [w.ident for w in _endpoints(ds) if ip in ipam_check.endpoint_ips(w)]
+            print(f"Workload endpoint: {', '.join(owners) or '<none> (ipam check reports the address as leaked)'}")
+            return 0
+    print(f"{ip} is not assigned")
+    return 0
+
+
+def _endpoints(ds) -> list[Resource]:
+    return [from_stored(WORKLOADENDPOINT, kv.value, kv.mod_revision)
+            for kv in ds.list(keys.resource_dir(WORKLOADENDPOINT.plural))]
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def run_check(args: argparse.Namespace) -> int:
+    ds = _connect(args)
+    try:
+        snap = ipam_check.load(ds)
+    finally:
+        ds.close()
+    found = ipam_check.analyse(snap)
+    ipam_check.print_check(snap, found, args.show_all_ips)
+    if args.output:
+        ipam_check.write_report(args.output, ipam_check.report(snap, found))
+        print(f"Report written to {args.output} ({len(found.orphans)} leaked IPs, "
+              f"{len(found.leaked_handles)} leaked handles).")
+    return 0
+
+
+# --- release -----------------------------------------------------------------------------------
+
+
+def run_release(args: argparse.Namespace) -> int:
+    if bool(args.ip) == bool(args.from_report):
+        raise CommandError("give either --ip=IP or --from-report=FILE (see calicoctl ipam release --help)")
+    reports = [_read_report(path) for path in args.from_report or []]
+    ip = _address(args.ip) if args.ip else ""
+    for path, doc in zip(args.from_report or [], reports, strict=True):
+        if doc.get("version") != __version__ and not args.force:
+            raise CommandError(f"the report {path} was written by calicoctl {doc.get('version')} (this is "
+                               f"{__version__}); refusing to release: run ipam check again, or use --force")
+    ds = _connect(args)
+    try:
+        if ip:
+            return _release_ip(ds, ip)
+        return _release_reports(ds, args.from_report, reports)
+    finally:
+        ds.close()
+
+
+def _release_ip(ds, ip: str) -> int:
+    from ipam.store import IpamStore
+
+    owners = [w.ident for w in _endpoints(ds) if ip in ipam_check.endpoint_ips(w)]
+    if owners:
+        raise CommandError(f"IP address {ip} is in use by {', '.join(owners)}: not released (delete the workload, "
+                           "or its endpoint if it is gone, first)")
+    if not IpamStore(ds).release_ips([ip]):
+        raise CommandError(f"IP address {ip} is not assigned")
+    print(f"Successfully released IP address {ip}")
+    return 0
+
+
+def _read_report(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise CommandError(f"cannot read report {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CommandError(f"report {path} is not JSON: {exc}") from None
+    orphans = doc.get("orphans") if isinstance(doc, dict) else None
+    if not isinstance(orphans, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("ip"), str) and isinstance(o.get("handle"), str)
+            for o in orphans):
+        raise CommandError(f"{path} is not a report of calicoctl ipam check -o (no valid 'orphans' list)")
+    for o in orphans:
+        _address(o["ip"])
+    if not isinstance(doc.get("leakedHandles", []), list):
+        raise CommandError(f"{path}: 'leakedHandles' must be a list")
+    return doc
+
+
+def _common(reports: list[dict], key: str, ident) -> list[dict]:
+    """Entries present, unchanged, in every report (the last report's copy)."""
+    common = {ident(e): e for e in reports[0].get(key) or []}
+    for doc in reports[1:]:
+        common = {ident(e): e for e in doc.get(key) or [] if ident(e) in common}
+    return list(common.values())
+
+
+def _release_reports(ds, paths: list[str], reports: list[dict]) -> int:
+    from ipam.store import IpamStore
+
+    store = IpamStore(ds)
+    orphans = _common(reports, "orphans", lambda o: (o["ip"], o["handle"], o.get("handleRevision", 0)))
+    handles = _common(reports, "leakedHandles", lambda h: (h.get("handle"), h.get("revision")))
+    print(f"Releasing {len(orphans)} leaked IPs from {', '.join(paths)}...")
+    released = skipped = 0
+    for o in orphans:
+        why = _still_leaked(ds, store, o)
+        if not why and store.release_ip_of_handle(o["ip"], o["handle"]):
+            released += 1
+            print(f"  {o['ip']} released (handle {o['handle']}, node {o.get('node') or '-'})")
+        else:
+            skipped += 1
+            print(f"  {o['ip']} skipped: {why or 'no longer held by handle ' + o['handle']}")
+    print(f"Released {released} IPs; skipped {skipped}.")
+    if handles:
+        done = 0
+        for h in handles:
+            current = store.get_handle(str(h.get("handle")))
+            if current and current.mod_revision == h.get("revision") and not store.ips_by_handle(current.handle_id) \
+                    and store.delete_handle(current.handle_id, current.mod_revision):
+                done += 1
+        print(f"Deleted {done} leaked handles; skipped {len(handles) - done} (gone or changed since the report).")
+    return 0
+
+
+def _still_leaked(ds, store, orphan: dict) -> str:
+    """"" when the address is still the report's orphan; else why it must be left alone."""
+    ip, handle = orphan["ip"], orphan["handle"]
+    owners = [w.ident for w in _endpoints(ds) if ip in ipam_check.endpoint_ips(w)]
+    if owners:
+        return f"in use by {', '.join(owners)} now"
+    current = store.get_handle(handle)
+    if (current.mod_revision if current else 0) != orphan.get("handleRevision", 0):
+        return f"handle {handle} changed since the report"
+    return ""
+
+
+# --- configure ---------------------------------------------------------------------------------
+
+
+def run_configure(args: argparse.Namespace) -> int:
+    changes: dict = {}
+    if args.strictaffinity is not None:
+        if args.strictaffinity.lower() not in ("true", "false"):
+            raise CommandError("invalid value for --strictaffinity: use true or false")
+        changes["strict_affinity"] = args.strictaffinity.lower() == "true"
+    if args.max_blocks_per_host is not None:
+        if not args.max_blocks_per_host.isdigit():
+            raise CommandError("invalid value for --max-blocks-per-host: use a number (0: no limit)")
+        changes["max_blocks_per_host"] = int(args.max_blocks_per_host)
+    if not changes:
+        raise CommandError("at least one configuration option must be specified (--strictaffinity, "
+                           "--max-blocks-per-host)")
+    ds = _connect(args)
+    try:
+        for _ in range(config.UPDATE_ATTEMPTS):
+            kv = ds.get(keys.ipam_config())
+            value = {"strict_affinity": False, "auto_allocate_blocks": True, "max_blocks_per_host": 0,
+                     **(kv.value if kv else {}), **changes}
+            if ds.commit({keys.ipam_config(): kv.mod_revision if kv else 0}, {keys.ipam_config(): value}):
+                break
+        else:
+            raise CommandError("the IPAM configuration kept changing concurrently; try again")
+    finally:
+        ds.close()
+    for key, label in (("strict_affinity", "StrictAffinity"), ("max_blocks_per_host", "MaxBlocksPerHost")):
+        if key in changes:
+            print(f"Successfully set {label} to: {str(changes[key]).lower()}")
+    return 0

@@ -1,0 +1,11 @@
+"""Every Calico kind beyond IPPool, registered into `cni_calico.resources` on import.
+
+IPPool lives in cni_calico.resources itself; importing this package adds, in
+this order (the order `--help` lists them): Node, BGPPeer, BGPConfiguration,
+NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig.
+`fields` and `rules` hold the checks the kinds share.
+"""
+
+from cni_calico.ctl.kinds import bgp, policy, workload  # noqa: F401 - registers the kinds
+
+__all__ = ["bgp", "policy", "workload"]

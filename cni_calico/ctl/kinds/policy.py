@@ -1,0 +1,135 @@
+"""The policy kinds: Profile, NetworkPolicy (namespaced), GlobalNetworkPolicy.
+
+Pure. Rules are checked by `rules.check_rules`. As Calico, a policy written
+without `types` gets them from its rules ([Ingress] unless it has egress rules
+only; both when it has both), and rules of a direction the types leave out
+are refused. A GlobalNetworkPolicy with doNotTrack or preDNAT must apply on
+forward, cannot be both, and preDNAT policies have no egress side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cni_calico.ctl.kinds import fields, rules
+from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
+
+POLICY_TYPES = ("Ingress", "Egress")
+POLICY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "order": (int, float), "selector": str, "types": list, "ingress": list, "egress": list,
+    "serviceAccountSelector": str,
+}
+GLOBAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    **POLICY_FIELDS, "namespaceSelector": str, "doNotTrack": bool, "preDNAT": bool, "applyOnForward": bool,
+}
+
+
+def _validate_policy(res: Resource) -> list[FieldError]:
+    spec = res.spec
+    wanted = GLOBAL_FIELDS if res.kind is GLOBALNETWORKPOLICY else POLICY_FIELDS
+    errors = fields.types("spec.", spec, wanted)
+    if errors:
+        return errors
+    for key in ("selector", "serviceAccountSelector", "namespaceSelector"):
+        errors += selector_errors(f"spec.{key}", spec.get(key))
+    errors += rules.check_rules("spec.ingress", spec.get("ingress"))
+    errors += rules.check_rules("spec.egress", spec.get("egress"))
+    errors += _types(spec)
+    if res.kind is GLOBALNETWORKPOLICY:
+        errors += _global_flags(spec)
+    return errors
+
+
+def _types(spec: dict) -> list[FieldError]:
+    types = spec.get("types")
+    if not types:
+        ingress, egress = bool(spec.get("ingress")), bool(spec.get("egress"))
+        spec["types"] = ["Ingress", "Egress"] if ingress and egress else ["Egress"] if egress else ["Ingress"]
+        return []
+    errors = []
+    for i, value in enumerate(types):
+        errors += fields.one_of(f"spec.types[{i}]", value, POLICY_TYPES)
+    if len(set(map(str, types))) != len(types):
+        errors.append(FieldError("spec.types", "may not repeat a type", ", ".join(map(str, types))))
+    for key, name in (("ingress", "Ingress"), ("egress", "Egress")):
+        if spec.get(key) and name not in types:
+            errors.append(FieldError(f"spec.{key}", f"{key} rules given but spec.types does not include {name}"))
+    return errors
+
+
+def _global_flags(spec: dict) -> list[FieldError]:
+    errors = []
+    if spec.get("doNotTrack") and spec.get("preDNAT"):
+        errors.append(FieldError("spec.preDNAT", "cannot be true together with spec.doNotTrack", True))
+    if (spec.get("doNotTrack") or spec.get("preDNAT")) and not spec.get("applyOnForward"):
+        errors.append(FieldError("spec.applyOnForward", "must be true when doNotTrack or preDNAT is true",
+                                 bool(spec.get("applyOnForward"))))
+    if spec.get("preDNAT") and (spec.get("egress") or "Egress" in (spec.get("types") or [])):
+        errors.append(FieldError("spec.egress", "a preDNAT policy has ingress rules only"))
+    return errors
+
+
+def _order(res: Resource, ctx: Mapping) -> str:
+    order = res.spec.get("order")
+    if isinstance(order, float) and order.is_integer():
+        order = int(order)
+    return "" if order is None else str(order)
+
+
+NETWORKPOLICY = register(Kind(
+    name="NetworkPolicy",
+    plural="networkpolicies",
+    aliases=("networkpolicy", "networkpolicies", "policy", "policies", "np", "nps", "pol", "pols"),
+    namespaced=True,
+    spec_fields=frozenset(POLICY_FIELDS),
+    headings=("NAME",),
+    wide_headings=("NAME", "ORDER", "SELECTOR"),
+    columns={
+        "NAME": lambda r, c: r.name,
+        "ORDER": _order,
+        "SELECTOR": lambda r, c: str(r.spec.get("selector") or ""),
+    },
+    validate_spec=_validate_policy,
+))
+
+GLOBALNETWORKPOLICY = register(Kind(
+    name="GlobalNetworkPolicy",
+    plural="globalnetworkpolicies",
+    aliases=("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps"),
+    namespaced=False,
+    spec_fields=frozenset(GLOBAL_FIELDS),
+    headings=("NAME",),
+    wide_headings=("NAME", "ORDER", "SELECTOR"),
+    columns=NETWORKPOLICY.columns,
+    validate_spec=_validate_policy,
+))
+
+
+# --- Profile -----------------------------------------------------------------------------------
+
+
+def _validate_profile(res: Resource) -> list[FieldError]:
+    spec = res.spec
+    errors = fields.types("spec.", spec, {"ingress": list, "egress": list, "labelsToApply": dict})
+    if errors:
+        return errors
+    errors += rules.check_rules("spec.ingress", spec.get("ingress"))
+    errors += rules.check_rules("spec.egress", spec.get("egress"))
+    errors += fields.labels("spec.labelsToApply", spec.get("labelsToApply"))
+    return errors
+
+
+PROFILE = register(Kind(
+    name="Profile",
+    plural="profiles",
+    aliases=("profile", "profiles", "pro", "pros"),
+    namespaced=False,
+    spec_fields=frozenset({"ingress", "egress", "labelsToApply"}),
+    headings=("NAME",),
+    wide_headings=("NAME", "LABELS"),
+    columns={
+        "NAME": lambda r, c: r.name,
+        "LABELS": lambda r, c: ",".join(f"{k}={v}" for k, v in sorted((r.spec.get("labelsToApply") or {}).items())),
+    },
+    validate_spec=_validate_profile,
+))

@@ -1,0 +1,242 @@
+"""calicoctl create / apply / replace / delete / get: resources from files or by kind and name.
+
+Every document is read and validated before the datastore is touched: one bad
+field anywhere and nothing is written. Then each resource is handled in order
+and a failure does not stop the others; the summary counts what succeeded and
+every failure is printed with the resource it concerns (exit status 1).
+
+The writes themselves are config.ResourceStore's (guarded etcd transactions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from cni_calico.ctl import cleanup, config, output
+from cni_calico.ctl.kinds.bgp import BGPCONFIGURATION, DEFAULT_ASN, NODE
+from cni_calico.errors import CniError
+from cni_calico.resources import (
+    AlreadyExists,
+    DocumentError,
+    DoesNotExist,
+    FieldError,
+    Kind,
+    Resource,
+    ResourceError,
+    ValidationError,
+    lookup,
+    validate,
+)
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+# --- reading what to act on -----------------------------------------------------------------
+
+
+def load_file(path: str) -> list[Resource]:
+    """Resources in a file ('-' for stdin) or in every .yaml/.yml/.json file of a directory."""
+    if path != "-" and os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.endswith(FILE_SUFFIXES))
+        if not names:
+            raise DocumentError(f"No resources specified in directory {path}")
+        return [r for n in names for r in load_file(os.path.join(path, n))]
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DocumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    resources = output.parse_documents(text, "stdin" if path == "-" else path)
+    if not resources:
+        raise DocumentError(f"No resources specified in file {path}")
+    return resources
+
+
+def targets(args: argparse.Namespace) -> tuple[list[Resource], Kind | None]:
+    """What get/delete act on: the file's resources, or KIND NAME...; the kind when listing all of it."""
+    if args.filename:
+        if args.kind:
+            raise DocumentError("give either --filename or KIND [NAME...], not both")
+        return [_scoped(r, args) for r in load_file(args.filename)], None
+    if not args.kind:
+        raise DocumentError("give a resource KIND (e.g. ippool) or --filename")
+    kind = lookup(args.kind)
+    if args.namespace and not kind.namespaced:
+        raise DocumentError(f"{kind.name} is not namespaced")
+    if any(not n for n in args.names):
+        raise DocumentError("resource name may not be empty")
+    if getattr(args, "all_namespaces", False) and args.names:
+        raise DocumentError("--all-namespaces lists a whole kind: give no resource NAME with it")
+    meta = {"namespace": args.namespace or "default"} if kind.namespaced else {}
+    return [Resource(kind, {"name": n, **meta}, {}) for n in args.names], None if args.names else kind
+
+
+def _scoped(res: Resource, args: argparse.Namespace) -> Resource:
+    """Applies -n/--namespace the way calicoctl does (default namespace for namespaced kinds)."""
+    ns = getattr(args, "namespace", None)
+    if res.kind.namespaced and not res.namespace:
+        res.metadata["namespace"] = ns or "default"
+    elif ns and res.namespace and ns != res.namespace:
+        raise DocumentError(f"{res.ident}: resource namespace does not match client namespace ({ns})")
+    return res  # as calicoctl: -n does not apply to the global kinds of a file
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+ACTIONS = {  # command: (past tense, what it does to one resource)
+    "create": ("created", config.ResourceStore.create),
+    "apply": ("applied", config.ResourceStore.apply),
+    "replace": ("replaced", config.ResourceStore.replace),
+    "delete": ("deleted", config.ResourceStore.delete),  # through cleanup.delete: Node and IPPool clean up
+}
+
+
+def run_write(args: argparse.Namespace) -> int:
+    """create, apply, replace and delete: check every resource first, then act on each in order."""
+    action = args.command
+    if action == "delete":
+        resources, listed = targets(args)
+        if listed is not None:
+            raise DocumentError(f"give the NAME of the {listed.name} to delete")
+    else:
+        resources = [_scoped(r, args) for r in load_file(args.filename)]
+    invalid = []
+    for res in resources:
+        try:
+            if action != "delete" and not res.kind.writable:
+                raise ValidationError(res.ident, [FieldError(
+                    "kind", f"{res.kind.name} resources are written by the CNI plugin: calicoctl can only get "
+                    "and delete them")])
+            if action != "delete":
+                validate(res)
+            elif not res.name:
+                raise ValidationError(res.ident, [FieldError("metadata.name", "resource name may not be empty")])
+        except ValidationError as exc:
+            invalid.append((res, exc))
+    if invalid:
+        for res, exc in invalid:
+            _failed(action, res, exc)
+        if len(resources) > 1:
+            print(f"Nothing was {ACTIONS[action][0]}: {len(invalid)} of {len(resources)} resources are invalid",
+                  file=sys.stderr)
+        return 1
+    ds = config.connect(config.load(args.config))
+    done, failed = 0, []
+    try:
+        store = config.ResourceStore(ds)
+        for res in resources:
+            try:
+                if action == "delete":
+                    _, cleaned = cleanup.delete(store, res, force=args.force)
+                    if cleaned:
+                        print(cleaned)
+                else:
+                    ACTIONS[action][1](store, res)
+                done += 1
+            except (AlreadyExists, DoesNotExist) as exc:
+                skip = args.skip_exists if isinstance(exc, AlreadyExists) else args.skip_not_exists
+                if not skip:
+                    failed.append((res, exc))
+                    continue
+                log.info("skipped %s: %s", res.ident, exc)
+                done += 1
+            except ResourceError as exc:
+                failed.append((res, exc))
+            except CniError as exc:  # etcd gone: the rest would only wait for it too
+                failed.append((res, exc))
+                break
+    finally:
+        ds.close()
+    return _report(action, resources, done, failed)
+
+
+def run_get(args: argparse.Namespace) -> int:
+    if args.output not in output.FORMATS:
+        raise DocumentError(f"unrecognized output format '{args.output}' (one of ps, wide, yaml, json)")
+    wanted, listed = targets(args)
+    ds = config.connect(config.load(args.config))
+    found: list[Resource] = []
+    missing: list[Resource] = []
+    context: dict = {}
+    try:
+        store = config.ResourceStore(ds)
+        if listed is not None:
+            namespace = "" if args.all_namespaces or not listed.namespaced else args.namespace or "default"
+            found = store.list(listed, namespace)
+        for res in wanted:
+            current = store.get(res)
+            (missing if current is None else found).append(current or res)
+        if args.output == "wide" and any(r.kind is NODE for r in found):
+            default = store.get(Resource(BGPCONFIGURATION, {"name": "default"}, {}))
+            context["asnumber"] = (default.spec.get("asNumber") if default else None) or DEFAULT_ASN
+    finally:
+        ds.close()
+    sys.stdout.write(output.render(found, args.output, listed, args.all_namespaces, context))
+    for res in missing:
+        print(DoesNotExist(res.ident), file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _report(action: str, resources: list[Resource], done: int, failed: list[tuple[Resource, Exception]]) -> int:
+    past = ACTIONS[action][0]
+    kinds = {r.kind.name for r in resources}
+    what = f"'{kinds.pop()}' resource(s)" if len(kinds) == 1 else "resource(s)"
+    if not failed:
+        print(f"Successfully {past} {done} {what}")
+        return 0
+    if done:
+        print(f"Partial success: {past} {done} out of {len(resources)} {what}")
+    for res, exc in failed:
+        _failed(action, res, exc)
+    return 1
+
+
+def _failed(action: str, res: Resource, exc: Exception) -> None:
+    detail = " ".join(str(exc).split())  # one line per failure, whatever the cause's own formatting
+    print(f"Failed to {action} '{res.kind.name}' resource: [{detail}]", file=sys.stderr)
+
+
+# --- the parsers ------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds create, apply, replace, delete and get to calicoctl's command parser."""
+    from cni_calico.ctl.resources_help import COMMANDS, KINDS_HELP
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="CONFIG",
+                        help=f"CalicoAPIConfig file (YAML/JSON); default {config.DEFAULT_CONFIG} if it exists, "
+                             "else the ETCD_* environment variables")
+    common.add_argument("-n", "--namespace", default="", metavar="NS",
+                        help="namespace of namespaced resources (NetworkPolicy, WorkloadEndpoint); default: default")
+    common.add_argument("--allow-version-mismatch", action="store_true", help=argparse.SUPPRESS)
+    for name, (summary, details) in COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=summary, description=f"{summary}\n\n{KINDS_HELP}",
+                           epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
+        file_help = 'file or directory of YAML/JSON resources; "-" reads stdin'
+        if name in ("get", "delete"):
+            p.add_argument("kind", nargs="?", metavar="KIND", help="resource type, e.g. ippool")
+            p.add_argument("names", nargs="*", metavar="NAME", help="resource names")
+            p.add_argument("-f", "--filename", help=file_help)
+        else:
+            p.add_argument("-f", "--filename", required=True, help=file_help)
+        if name == "get":
+            p.add_argument("-o", "--output", default="ps", metavar="FORMAT", help="ps (default), wide, yaml or json")
+            p.add_argument("-A", "--all-namespaces", action="store_true",
+                           help="list namespaced resources of every namespace (adds a NAMESPACE column)")
+        p.set_defaults(func=run_get if name == "get" else run_write, skip_exists=False, skip_not_exists=False,
+                       force=False, all_namespaces=False)
+        if name == "create":
+            p.add_argument("--skip-exists", action="store_true", help="treat resources that already exist as created")
+        if name == "delete":
+            p.add_argument("--skip-not-exists", action="store_true", help="treat missing resources as deleted")
+            p.add_argument("--force", action="store_true",
+                           help="IPPool: delete it even while some of its addresses are allocated")

@@ -1,0 +1,99 @@
+"""The help texts of create, apply, replace, delete and get: what each does, with examples."""
+
+from __future__ import annotations
+
+from cni_calico.ctl import output  # noqa: F401 - registers every kind before KINDS is read
+from cni_calico.resources import KINDS
+
+KINDS_HELP = "Valid resource types are:\n" + "".join(
+    f"  * {k.name:<20} ({', '.join(dict.fromkeys(a for a in k.aliases if a != k.name.lower()))})"
+    f"{'  namespaced' if k.namespaced else ''}\n" for k in KINDS.values()) + "\n" + (
+    "The resource type is case-insensitive and may be pluralized or shortened (ippool, ippools, pool).\n"
+    "Namespaced kinds use the namespace of -n/--namespace, else of the resource, else 'default'.\n"
+)
+
+COMMANDS = {
+    "create": ("Create resources by filename or stdin.", """\
+Every resource is validated first: one invalid field anywhere and nothing is
+written. Creating a resource that already exists is an error unless
+--skip-exists is given (skipped resources count as successes).
+WorkloadEndpoints are written by the CNI plugin only.
+
+examples:
+  # Create the IP pools in pools.yaml.
+  calicoctl create -f ./pools.yaml
+
+  # Create a pool from JSON on stdin.
+  cat pool.json | calicoctl create -f -
+
+  # Create a policy in namespace prod (unless the file names another namespace).
+  calicoctl create -f policy.yaml -n prod
+"""),
+    "apply": ("Apply resources by filename or stdin: create them, or replace them if they exist.", """\
+examples:
+  # Apply the IP pools in pools.yaml.
+  calicoctl apply -f ./pools.yaml
+
+  # Set the IPAM configuration (kind IPAMConfig, name default; see also
+  # calicoctl ipam configure).
+  calicoctl apply -f ipamconfig.yaml
+"""),
+    "replace": ("Replace existing resources by filename or stdin.", """\
+The complete resource must be given. With metadata.resourceVersion in the
+file (as `get -o yaml` prints it), the replace is refused if the resource
+changed since it was read. An IP pool's cidr and blockSize cannot change.
+
+examples:
+  # Change a node: get it, edit it, replace it.
+  calicoctl get node node1 -o yaml > node1.yaml
+  calicoctl replace -f node1.yaml
+"""),
+    "delete": ("Delete resources by filename, stdin, or kind and name.", """\
+Deleting a resource that does not exist is an error unless --skip-not-exists
+is given (skipped resources count as successes).
+
+Deleting a Node also cleans up after it, as Calico does: the addresses held
+for its WorkloadEndpoints and its tunnel addresses are released, those
+endpoints deleted, its block affinities released (empty blocks deleted),
+its BGPPeers and its node.<name> BGPConfiguration deleted; the summary says
+what was cleaned.
+
+Deleting an IPPool is refused while addresses of the pool are allocated
+(the message says how many) unless --force is given. The pool is disabled,
+its block affinities released and empty blocks deleted, then it is deleted;
+with --force, blocks still holding addresses are kept (affine to no node) so
+those addresses stay valid until released.
+
+examples:
+  # Delete the IP pool named pool1.
+  calicoctl delete ippool pool1
+
+  # Delete a departed node and everything it held.
+  calicoctl delete node node3
+
+  # Delete a workload endpoint left behind (namespace prod).
+  calicoctl delete wep -n prod node1-k8s-web--0-eth0
+
+  # Delete the resources described in pools.yaml.
+  calicoctl delete -f ./pools.yaml
+"""),
+    "get": ("Display resources by filename, stdin, or kind and (optional) names.", """\
+Output formats (-o): ps (the default table), wide (more columns), yaml, json.
+YAML and JSON output is valid input to create, apply, replace and delete.
+Namespaced kinds list namespace 'default' unless -n NS or -A (every
+namespace, with a NAMESPACE column) is given.
+
+examples:
+  # List all IP pools.
+  calicoctl get ippools
+
+  # Nodes with their AS numbers and addresses.
+  calicoctl get nodes -o wide
+
+  # Workload endpoints of every namespace.
+  calicoctl get weps -A
+
+  # Show one policy with all its fields, as YAML.
+  calicoctl get networkpolicy allow-web -n prod -o yaml
+"""),
+}

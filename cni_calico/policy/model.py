@@ -1,0 +1,331 @@
+"""Policy records parsed from Calico v3 resources: Endpoint, Rule, Policy, Profile (pure, no I/O).
+
+What holds for every record built here:
+
+- Every selector is already *scoped* and canonical (``str(parse(...))``), exactly as libcalico-go's
+  update processors scope them for Felix: a NetworkPolicy's own selector and its rules' selectors
+  carry ``projectcalico.org/namespace == "<ns>"``; a ``namespaceSelector`` is rewritten onto the
+  ``pcns.``-prefixed namespace labels every endpoint carries (``all()`` there means "any namespace").
+  Equal strings select equal endpoint sets, so a string can name an ipset.
+- ``Endpoint.labels`` are the effective labels (see ``effective_labels``).
+- Parsing never raises on bad data read from etcd: a policy whose selector does not parse selects
+  nothing (``selector == ""``); a rule that cannot match anything in the IPv4 filter table (bad
+  selector, named ports only, IPv6 only, ports without a port protocol, unknown action) is kept with
+  ``never=True`` and is not rendered. Each such case is logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from cni_calico.selector import All, And, Compare, Has, InSet, Not, Or, Selector, SelectorError, parse
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_LABEL = "projectcalico.org/namespace"
+ORCHESTRATOR_LABEL = "projectcalico.org/orchestrator"
+NS_PREFIX = "pcns."  # Calico's prefix for namespace labels copied onto endpoints
+NS_NAME_LABEL = "projectcalico.org/name"  # without Kubernetes a namespace's only label
+ACTIONS = ("Allow", "Deny", "Pass", "Log")
+PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "sctp": "sctp", "udplite": "udplite"}
+PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "6", "17", "132", "136"})
+ICMP_PROTOCOLS = frozenset({"icmp", "1"})
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One side of a rule (``source`` or ``destination``); empty fields match anything."""
+
+    nets: tuple[str, ...] = ()  # normalised IPv4 CIDRs
+    not_nets: tuple[str, ...] = ()
+    selector: str = ""  # scoped, canonical
+    not_selector: str = ""
+    ports: tuple[str, ...] = ()  # "80" or "1000:2000"
+    not_ports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: str
+    protocol: str = ""  # iptables spelling ("tcp") or a number ("47"); "" = any
+    not_protocol: str = ""
+    icmp: str = ""  # "8" or "8/0"
+    not_icmp: str = ""
+    source: Entity = Entity()
+    destination: Entity = Entity()
+    never: bool = False  # cannot match: not rendered
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A NetworkPolicy (``key`` = "<ns>/<name>") or GlobalNetworkPolicy (``key`` = "<name>")."""
+
+    key: str
+    order: float | None
+    selector: str  # scoped, canonical; "" selects nothing
+    ingress: tuple[Rule, ...] | None  # None: the policy's types leave Ingress out
+    egress: tuple[Rule, ...] | None
+
+    def sort_key(self) -> tuple:
+        """Lower order first; no order after every ordered policy; then by name (as Felix)."""
+        return (self.order is None, self.order or 0.0, self.key)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    key: str  # "<ns>/<name>"
+    namespace: str
+    node: str
+    interface: str
+    addresses: tuple[str, ...]  # bare IPv4 addresses
+    profiles: tuple[str, ...]
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+# --- selectors -------------------------------------------------------------------------------------
+
+
+def _prefixed(sel: Selector, prefix: str) -> Selector:
+    """The selector with every label key prefixed; all() becomes "in some namespace" (libcalico-go)."""
+    if isinstance(sel, (Has, Compare, InSet)):
+        return dataclasses.replace(sel, key=prefix + sel.key)
+    if isinstance(sel, Not):
+        return Not(_prefixed(sel.operand, prefix))
+    if isinstance(sel, (And, Or)):
+        return type(sel)(tuple(_prefixed(op, prefix) for op in sel.operands))
+    return Has(NAMESPACE_LABEL)  # All / Global
+
+
+def _both(first: Selector | None, second: Selector | None) -> Selector | None:
+    if first is None or second is None:
+        return first or second
+    return And((first, second))
+
+
+def _own_namespace(namespace: str) -> Selector:
+    return parse(f"{NAMESPACE_LABEL} == {_quoted(namespace)}")
+
+
+def _quoted(value: str) -> str:
+    return f'"{value}"' if '"' not in value else f"'{value}'"
+
+
+def scoped_selector(selector: str, namespace: str = "", namespace_selector: str = "",
+                    not_selector: str = "") -> str:
+    """The entity selector as Felix sees it (libcalico-go's RuleAPIV2ToBackend); raises SelectorError."""
+    ns_sel = _prefixed(parse(namespace_selector), NS_PREFIX) if namespace_selector else (
+        _own_namespace(namespace) if namespace else None)
+    sel = parse(selector) if selector else None
+    if ns_sel is not None and (sel is not None or not_selector or namespace_selector):
+        sel = _both(ns_sel, sel)
+    return "" if sel is None else str(sel)
+
+
+def applies_to(selector: str, namespace: str = "", namespace_selector: str = "") -> str:
+    """A policy's own selector, scoped: the endpoints it applies to."""
+    sel: Selector = parse(selector) if selector else All()
+    if namespace:
+        sel = And((_own_namespace(namespace), sel))
+    elif namespace_selector:
+        sel = And((_prefixed(parse(namespace_selector), NS_PREFIX), sel))
+    return str(sel)
+
+
+# --- rules -----------------------------------------------------------------------------------------
+
+
+def _protocol(value: object) -> str | None:
+    """iptables spelling of a Calico protocol; None when it cannot be in the IPv4 table (ICMPv6)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return str(int(value))
+    return PROTOCOLS.get(str(value).lower())
+
+
+def _icmp(value: object) -> str | None:
+    """ "type" or "type/code"; "" when absent; None when malformed (Calico's validator refuses those)."""
+    if value is None or (isinstance(value, dict) and value.get("type") is None and value.get("code") is None):
+        return ""
+    try:
+        code = value.get("code")  # type: ignore[union-attr]
+        return f"{int(value['type'])}" + ("" if code is None else f"/{int(code)}")  # type: ignore[index]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _ports(values: object) -> tuple[tuple[str, ...], bool]:
+    """Numeric ports and ranges as "a" / "a:b"; the flag says a named (or invalid) port was dropped."""
+    out, named = [], False
+    for value in values if isinstance(values, list) else []:
+        first, _, last = str(value).strip().partition(":")
+        last = last or first
+        if first.isdigit() and last.isdigit() and int(first) <= int(last) <= 65535:
+            out.append(str(int(first)) if int(first) == int(last) else f"{int(first)}:{int(last)}")
+        else:
+            named = True
+    return tuple(out), named
+
+
+def _nets(values: object) -> tuple[tuple[str, ...], bool]:
+    """Normalised IPv4 CIDRs; the flag says some entry (IPv6 or unparseable) was dropped."""
+    out, dropped = [], False
+    for value in values if isinstance(values, list) else []:
+        try:
+            net = ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            dropped = True
+            continue
+        if net.version == 4:
+            out.append(str(net))
+        else:
+            dropped = True
+    return tuple(sorted(set(out))), dropped
+
+
+def _entity(data: object, namespace: str) -> tuple[Entity, str]:
+    """An Entity and, if it can never match, why."""
+    data = data if isinstance(data, dict) else {}
+    why = ""
+    nets, dropped = _nets(data.get("nets"))
+    if dropped and not nets:
+        why = "nets hold no IPv4 network"
+    not_nets, _ = _nets(data.get("notNets"))
+    ports, named = _ports(data.get("ports"))
+    if named and not ports:
+        why = "named ports are not supported (no endpoint declares ports)"
+    not_ports, _ = _ports(data.get("notPorts"))
+    selector = str(data.get("selector") or "")
+    not_selector = str(data.get("notSelector") or "")
+    ns_selector = str(data.get("namespaceSelector") or "")
+    try:
+        scoped = scoped_selector(selector, namespace, ns_selector, not_selector)
+        negative = str(parse(not_selector)) if not_selector else ""
+    except (SelectorError, ValueError) as exc:
+        return Entity(), f"bad selector: {exc}"
+    return Entity(nets, not_nets, scoped, negative, ports, not_ports), why
+
+
+def rule_from_dict(data: object, namespace: str = "") -> Rule:
+    """A Calico v3 rule; ``namespace`` scopes its selectors (a NetworkPolicy's namespace)."""
+    if not isinstance(data, dict):
+        return Rule("Deny", never=True)
+    action = str(data.get("action") or "")
+    action = next((a for a in ACTIONS if a.lower() == action.lower()), action)
+    protocol, not_protocol = _protocol(data.get("protocol")), _protocol(data.get("notProtocol"))
+    source, why_src = _entity(data.get("source"), namespace)
+    destination, why_dst = _entity(data.get("destination"), namespace)
+    icmp, not_icmp = _icmp(data.get("icmp")), _icmp(data.get("notICMP"))
+    rule = Rule(action, protocol or "", not_protocol or "", icmp or "", not_icmp or "", source, destination)
+    why = why_src or why_dst
+    if icmp is None or not_icmp is None:
+        why = "malformed icmp / notICMP"
+    elif action not in ACTIONS:
+        why = f"unknown action {action!r}"
+    elif protocol is None or data.get("ipVersion") == 6:
+        why = "IPv6 only"
+    elif rule.protocol and rule.protocol == rule.not_protocol:
+        why = "protocol and notProtocol are equal"
+    elif (rule.icmp or rule.not_icmp) and rule.protocol not in ICMP_PROTOCOLS:
+        why = "icmp fields need protocol ICMP"
+    elif any((e.ports or e.not_ports) for e in (source, destination)) and rule.protocol not in PORT_PROTOCOLS:
+        why = "ports need protocol TCP, UDP, SCTP or UDPLite"
+    if rule.protocol and rule.not_protocol:
+        rule = dataclasses.replace(rule, not_protocol="")  # implied by the protocol
+    if why:
+        log.warning("policy rule %s can never match: %s", data, why)
+        return dataclasses.replace(rule, never=True)
+    return rule
+
+
+def _rules(values: object, namespace: str) -> tuple[Rule, ...]:
+    return tuple(rule_from_dict(r, namespace) for r in values) if isinstance(values, list) else ()
+
+
+# --- resources -------------------------------------------------------------------------------------
+
+
+def _order(value: object) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def policy_from_resource(resource: dict, namespaced: bool) -> Policy:
+    """A NetworkPolicy (``namespaced``) or GlobalNetworkPolicy resource."""
+    meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    namespace = str(meta.get("namespace") or "default") if namespaced else ""
+    name = str(meta.get("name") or "")
+    key = f"{namespace}/{name}" if namespaced else name
+    ingress, egress = _rules(spec.get("ingress"), namespace), _rules(spec.get("egress"), namespace)
+    types = spec.get("types")
+    if not types:  # Calico's default: Egress alone only for a policy with egress rules only
+        types = ["Ingress", "Egress"] if ingress and egress else ["Egress"] if egress else ["Ingress"]
+    types = {str(t).lower() for t in types}
+    try:
+        selector = applies_to(str(spec.get("selector") or ""), namespace,
+                              "" if namespaced else str(spec.get("namespaceSelector") or ""))
+    except (SelectorError, ValueError) as exc:
+        log.warning("policy %s selects nothing: bad selector: %s", key, exc)
+        selector = ""
+    return Policy(key, _order(spec.get("order")), selector,
+                  ingress if "ingress" in types else None, egress if "egress" in types else None)
+
+
+def profile_from_resource(resource: dict) -> Profile:
+    meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    labels = spec.get("labelsToApply") or {}
+    return Profile(str(meta.get("name") or ""), _rules(spec.get("ingress"), ""), _rules(spec.get("egress"), ""),
+                   {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {})
+
+
+def endpoint_from_resource(resource: dict) -> Endpoint:
+    meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    namespace = str(meta.get("namespace") or "default")
+    addresses = []
+    for net in spec.get("ipNetworks") or []:
+        try:
+            iface = ipaddress.ip_interface(str(net))
+        except ValueError:
+            continue
+        if iface.version == 4:
+            addresses.append(str(iface.ip))
+    labels = meta.get("labels") or {}
+    return Endpoint(
+        key=f"{namespace}/{meta.get('name') or ''}",
+        namespace=namespace,
+        node=str(spec.get("node") or ""),
+        interface=str(spec.get("interfaceName") or ""),
+        addresses=tuple(sorted(set(addresses))),
+        profiles=tuple(str(p) for p in spec.get("profiles") or []),
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+    )
+
+
+def effective_labels(endpoint: Endpoint, profiles: dict[str, Profile]) -> dict[str, str]:
+    """Profiles' labelsToApply (in order), then the endpoint's own labels, then the labels the
+    system owns: its namespace, and the namespace's labels under ``pcns.``."""
+    labels: dict[str, str] = {}
+    for name in endpoint.profiles:
+        if name in profiles:
+            labels.update(profiles[name].labels)
+    labels.update(endpoint.labels)
+    labels[NAMESPACE_LABEL] = endpoint.namespace
+    labels[NS_PREFIX + NS_NAME_LABEL] = endpoint.namespace
+    return labels
+
+
+def with_effective_labels(endpoints: list[Endpoint], profiles: dict[str, Profile]) -> list[Endpoint]:
+    return [dataclasses.replace(ep, labels=effective_labels(ep, profiles)) for ep in endpoints]

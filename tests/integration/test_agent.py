@@ -1,0 +1,116 @@
+"""The fast path: `calico` hands its request to calico-node over a root-only unix socket.
+
+Same handlers, two hosts: results must be identical to the in-process path, the plugin must
+fall back to doing the work itself when the agent is absent, dead or of another build, and
+concurrent requests must stay correct.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cni_calico.agent_client import forward
+from tests.integration.cluster import Cluster
+from tests.integration.helpers import allocated
+from tests.lab import Lab, add_pool, wait_for
+
+
+@pytest.fixture
+def one_node(lab, etcd):
+    add_pool(etcd, "pool", "10.95.0.0/16", 26)
+    cluster = Cluster(lab, etcd)
+    cluster.add_node(1)
+    yield cluster
+    cluster.close()
+
+
+def _env(cluster: Cluster) -> dict[str, str]:
+    return {"CALICO_RUN_DIR": str(cluster.calico["node1"].run_dir)}
+
+
+def _served(cluster: Cluster) -> int:
+    return cluster.calico["node1"].log().count("cni_calico.node.cni_server: ADD ")
+
+
+def test_requests_go_through_the_agent(one_node, lab, etcd):
+    c = one_node
+    sock = c.calico["node1"].run_dir / "cni.sock"
+    wait_for(sock.exists, 20, "the agent's CNI socket")
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    pod = lab.pod()
+    c._made.append(pod)
+    conf = c.conf("node1")
+    add = Lab.run_plugin(c.ns["node1"], "ADD", conf, "agent00000000001", Lab.netns_path(pod), extra_env=_env(c))
+    assert add.rc == 0, add.stdout + add.stderr
+    assert _served(c) == 1  # the agent did it
+    address = add.out["ips"][0]["address"].split("/")[0]
+    assert lab.ping(c.ns["node1"], address)
+    check = Lab.run_plugin(c.ns["node1"], "CHECK", {**conf, "prevResult": add.out}, "agent00000000001",
+                           Lab.netns_path(pod), extra_env=_env(c))
+    assert check.rc == 0, check.stdout
+    # Errors come back the same way: one JSON document, the right code.
+    bad = Lab.run_plugin(c.ns["node1"], "ADD", {**conf, "mtu": 5}, "agent00000000002", Lab.netns_path(pod),
+                         extra_env=_env(c))
+    assert bad.rc == 1 and bad.out["code"] == 7 and "mtu" in bad.out["msg"]
+    delete = Lab.run_plugin(c.ns["node1"], "DEL", conf, "agent00000000001", Lab.netns_path(pod), extra_env=_env(c))
+    assert delete.rc == 0 and allocated(etcd) == []
+
+
+def test_falls_back_when_the_agent_is_gone_or_of_another_build(one_node, lab, etcd):
+    c = one_node
+    sock = c.calico["node1"].run_dir / "cni.sock"
+    wait_for(sock.exists, 20, "the agent's CNI socket")
+    # Another build: the agent refuses before doing anything, the client says "do it yourself".
+    stdin = json.dumps(c.conf("node1")).encode()
+    assert forward({**_env(c), "CNI_COMMAND": "VERSION"}, stdin, "some-other-build") is None
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(str(sock))
+    raw.sendall(json.dumps({"protocol": 1, "build": "old", "env": {}, "stdin": ""}).encode() + b"\n")
+    assert json.loads(raw.recv(4096))["accepted"] is False
+    raw.close()
+    # A dead agent (socket file left behind): the plugin does the work in-process.
+    c.calico["node1"].proc.send_signal(signal.SIGKILL)
+    c.calico["node1"].proc.wait()
+    assert sock.exists()
+    pod = lab.pod()
+    c._made.append(pod)
+    before = _served(c)
+    add = Lab.run_plugin(c.ns["node1"], "ADD", c.conf("node1"), "fall00000000001", Lab.netns_path(pod),
+                         extra_env=_env(c))
+    assert add.rc == 0, add.stdout + add.stderr
+    assert _served(c) == before
+    assert Lab.run_plugin(c.ns["node1"], "DEL", c.conf("node1"), "fall00000000001", Lab.netns_path(pod),
+                          extra_env=_env(c)).rc == 0
+
+
+def test_parallel_adds_through_the_agent(one_node, lab, etcd):
+    c = one_node
+    wait_for((c.calico["node1"].run_dir / "cni.sock").exists, 20, "the agent's CNI socket")
+    pods = [lab.pod() for _ in range(30)]
+    c._made.extend(pods)
+    cids = [f"burst{i:03d}".ljust(20, "0") for i in range(30)]
+    conf = c.conf("node1")
+
+    def add(job):
+        return Lab.run_plugin(c.ns["node1"], "ADD", conf, job[0], Lab.netns_path(job[1]), extra_env=_env(c))
+
+    with ThreadPoolExecutor(30) as ex:
+        runs = list(ex.map(add, zip(cids, pods, strict=True)))
+    assert [r.stdout for r in runs if r.rc != 0] == []
+    addresses = {r.out["ips"][0]["address"] for r in runs}
+    assert len(addresses) == 30 and len(allocated(etcd)) == 30
+    assert _served(c) == 30
+
+    def delete(job):
+        return Lab.run_plugin(c.ns["node1"], "DEL", conf, job[0], Lab.netns_path(job[1]), extra_env=_env(c))
+
+    with ThreadPoolExecutor(30) as ex:
+        assert all(r.rc == 0 for r in ex.map(delete, zip(cids, pods, strict=True)))
+    assert allocated(etcd) == []
