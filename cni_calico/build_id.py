@@ -1,6 +1,7 @@
 """Which build this code is: the plugin and the agent must be the same one to share a request.
 
-`make build` freezes the id into cni_calico/_build.py; a source tree computes it from its files,
+`make build` freezes the id into the bundle (module `_cni_calico_build`); a source tree computes it
+from its files,
 so an agent started before an upgrade refuses the new plugin's requests (which then run
 in-process) instead of applying them with old code.
 """
@@ -20,7 +21,7 @@ def build_id() -> str:
     if _cached:
         return _cached
     try:
-        from cni_calico._build import BUILD  # written by `make build`
+        from _cni_calico_build import BUILD  # only in the bundle, written by build/cni-calico.spec
 
         _cached = BUILD
         return _cached

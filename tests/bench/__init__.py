@@ -1,0 +1,1 @@
+"""Benchmarks over tests/lab.py (run by `make bench`, not collected by pytest)."""
