@@ -8,6 +8,9 @@ APT_PACKAGES := etcd-server etcd-client bird2 iperf3 iptables ipset iputils-ping
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
+# bundle: /opt/cni/bin/calico is the PyInstaller onedir executable (self-contained, the default);
+# venv: a tiny launcher into this checkout's venv (faster start-up; the checkout must stay in place).
+INSTALL_FORM ?= bundle
 
 .PHONY: deps system-deps venv test unit lint build install demo bench clean
 
@@ -59,6 +62,7 @@ install: build
 	mv $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new $(DESTDIR)$(CNI_BIN_DIR)/cni-calico
 	rm -rf $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.old
 	for name in calico calico-ipam; do ln -sfn cni-calico/calico $(DESTDIR)$(CNI_BIN_DIR)/$$name; done
+	if [ "$(INSTALL_FORM)" = venv ]; then $(PY) build/make_launcher.py $(DESTDIR)$(CNI_BIN_DIR) calico calico-ipam; fi
 	install -m 0644 examples/10-calico.conf $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf
 
 # Two simulated nodes, pods networked by the real binaries, pings and iperf3; removes all it made.

@@ -11,7 +11,8 @@ import sys
 NAMES = ("calico", "calico-ipam", "calicoctl", "calico-node")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, site_packages: str = "") -> int:
+    """`site_packages`: from the venv launcher, which starts without site (see build/make_launcher.py)."""
     argv = sys.argv if argv is None else argv
     name = os.path.basename(argv[0])
     if name.endswith(".py"):
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in NAMES and len(argv) > 1 and argv[1] in NAMES:
         # `python -m cni_calico calico-ipam …` and the bundle's plain name both work.
         name, argv = argv[1], argv[1:]
+    if site_packages and name != "calico":
+        sys.path.append(site_packages)
     if name == "calico-ipam":
         from ipam.plugin import main as run
     elif name == "calicoctl":
@@ -30,17 +33,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return node(argv[1:])
     elif name == "calico":
-        return _calico()
+        return _calico(site_packages)
     else:
         sys.stderr.write(f"called as {name!r}: expected one of {', '.join(NAMES)}\n")
         return 2
     return run()
 
 
-def _calico() -> int:
+def _calico(site_packages: str = "") -> int:
     """The agent if it is there (fast), else the whole plugin in this process."""
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-    if os.environ.get("CNI_COMMAND") in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
+    command = os.environ.get("CNI_COMMAND")
+    if command == "VERSION":
+        return _version(stdin)
+    if command in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
         from cni_calico.agent_client import forward
         from cni_calico.build_id import build_id
 
@@ -49,9 +55,21 @@ def _calico() -> int:
             status, out = answered
             sys.stdout.write(out)
             return status
+    if site_packages:
+        sys.path.append(site_packages)
     from cni_calico.plugin import main
 
     return main(stdin)
+
+
+def _version(stdin: bytes) -> int:
+    """VERSION needs nothing but the version list: answered before anything heavy is imported."""
+    import json
+
+    from cni_calico.versions import version_info
+
+    sys.stdout.write(json.dumps(version_info(stdin)) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+from cni_calico.versions import LATEST_VERSION, SUPPORTED_VERSIONS  # noqa: F401 - re-exported
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from cni_calico.errors import (
     CniError,
 )
 from cni_calico.result import LATEST_VERSION, SUPPORTED_VERSIONS, Result, version_tuple
+from cni_calico.versions import version_info
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,6 @@ def read_request(env: dict[str, str], stdin: bytes) -> Request:
         if version_tuple(version) < MIN_VERSION[command]:
             raise CniError(INCOMPATIBLE_VERSION, f"config version {version} does not allow {command}")
     return req
-
-
-def version_info(stdin: bytes) -> dict:
-    version = LATEST_VERSION
-    try:
-        asked = json.loads(stdin or b"{}").get("cniVersion")
-        if asked in SUPPORTED_VERSIONS:
-            version = asked
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        pass
-    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def _asked_version(stdin: bytes) -> str:

@@ -29,8 +29,9 @@ class CniServer:
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self.served = 0
-        from cni_calico import plugin
+        from cni_calico import logsetup, plugin
 
+        logsetup.agent_mode()
         plugin.share_datastores()
         self.handlers = plugin.HANDLERS
 
