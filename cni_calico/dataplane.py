@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
+# The host veth's IPv6 link-local address, EUI-64 from HOST_MAC: the pods' IPv6 gateway.
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 SCOPE_LINK = 253
 HOST_SYSCTLS_V4 = (
     "net/ipv4/conf/{if}/proxy_arp=1",
@@ -30,6 +32,29 @@ HOST_SYSCTLS_V4 = (
     "net/ipv4/conf/{if}/forwarding=1",
     "net/ipv4/conf/{if}/route_localnet=1",
 )
+HOST_SYSCTLS_V6 = (
+    "net/ipv6/conf/{if}/accept_dad=0",  # the link-local gateway is usable at once
+    "net/ipv6/conf/{if}/accept_ra=0",
+    "net/ipv6/conf/{if}/proxy_ndp=1",
+    "net/ipv6/conf/{if}/forwarding=1",
+)
+POD_SYSCTLS_V6 = (
+    "net/ipv6/conf/all/disable_ipv6=0",
+    "net/ipv6/conf/default/disable_ipv6=0",
+    "net/ipv6/conf/{if}/disable_ipv6=0",
+    "net/ipv6/conf/{if}/accept_dad=0",  # the pod's /128 is usable at once
+)
+LINK_READY_TIMEOUT = 3.0
+
+
+def families(addresses: list[str]) -> set[int]:
+    return {ipaddress.ip_interface(a).version for a in addresses}
+
+
+def result_routes(addresses: list[str]) -> list[tuple[str, str]]:
+    """(destination, gateway) of the default routes a pod with these addresses gets."""
+    have = families(addresses)
+    return [r for r, family in ((("0.0.0.0/0", GATEWAY_V4), 4), (("::/0", GATEWAY_V6), 6)) if family in have]
 
 
 @dataclass
@@ -139,19 +164,26 @@ def _setup(w: Workload) -> str:
         finally:
             os.close(fd)
         host_index = _index(host, w.host_ifname)
-        for setting in HOST_SYSCTLS_V4:
+        have = families(w.addresses)
+        settings = (HOST_SYSCTLS_V4 if 4 in have else ()) + (HOST_SYSCTLS_V6 if 6 in have else ())
+        for setting in settings:
             write_sysctl(setting.format(**{"if": w.host_ifname}))
         host.link("set", index=host_index, state="up")
 
+        if 6 in have:
+            run_in_netns(w.netns, lambda: [write_sysctl(x.format(**{"if": w.ifname})) for x in POD_SYSCTLS_V6])
         pod_index = _index(pod, w.ifname)
         pod.link("set", index=pod_index, state="up")
         mac = pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
         for cidr in w.addresses:
             iface = ipaddress.ip_interface(cidr)
             pod.addr("add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        if any(ipaddress.ip_interface(c).version == 4 for c in w.addresses):
+        if 4 in have:
             pod.route("add", dst=f"{GATEWAY_V4}/32", oif=pod_index, scope=SCOPE_LINK)
             pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index)
+        if 6 in have:
+            _wait_link_local(host, host_index, w.host_ifname)
+            pod.route("add", dst="::/0", gateway=GATEWAY_V6, oif=pod_index)
         for cidr in w.addresses:
             iface = ipaddress.ip_interface(cidr)
             host_prefix = 32 if iface.version == 4 else 128
@@ -159,6 +191,19 @@ def _setup(w: Workload) -> str:
     if w.allow_ip_forwarding:
         run_in_netns(w.netns, lambda: write_sysctl("net/ipv4/ip_forward=1"))
     return mac
+
+
+def _wait_link_local(host: IPRoute, index: int, name: str) -> None:
+    """The pods' IPv6 gateway is the host veth's link-local address: wait until the kernel has it."""
+    import time
+
+    deadline = time.monotonic() + LINK_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if any(a.get_attr("IFA_ADDRESS") == GATEWAY_V6 for a in host.get_addr(index=index, family=10)):
+            return
+        time.sleep(0.01)
+    raise CniError(DATAPLANE_FAILURE, f"{name} has no link-local address {GATEWAY_V6} after {LINK_READY_TIMEOUT} s "
+                   "(is IPv6 disabled on the node?)")
 
 
 def teardown_host(host_ifname: str) -> bool:
@@ -220,8 +265,10 @@ def check(w: Workload) -> None:
             iface = ipaddress.ip_interface(cidr)
             if (str(iface.ip), 32 if iface.version == 4 else 128) not in host_routes:
                 raise CniError(DATAPLANE_FAILURE, f"route {iface.ip} dev {w.host_ifname} is missing")
-        defaults = [
-            r for r in pod.get_routes(family=2, oif=pod_index) if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")
-        ]
-        if any(ipaddress.ip_interface(c).version == 4 for c in w.addresses) and not defaults:
-            raise CniError(DATAPLANE_FAILURE, f"default route via {GATEWAY_V4} is missing in {w.netns}")
+        for family, netlink_family, gateway in ((4, 2, GATEWAY_V4), (6, 10, GATEWAY_V6)):
+            if family not in families(w.addresses):
+                continue
+            defaults = [r for r in pod.get_routes(family=netlink_family, oif=pod_index)
+                        if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == gateway]
+            if not defaults:
+                raise CniError(DATAPLANE_FAILURE, f"default route via {gateway} is missing in {w.netns}")

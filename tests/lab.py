@@ -311,12 +311,15 @@ class Lab:
         sh(*run, "ip", "link", "set", "up1", "up")
         sh(*run, "ip", "addr", "add", f"192.168.{200 + index}.1/24", "dev", "up0")
         sh(*run, "ip", "route", "add", "default", "via", f"192.168.{200 + index}.254", "dev", "up0", "onlink")
-        sh(*run, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh(*run, "ip", "-6", "addr", "add", f"fd00:{200 + index}::1/64", "dev", "up0", "nodad")
+        sh(*run, "ip", "-6", "route", "add", "default", "via", f"fd00:{200 + index}::fe", "dev", "up0", "onlink")
+        sh(*run, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         if etcd is not None:
             self.bridge_etcd(ns, etcd)
         return ns
 
     SWITCH_NET = "192.168.200"
+    SWITCH_NET6 = "fd00:200"
 
     def switch(self) -> str:
         """The L2 segment nodes share: a bridge in its own namespace, with a gateway address."""
@@ -324,6 +327,7 @@ class Lab:
         run = ["ip", "netns", "exec", ns]
         sh(*run, "ip", "link", "add", "br0", "type", "bridge")
         sh(*run, "ip", "addr", "add", f"{self.SWITCH_NET}.254/24", "dev", "br0")
+        sh(*run, "ip", "-6", "addr", "add", f"{self.SWITCH_NET6}::fe/64", "dev", "br0", "nodad")
         sh(*run, "ip", "link", "set", "br0", "up")
         return ns
 
@@ -337,7 +341,9 @@ class Lab:
         sh(*run, "ip", "addr", "add", f"{self.SWITCH_NET}.{index}/24", "dev", "eth0")
         sh(*run, "ip", "link", "set", "eth0", "up")
         sh(*run, "ip", "route", "add", "default", "via", f"{self.SWITCH_NET}.254", "dev", "eth0")
-        sh(*run, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh(*run, "ip", "-6", "addr", "add", f"{self.SWITCH_NET6}::{index}/64", "dev", "eth0", "nodad")
+        sh(*run, "ip", "-6", "route", "add", "default", "via", f"{self.SWITCH_NET6}::fe", "dev", "eth0")
+        sh(*run, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         if etcd is not None:
             self.bridge_etcd(ns, etcd)
         return ns
@@ -421,7 +427,8 @@ class Lab:
         return [r for r in self.in_ns(ns, "ip", "-4", "route", "show").stdout.splitlines() if r]
 
     def ping(self, ns: str, address: str, count: int = 1) -> bool:
-        return self.in_ns(ns, "ping", "-c", str(count), "-W", "2", address).returncode == 0
+        family = ["-6"] if ":" in address else []
+        return self.in_ns(ns, "ping", *family, "-c", str(count), "-W", "2", address).returncode == 0
 
 
 def pool(name: str, cidr: str, block_size: int = 26, disabled: bool = False) -> dict:

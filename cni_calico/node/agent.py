@@ -32,6 +32,7 @@ class Agent:
         self.bird = Bird(cfg.run_dir) if cfg.backend == "bird" else None
         self.stop_event = threading.Event()
         self.ipv4_cidr = ""
+        self.ipv6_cidr = ""
         self.last_revision: int | None = None
         self.etcd_ok = True
         self.tunnels = None
@@ -63,15 +64,27 @@ class Agent:
                     return f"{ip}/{addr['prefixlen']}"
         return f"{ip}/32"
 
+    def resolve_address6(self) -> str:
+        if self.cfg.ip6 == "none":
+            return ""
+        if self.cfg.ip6 != "autodetect":
+            return str(ipaddress.IPv6Interface(self.cfg.ip6))
+        from cni_calico.node.autodetect import detect
+
+        return detect(self.cfg.ip6_autodetection, 6)
+
     def start(self) -> None:
         os.makedirs(self.cfg.run_dir, exist_ok=True)
         os.makedirs(self.cfg.lib_dir, exist_ok=True)
         self.ipv4_cidr = self.resolve_address()
-        log.info("node %s, address %s, backend %s", self.cfg.nodename, self.ipv4_cidr or "none", self.cfg.backend)
+        self.ipv6_cidr = self.resolve_address6()
+        log.info("node %s, address %s %s, backend %s", self.cfg.nodename, self.ipv4_cidr or "none",
+                 self.ipv6_cidr, self.cfg.backend)
+        self._enable_forwarding()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                startup.register_node(self.ds, self.cfg, self.ipv4_cidr)
+                startup.register_node(self.ds, self.cfg, self.ipv4_cidr, self.ipv6_cidr)
                 startup.ensure_default_pool(self.ds, self.cfg)
                 break
             except DatastoreError as exc:
@@ -91,6 +104,17 @@ class Agent:
         from cni_calico.policy.sync import PolicySync
 
         self.policy = PolicySync(self.ds, self.cfg.nodename)
+
+    def _enable_forwarding(self) -> None:
+        """A vRouter forwards: IPv4 always, IPv6 when the node has an IPv6 address (as Felix does)."""
+        settings = ["net/ipv4/ip_forward=1"] + (["net/ipv6/conf/all/forwarding=1"] if self.ipv6_cidr else [])
+        from cni_calico.dataplane import write_sysctl
+
+        for setting in settings:
+            try:
+                write_sysctl(setting)
+            except OSError as exc:
+                log.warning("cannot set %s: %s", setting, exc)
 
     # --- the loop ---------------------------------------------------------------------
 

@@ -21,11 +21,11 @@ def _set(cidrs: list[str], suffix: str = "+") -> str:
     return "[ " + ", ".join(f"{c}{suffix}" for c in cidrs) + " ]"
 
 
-def bgp_pools(snap: Snapshot) -> list[str]:
+def bgp_pools(snap: Snapshot, family: int = 4) -> list[str]:
     """Pools whose routes BGP carries (VXLAN-always pools are calico-node's own routes)."""
     return sorted(
         p.cidr for p in snap.pools
-        if p.family == 4 and p.vxlan_mode != "Always" and not p.disable_bgp_export
+        if p.family == family and p.vxlan_mode != "Always" and not p.disable_bgp_export
     )
 
 
@@ -42,7 +42,8 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
     out += [
         "protocol device {", "  scan time 10;", "}", "",
         # Connected subnets, for resolving BGP next hops; never workload or tunnel devices.
-        "protocol direct {", "  ipv4;", '  interface -"cali*", -"vxlan.calico", -"tunl*", "*";', "}", "",
+        "protocol direct {", "  ipv4;", *(["  ipv6;"] if node.ipv6 else []),
+        '  interface -"cali*", -"vxlan.calico", -"tunl*", "*";', "}", "",
     ]
     kernel_filter = ["filter calico_kernel_programming {"]
     if always_tunnelled:
@@ -55,16 +56,7 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
         )
     kernel_filter += ['  if proto = "blocks" then accept;', "  if source = RTS_BGP then accept;", "  reject;", "}", ""]
     out += kernel_filter
-    out += [
-        "protocol kernel kernel4 {",
-        "  ipv4 { import all; export filter calico_kernel_programming; };",
-        "  learn;          # the /32 routes the CNI plugin adds to cali* devices",
-        "  persist;        # routes stay in the kernel when BIRD stops",
-        "  scan time 2;",
-        "  merge paths on;",
-        "  graceful restart;",
-        "}", "",
-    ]
+    out += _kernel("kernel4", "ipv4", "calico_kernel_programming")
     if blocks:
         out += ["protocol static blocks {", "  ipv4;"]
         out += [f"  route {b} blackhole;" for b in blocks]
@@ -79,12 +71,72 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
         export.append(f"  if source = RTS_BGP && net ~ {_set(exported_pools)} then accept;  # reflected")
     export += ["  reject;", "}", ""]
     out += export
-    out += [
-        "template bgp bgp_template {",
-        f"  local {node.ipv4} as {my_asn(snap, me)};",
-        "  ipv4 {",
+    out += _template("bgp_template", node.ipv4, my_asn(snap, me), "ipv4", "calico_export_to_bgp_peers")
+    out += _peers(snap, me, 4, "bgp_template")
+    if node.ipv6:
+        out += _ipv6(snap, me)
+    return "\n".join(out)
+
+
+def _peers(snap: Snapshot, me: str, family: int, template: str) -> list[str]:
+    out = []
+    for peer in peerings(snap, me, family):
+        out.append(f"protocol bgp {peer.name} from {template} {{")
+        out.append(f"  description \"{peer.kind}\";")
+        out.append(f"  neighbor {peer.ip} as {peer.asn};")
+        if peer.rr_client:
+            out.append("  rr client;")
+            out.append(f"  rr cluster id {snap.nodes[me].rr_cluster_id};")
+        out += ["}", ""]
+    return out
+
+
+def _ipv6(snap: Snapshot, me: str) -> list[str]:
+    """The same design for IPv6: its own kernel protocol, blackholes, filters and sessions."""
+    node = snap.nodes[me]
+    blocks = [b for b in snap.local_blocks(me) if ":" in b]
+    pools = bgp_pools(snap, 6)
+    exported = [b for b in blocks if any(ipaddress.ip_network(b).subnet_of(ipaddress.ip_network(p)) for p in pools)]
+    out = [
+        "filter calico_kernel_programming6 {",
+        '  if proto = "blocks6" then accept;', "  if source = RTS_BGP then accept;", "  reject;", "}", "",
+        *_kernel("kernel6", "ipv6", "calico_kernel_programming6"),
+    ]
+    if blocks:
+        out += ["protocol static blocks6 {", "  ipv6;", *[f"  route {b} blackhole;" for b in blocks], "}", ""]
+    out.append("filter calico_export_to_bgp_peers6 {")
+    if exported:
+        out.append(f'  if proto = "blocks6" && net ~ {_set(exported, "")} then accept;')
+    if blocks:
+        out.append(f"  if net ~ {_set(blocks)} then reject;")
+    if pools:
+        out.append(f'  if proto = "kernel6" && net ~ {_set(pools, "{128,128}")} then accept;')
+        out.append(f"  if source = RTS_BGP && net ~ {_set(pools)} then accept;")
+    out += ["  reject;", "}", ""]
+    out += _template("bgp_template6", node.ipv6, my_asn(snap, me), "ipv6", "calico_export_to_bgp_peers6")
+    return out + _peers(snap, me, 6, "bgp_template6")
+
+
+def _kernel(name: str, channel: str, export_filter: str) -> list[str]:
+    return [
+        f"protocol kernel {name} {{",
+        f"  {channel} {{ import all; export filter {export_filter}; }};",
+        "  learn;          # the host routes the CNI plugin adds to cali* devices",
+        "  persist;        # routes stay in the kernel when BIRD stops",
+        "  scan time 2;",
+        "  merge paths on;",
+        "  graceful restart;",
+        "}", "",
+    ]
+
+
+def _template(name: str, local: str, asn: int, channel: str, export_filter: str) -> list[str]:
+    return [
+        f"template bgp {name} {{",
+        f"  local {local} as {asn};",
+        f"  {channel} {{",
         "    import all;",
-        "    export filter calico_export_to_bgp_peers;",
+        f"    export filter {export_filter};",
         "    gateway recursive;",
         "  };",
         "  graceful restart;",
@@ -93,12 +145,3 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
         "  error wait time 5, 30;",
         "}", "",
     ]
-    for peer in peerings(snap, me):
-        out.append(f"protocol bgp {peer.name} from bgp_template {{")
-        out.append(f"  description \"{peer.kind}\";")
-        out.append(f"  neighbor {peer.ip} as {peer.asn};")
-        if peer.rr_client:
-            out.append("  rr client;")
-            out.append(f"  rr cluster id {node.rr_cluster_id};")
-        out += ["}", ""]
-    return "\n".join(out)

@@ -37,6 +37,8 @@ class NodeConfig:
     pool_vxlan: str
     pool_block_size: int
     pool_nat_outgoing: bool
+    pool6_cidr: str
+    pool6_block_size: int
     no_default_pools: bool
     as_number: int | None
     run_dir: str
@@ -106,6 +108,20 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         except ValueError:
             raise NodeConfigError(f"IP={ip!r} is not an IPv4 address, 'autodetect' or 'none'") from None
     ip6 = env.get("IP6", "").strip() or "none"
+    if ip6 not in ("autodetect", "none"):
+        try:
+            ipaddress.IPv6Interface(ip6)
+        except ValueError:
+            raise NodeConfigError(f"IP6={ip6!r} is not an IPv6 address, 'autodetect' or 'none'") from None
+    pool6 = env.get("CALICO_IPV6POOL_CIDR", "").strip()
+    if pool6:
+        try:
+            ipaddress.IPv6Network(pool6)
+        except ValueError as exc:
+            raise NodeConfigError(f"CALICO_IPV6POOL_CIDR={pool6!r}: {exc}") from None
+    block6 = env.get("CALICO_IPV6POOL_BLOCK_SIZE", "122").strip() or "122"
+    if not block6.isdigit() or not 116 <= int(block6) <= 128:
+        raise NodeConfigError(f"CALICO_IPV6POOL_BLOCK_SIZE={block6!r} must be 116 to 128")
     endpoints = env.get("ETCD_ENDPOINTS", "").strip()
     if not endpoints:
         raise NodeConfigError("ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379)")
@@ -148,6 +164,8 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         pool_vxlan=vxlan,
         pool_block_size=int(block),
         pool_nat_outgoing=env.get("CALICO_IPV4POOL_NAT_OUTGOING", "true").lower() == "true",
+        pool6_cidr=pool6,
+        pool6_block_size=int(block6),
         # The classic unit sets NO_DEFAULT_POOLS= (empty): only a true value disables the pool.
         no_default_pools=env.get("NO_DEFAULT_POOLS", "").strip().lower() in ("true", "1", "yes"),
         as_number=int(asn) if asn else None,

@@ -19,6 +19,8 @@ class NodeInfo:
     name: str
     ipv4: str = ""  # bare address
     ipv4_cidr: str = ""  # address/len, as registered
+    ipv6: str = ""
+    ipv6_cidr: str = ""
     asn: int | None = None
     rr_cluster_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
@@ -57,11 +59,14 @@ def node_from_resource(resource: dict) -> NodeInfo:
     meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
     bgp = spec.get("bgp") or {}
     cidr = bgp.get("ipv4Address") or ""
+    cidr6 = bgp.get("ipv6Address") or ""
     asn = bgp.get("asNumber")
     return NodeInfo(
         name=meta.get("name", ""),
         ipv4=cidr.split("/")[0],
         ipv4_cidr=cidr,
+        ipv6=cidr6.split("/")[0],
+        ipv6_cidr=cidr6,
         asn=int(asn) if asn else None,
         rr_cluster_id=bgp.get("routeReflectorClusterID") or "",
         labels=dict(meta.get("labels") or {}),

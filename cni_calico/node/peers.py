@@ -40,16 +40,22 @@ def _applies_to(peer: PeerInfo, node: NodeInfo) -> bool:
     return _selects(peer.node_selector, node.labels)
 
 
-def peerings(snap: Snapshot, me: str) -> list[Peering]:
+def _address(node: NodeInfo, family: int) -> str:
+    return node.ipv4 if family == 4 else node.ipv6
+
+
+def peerings(snap: Snapshot, me: str, family: int = 4) -> list[Peering]:
+    """The sessions of one address family: IPv6 routes travel on sessions between IPv6 addresses."""
     node = snap.nodes.get(me)
-    if node is None or not node.ipv4:
+    if node is None or not _address(node, family):
         return []
     asn_of = {n.name: n.asn or snap.default_asn for n in snap.nodes.values()}
-    by_ip = {n.ipv4: n for n in snap.nodes.values() if n.ipv4}
+    by_ip = {_address(n, family): n for n in snap.nodes.values() if _address(n, family)}
+    mine = _address(node, family)
     out: dict[str, Peering] = {}
 
     def add(ip: str, asn: int, kind: str) -> None:
-        if ip == node.ipv4 or ip in out:
+        if ip == mine or ip in out or (":" in ip) != (family == 6):
             return
         remote = by_ip.get(ip)
         client = bool(node.rr_cluster_id) and (remote is None or remote.rr_cluster_id != node.rr_cluster_id)
@@ -57,8 +63,8 @@ def peerings(snap: Snapshot, me: str) -> list[Peering]:
 
     if snap.mesh:
         for other in sorted(snap.nodes.values(), key=lambda n: n.name):
-            if other.name != me and other.ipv4:
-                add(other.ipv4, asn_of[other.name], MESH)
+            if other.name != me and _address(other, family):
+                add(_address(other, family), asn_of[other.name], MESH)
     for peer in sorted(snap.peers, key=lambda p: p.name):
         kind = NODE if peer.node or peer.node_selector else GLOBAL
         if _applies_to(peer, node):
@@ -67,13 +73,13 @@ def peerings(snap: Snapshot, me: str) -> list[Peering]:
                     peer.asn or snap.default_asn, kind)
             if peer.peer_selector:
                 for other in sorted(snap.nodes.values(), key=lambda n: n.name):
-                    if other.name != me and other.ipv4 and _selects(peer.peer_selector, other.labels):
-                        add(other.ipv4, asn_of[other.name], NODE)
+                    if other.name != me and _address(other, family) and _selects(peer.peer_selector, other.labels):
+                        add(_address(other, family), asn_of[other.name], NODE)
         # The reverse direction: I am selected as a peer by some node this BGPPeer applies to.
         if peer.peer_selector and _selects(peer.peer_selector, node.labels):
             for other in sorted(snap.nodes.values(), key=lambda n: n.name):
-                if other.name != me and other.ipv4 and _applies_to(peer, other):
-                    add(other.ipv4, asn_of[other.name], NODE)
+                if other.name != me and _address(other, family) and _applies_to(peer, other):
+                    add(_address(other, family), asn_of[other.name], NODE)
     return sorted(out.values(), key=lambda p: p.name)
 
 

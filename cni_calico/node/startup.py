@@ -19,7 +19,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def register_node(ds: Datastore, cfg: NodeConfig, ipv4_cidr: str, extra_spec: dict | None = None) -> dict:
+def register_node(ds: Datastore, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str = "",
+                  extra_spec: dict | None = None) -> dict:
     """Creates or updates our Node resource, keeping what operators set (labels, reflector ID)."""
     key = keys.resource("nodes", cfg.nodename)
     while True:
@@ -36,6 +37,10 @@ def register_node(ds: Datastore, cfg: NodeConfig, ipv4_cidr: str, extra_spec: di
         bgp = spec.setdefault("bgp", {})
         if ipv4_cidr:
             bgp["ipv4Address"] = ipv4_cidr
+        if ipv6_cidr:
+            bgp["ipv6Address"] = ipv6_cidr
+        else:
+            bgp.pop("ipv6Address", None)
         if cfg.as_number:
             bgp["asNumber"] = cfg.as_number
         if cfg.rr_cluster_id:
@@ -56,10 +61,17 @@ def write_file(path: str, text: str) -> None:
 
 
 def ensure_default_pool(ds: Datastore, cfg: NodeConfig) -> str:
-    """Creates `default-ipv4-ippool` unless NO_DEFAULT_POOLS or some IPv4 pool exists."""
+    """Creates `default-ipv4-ippool` unless NO_DEFAULT_POOLS or some IPv4 pool exists (and
+    `default-ipv6-ippool` from CALICO_IPV6POOL_CIDR likewise)."""
     if cfg.no_default_pools:
         return ""
     existing = ds.list(keys.resource_dir("ippools"))
+    if cfg.pool6_cidr and not any(":" in (kv.value.get("spec") or {}).get("cidr", "") for kv in existing):
+        name6 = "default-ipv6-ippool"
+        pool6 = {"kind": "IPPool", "apiVersion": API, "metadata": {"name": name6, "creationTimestamp": _now()},
+                 "spec": {"cidr": cfg.pool6_cidr, "blockSize": cfg.pool6_block_size, "ipipMode": "Never",
+                          "vxlanMode": "Never", "natOutgoing": False, "nodeSelector": "all()"}}
+        ds.commit({keys.resource("ippools", name6): 0}, {keys.resource("ippools", name6): pool6})
     if any(":" not in (kv.value.get("spec") or {}).get("cidr", ":") for kv in existing):
         return ""
     name = "default-ipv4-ippool"
