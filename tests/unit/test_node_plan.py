@@ -153,3 +153,19 @@ def test_classic_environment():
     assert cfg.no_default_pools is False and cfg.pool_ipip == "always" and cfg.pool_cidr == "10.20.0.0/16"
     assert cfg.run_dir == "/var/run/calico" and cfg.nodename_file == "/var/lib/calico/nodename"
     assert from_env({**GOOD, "CALICO_RUN_DIR": "/x/run", "CALICO_LIB_DIR": "/x/lib"}).nodename_file == "/x/lib/nodename"
+
+
+def test_ipv6_sessions_blackholes_and_filters():
+    n1 = NodeInfo("n1", "192.168.0.1", "192.168.0.1/24", ipv6="fd00::1", ipv6_cidr="fd00::1/64")
+    n2 = NodeInfo("n2", "192.168.0.2", "192.168.0.2/24", ipv6="fd00::2", ipv6_cidr="fd00::2/64")
+    n3 = NodeInfo("n3", "192.168.0.3", "192.168.0.3/24")  # IPv4 only
+    s = snap([n1, n2, n3], pools=[Pool("p", "10.0.0.0/16", 26), Pool("p6", "fd00:10::/64", 122)],
+             blocks={"10.0.0.0/26": "n1", "fd00:10::/122": "n1"})
+    assert [p.name for p in peerings(s, "n1", 6)] == ["Mesh_fd00__2"]
+    assert [p.name for p in peerings(s, "n1", 4)] == ["Mesh_192_168_0_2", "Mesh_192_168_0_3"]
+    text = birdconf.render(s, "n1")
+    assert "protocol kernel kernel6" in text and "route fd00:10::/122 blackhole;" in text
+    assert "local fd00::1 as 64512;" in text and "neighbor fd00::2 as 64512;" in text
+    assert 'if proto = "kernel6" && net ~ [ fd00:10::/64{128,128} ] then accept;' in text
+    assert "fd00:10::/122 blackhole" not in birdconf.render(s, "n1").split("protocol static blocks {")[1].split("}")[0]
+    assert "kernel6" not in birdconf.render(s, "n3")  # a node without IPv6 gets no IPv6 sections
