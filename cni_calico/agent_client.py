@@ -14,7 +14,7 @@ import os
 import socket
 
 PROTOCOL = 1
-ACCEPT_TIMEOUT = 0.5
+ACCEPT_TIMEOUT = 2.0  # the agent acks at once; under a burst its threads may wait for the GIL
 RESULT_TIMEOUT = 120.0
 FORWARDED_PREFIXES = ("CNI_", "CALICO_", "ETCD_", "K8S_")
 
