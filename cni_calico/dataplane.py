@@ -74,14 +74,44 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in ((first & 0xFE) | 0x02, *rest))
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def open_netns(path: str) -> IPRoute:
-    """A netlink socket inside the namespace at `path`; never creates one (flags=0)."""
+    """A netlink socket inside the namespace at `path` (never creates a namespace).
+
+    The socket is made by this thread after joining the namespace, then the thread goes back:
+    a socket stays in the namespace it was made in. (pyroute2's own netns= forks a helper
+    process for this, which in a busy multi-threaded agent costs far more than the ADD.)"""
     if not os.path.exists(path):
         raise CniError(INVALID_ENV, f"CNI_NETNS {path} does not exist")
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        return IPRoute(netns=path, flags=0)
-    except (OSError, NetlinkError) as exc:
-        raise CniError(INVALID_ENV, f"CNI_NETNS {path} is not a network namespace: {exc}") from None
+        target = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        os.close(own)
+        raise CniError(INVALID_ENV, f"CNI_NETNS {path} cannot be opened: {exc.strerror}") from None
+    try:
+        try:
+            _setns(target)
+        except OSError as exc:
+            raise CniError(INVALID_ENV, f"CNI_NETNS {path} is not a network namespace: {exc.strerror}") from None
+        try:
+            return IPRoute()
+        finally:
+            _setns(own)  # back home before anything else runs on this thread
+    finally:
+        os.close(target)
+        os.close(own)
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
@@ -98,16 +128,12 @@ def write_sysctl(setting: str) -> None:
 
 def run_in_netns(path: str, fn) -> None:
     """Runs fn in a thread that has joined the namespace at path (setns is per thread)."""
-    import ctypes
-
     errors: list[BaseException] = []
 
     def target() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(path, os.O_RDONLY)
         try:
-            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-                raise OSError(ctypes.get_errno(), f"setns into {path} failed")
+            _setns(fd)
             fn()
         except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
             errors.append(exc)
