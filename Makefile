@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client bird2 iperf3 iptables ipset iputils-ping iproute2 socat \
-	containernetworking-plugins openssl procps python3-venv
+	containernetworking-plugins openssl procps python3-venv containerd busybox-static
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
@@ -12,7 +12,7 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 # venv: a tiny launcher into this checkout's venv (faster start-up; the checkout must stay in place).
 INSTALL_FORM ?= bundle
 
-.PHONY: deps system-deps venv test unit lint build install demo bench clean
+.PHONY: deps system-deps venv test unit lint build install deb demo bench clean
 
 deps: system-deps venv
 
@@ -57,6 +57,7 @@ install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_CONF_DIR)
 	rm -rf $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.old
 	cp -a dist/cni-calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new
+	ln -sfn calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new/calico-node  # examples/calico-node.service runs it
 	if [ -e $(DESTDIR)$(CNI_BIN_DIR)/cni-calico ]; then \
 		mv $(DESTDIR)$(CNI_BIN_DIR)/cni-calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.old; fi
 	mv $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new $(DESTDIR)$(CNI_BIN_DIR)/cni-calico
@@ -64,6 +65,11 @@ install: build
 	for name in calico calico-ipam; do ln -sfn cni-calico/calico $(DESTDIR)$(CNI_BIN_DIR)/$$name; done
 	if [ "$(INSTALL_FORM)" = venv ]; then $(PY) build/make_launcher.py $(DESTDIR)$(CNI_BIN_DIR) calico calico-ipam; fi
 	install -m 0644 examples/10-calico.conf $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf
+
+# A Debian package of the bundle, built offline with dpkg-deb: dist/cni-calico_<version>_<arch>.deb.
+# Layout and choices: build/deb/build-deb.sh.
+deb: build
+	bash build/deb/build-deb.sh
 
 # Two simulated nodes, pods networked by the real binaries, pings and iperf3; removes all it made.
 demo: deps build

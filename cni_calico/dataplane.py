@@ -66,6 +66,8 @@ class Workload:
     mtu: int = 1500
     allow_ip_forwarding: bool = False
     mac: str = ""  # the pod side's MAC; chosen up front so the endpoint record can be written first
+    owner: str = ""  # the container ID, kept as the host veth's alias: who the link belongs to
+    same_pod_name: bool = False  # the veth name is derived from the pod: an existing one is a stale sandbox
 
 
 def random_mac() -> str:
@@ -153,18 +155,32 @@ def check_pod_ifname_free(netns: str, ifname: str) -> None:
             raise CniError(ADDRESS_CONFLICT, f"interface {ifname} already exists in {netns}")
 
 
+def choose_host_ifname(primary: str, alternate: str, owner: str, same_pod_name: bool) -> str:
+    """The host veth's name: `primary`, unless another container's veth holds it (then `alternate`).
+
+    A pod-derived name is the pod's own (an existing one is a stale sandbox, replaced)."""
+    if same_pod_name:
+        return primary
+    with IPRoute() as host:
+        for name in (primary, alternate):
+            index = _index(host, name)
+            if index is None or _alias(host, index) in ("", owner):
+                return name
+    raise CniError(ADDRESS_CONFLICT, f"host interfaces {primary} and {alternate} both belong to other containers")
+
+
 def setup(w: Workload) -> str:
     """Creates the veth pair and everything around it; returns the pod-side MAC."""
     try:
         return _setup(w)
     except NetlinkError as exc:
-        teardown_host(w.host_ifname)
+        teardown_host(w.host_ifname, w.owner)
         raise CniError(DATAPLANE_FAILURE, f"setting up {w.host_ifname} for {w.netns} failed: {exc}") from None
     except OSError as exc:
-        teardown_host(w.host_ifname)
+        teardown_host(w.host_ifname, w.owner)
         raise CniError(DATAPLANE_FAILURE, f"setting up {w.host_ifname} for {w.netns} failed: {exc}") from None
     except BaseException:
-        teardown_host(w.host_ifname)
+        teardown_host(w.host_ifname, w.owner)
         raise
 
 
@@ -174,8 +190,14 @@ def _setup(w: Workload) -> str:
             raise CniError(ADDRESS_CONFLICT, f"interface {w.ifname} already exists in {w.netns}")
         stale = _index(host, w.host_ifname)
         if stale is not None:
-            # A previous sandbox of the same pod left its veth: Calico replaces it.
-            log.info("removing stale host interface %s", w.host_ifname)
+            holder = _alias(host, stale)
+            if not (w.same_pod_name or holder in ("", w.owner)):
+                # Without Kubernetes the name is the container ID's first 11 characters: another
+                # container sharing them must keep its veth.
+                raise CniError(ADDRESS_CONFLICT, f"host interface {w.host_ifname} belongs to container {holder}",
+                               f"container IDs {w.owner} and {holder} share their first 11 characters")
+            # A previous sandbox of the same pod (or this container's leftover): Calico replaces it.
+            log.info("removing stale host interface %s (of %s)", w.host_ifname, holder or "unknown")
             host.link("del", index=stale)
         fd = os.open(w.netns, os.O_RDONLY)
         try:
@@ -190,6 +212,8 @@ def _setup(w: Workload) -> str:
         finally:
             os.close(fd)
         host_index = _index(host, w.host_ifname)
+        if w.owner:
+            host.link("set", index=host_index, ifalias=w.owner)
         have = families(w.addresses)
         settings = (HOST_SYSCTLS_V4 if 4 in have else ()) + (HOST_SYSCTLS_V6 if 6 in have else ())
         for setting in settings:
@@ -232,11 +256,20 @@ def _wait_link_local(host: IPRoute, index: int, name: str) -> None:
                    "(is IPv6 disabled on the node?)")
 
 
-def teardown_host(host_ifname: str) -> bool:
-    """Deletes the host end (the kernel drops the peer and the routes with it)."""
+def _alias(ipr: IPRoute, index: int) -> str:
+    links = ipr.get_links(index)
+    return (links[0].get_attr("IFLA_IFALIAS") or "") if links else ""
+
+
+def teardown_host(host_ifname: str, owner: str = "") -> bool:
+    """Deletes the host end (the kernel drops the peer and the routes with it) — only when it is
+    `owner`'s (its alias), so a DEL never takes another container's veth of the same name."""
     with IPRoute() as host:
         index = _index(host, host_ifname)
         if index is None:
+            return False
+        if owner and _alias(host, index) not in ("", owner):
+            log.info("leaving %s alone: it belongs to %s, not %s", host_ifname, _alias(host, index), owner)
             return False
         try:
             host.link("del", index=index)

@@ -16,6 +16,11 @@ def host_veth_name(container_id: str, k8s_namespace: str = "", pod: str = "") ->
     return VETH_PREFIX + suffix
 
 
+def alternate_veth_name(container_id: str) -> str:
+    """For a container whose first 11 characters another container's veth already uses."""
+    return VETH_PREFIX + hashlib.sha1(container_id.encode()).hexdigest()[:11]
+
+
 def _escape(part: str) -> str:
     return part.replace("-", "--")
 
