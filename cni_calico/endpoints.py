@@ -38,7 +38,9 @@ class EndpointId:
         return keys.resource("workloadendpoints", self.name, self.namespace)
 
 
-def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str]) -> dict:
+def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str],
+          labels: dict[str, str] | None = None) -> dict:
+    """`labels`: the pod's own and its namespace's (`pcns.` prefixed); the two system labels win."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "kind": "WorkloadEndpoint",
@@ -48,6 +50,7 @@ def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], p
             "namespace": eid.namespace,
             "creationTimestamp": now,
             "labels": {
+                **(labels or {}),
                 "projectcalico.org/namespace": eid.namespace,
                 "projectcalico.org/orchestrator": eid.orchestrator,
             },

@@ -27,6 +27,7 @@ class IpamConf:
     ipv4_pools: list[str] = field(default_factory=list)
     ipv6_pools: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
+    ip_addrs: list[str] = field(default_factory=list)  # exact addresses (the pod's ipAddrs annotation)
 
 
 @dataclass
@@ -46,6 +47,9 @@ class NetConf:
     ipam: IpamConf
     log_level: str = "info"
     log_file_path: str = DEFAULT_LOG_FILE
+    log_file_max_size: float = 100  # MB before the file is rotated (Calico's keys and defaults)
+    log_file_max_count: int = 5  # rotated files kept
+    log_file_max_age: float = 30  # days a rotated file is kept; 0: no limit
     nodename: str = ""
     nodename_file: str = DEFAULT_NODENAME_FILE
     mtu: int = 0  # 0: not in the config; the plugin then takes calico-node's mtu file
@@ -86,6 +90,17 @@ def _str_list(conf: dict, key: str, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _fail(f"network config field '{where}{key}' must be a list of pool names or CIDRs")
     return list(value)
+
+
+def _number(conf: dict, key: str, default: float, minimum: float, whole: bool = False) -> float:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and minimum <= value < 1e9
+    if not ok or (whole and value != int(value)):
+        kind = "a whole number" if whole else "a number"
+        raise _fail(f"network config field '{key}' must be {kind} of at least {minimum:g}, got {value!r}")
+    return value
 
 
 def check_version(version: object) -> str:
@@ -187,6 +202,9 @@ def parse(conf: object, need_etcd: bool = True) -> NetConf:
         ipam=parse_ipam(conf),
         log_level=log_level,
         log_file_path=_str(conf, "log_file_path", DEFAULT_LOG_FILE),
+        log_file_max_size=_number(conf, "log_file_max_size", 100, minimum=0.0001),
+        log_file_max_count=int(_number(conf, "log_file_max_count", 5, minimum=1, whole=True)),
+        log_file_max_age=_number(conf, "log_file_max_age", 30, minimum=0),
         nodename=_str(conf, "nodename"),
         nodename_file=nodename_file,
         mtu=mtu,

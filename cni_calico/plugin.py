@@ -43,7 +43,7 @@ def _context(req: skel.Request) -> Context:
     from cni_calico.nodename import determine
 
     conf = netconf.parse(req.conf)
-    logsetup.configure(conf.log_level, conf.log_file_path)
+    logsetup.configure_from(conf)
     pod = req.args.get("K8S_POD_NAME", "")
     namespace = req.args.get("K8S_POD_NAMESPACE", "") or "default"
     host_ifname = host_veth_name(req.container_id, namespace if pod else "", pod)
@@ -102,19 +102,23 @@ def _release(ctx: Context, ds, known=None, also_delete: dict[str, int] | None = 
 
 def cmd_add(req: skel.Request) -> Result:
     from cni_calico import dataplane, endpoints
+    from cni_calico.names import alternate_veth_name
     from cni_calico.nodename import pod_mtu
 
     started = time.monotonic()
     ctx = _context(req)
-    if ctx.conf.policy_type == "k8s":
-        from cni_calico.kube import read_kubeconfig
+    labels: dict[str, str] = {}
+    if ctx.conf.kubeconfig or ctx.conf.policy_type == "k8s":
+        from cni_calico.kube import apply_pod
 
-        read_kubeconfig(ctx.conf.kubeconfig)
+        ctx.conf, labels = apply_pod(ctx.conf, req.args)  # the pod's pools, ipAddrs and labels
     if ctx.conf.ipam.type != CALICO_IPAM:
         from cni_calico.delegate import find
 
         find(ctx.conf.ipam.type, req.path)  # a missing IPAM plugin fails before anything is done
     dataplane.check_pod_ifname_free(req.netns, req.ifname)
+    ctx.host_ifname = dataplane.choose_host_ifname(ctx.host_ifname, alternate_veth_name(req.container_id),
+                                                   req.container_id, bool(ctx.pod))
     ds = _datastore(ctx.conf)
     eid = ctx.endpoint_id()
     mac = dataplane.random_mac()
@@ -123,7 +127,7 @@ def cmd_add(req: skel.Request) -> Result:
         from cni_calico import keys
         from ipam.store import Riders
 
-        resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name])
+        resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels)
         profile = {keys.resource("profiles", ctx.conf.name): endpoints.default_profile(ctx.conf.name)}
         return Riders(puts={eid.key: resource}, create_if_absent=profile)
 
@@ -131,13 +135,14 @@ def cmd_add(req: skel.Request) -> Result:
     # address without its endpoint (a crash before the dataplane leaves both, for GC/DEL).
     addresses, endpoint_written = _allocate(ctx, ds, endpoint_riders)
     workload = dataplane.Workload(
-        req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding, mac
+        req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding, mac,
+        owner=req.container_id, same_pod_name=bool(ctx.pod),
     )
     try:
         _fault_point(req, "after-ipam")
-        if not endpoint_written:  # another IPAM plugin, or a repeated ADD
-            endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name]),
-                            network=ctx.conf.name)
+        if not endpoint_written:  # another IPAM plugin, a repeated ADD, or the pod's ipAddrs
+            endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name],
+                                                     labels), network=ctx.conf.name)
         _fault_point(req, "after-endpoint")
         dataplane.setup(workload)
         _fault_point(req, "after-dataplane")
@@ -152,7 +157,7 @@ def cmd_add(req: skel.Request) -> Result:
     return Result(
         interfaces=[Interface(ctx.host_ifname, dataplane.HOST_MAC), Interface(req.ifname, mac, req.netns)],
         ips=[IPConfig(a, interface=1) for a in addresses],
-        routes=[Route("0.0.0.0/0", dataplane.GATEWAY_V4)] if any(":" not in a for a in addresses) else [],
+        routes=[Route(dst, gw) for dst, gw in dataplane.result_routes(addresses)],
     )
 
 
@@ -167,7 +172,7 @@ def _undo_add(ctx: Context, ds, workload, eid) -> None:
     from cni_calico import dataplane, endpoints
 
     for what, step in (
-        ("host veth", lambda: dataplane.teardown_host(workload.host_ifname)),
+        ("host veth", lambda: dataplane.teardown_host(workload.host_ifname, workload.owner)),
         ("endpoint", lambda: endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))),
         ("address", lambda: _release(ctx, ds)),
     ):
@@ -179,7 +184,7 @@ def _undo_add(ctx: Context, ds, workload, eid) -> None:
 
 def cmd_del(req: skel.Request) -> None:
     from cni_calico import dataplane, endpoints, keys
-    from cni_calico.names import handle_id
+    from cni_calico.names import alternate_veth_name, handle_id
 
     started = time.monotonic()
     ctx = _context(req)
@@ -193,7 +198,8 @@ def cmd_del(req: skel.Request) -> None:
     # sandbox of the same pod (same veth name) owns the endpoint now.
     dataplane.teardown_pod(req.netns, req.ifname)
     if owner in (None, req.container_id):
-        dataplane.teardown_host(ctx.host_ifname)
+        dataplane.teardown_host(ctx.host_ifname, req.container_id) or (
+            not ctx.pod and dataplane.teardown_host(alternate_veth_name(req.container_id), req.container_id))
     else:
         log.info("DEL for %s: endpoint now belongs to %s, leaving its veth alone", req.container_id, owner)
     known = None
@@ -206,13 +212,15 @@ def cmd_del(req: skel.Request) -> None:
     gone = _release(ctx, ds, known, mine) if (known or ctx.conf.ipam.type != CALICO_IPAM) else False
     if mine and not gone:
         endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))
-    log.info("DEL container=%s pod=%s/%s etcd_round_trips=%d took %.0f ms", req.container_id, ctx.namespace,
-             ctx.pod or "-", ds.calls(), (time.monotonic() - started) * 1000)
+    freed = ",".join((current.value.get("spec") or {}).get("ipNetworks") or []) if mine else ""
+    log.info("DEL container=%s pod=%s/%s address=%s etcd_round_trips=%d took %.0f ms", req.container_id,
+             ctx.namespace, ctx.pod or "-", freed or "-", ds.calls(), (time.monotonic() - started) * 1000)
 
 
 def cmd_check(req: skel.Request) -> None:
     from cni_calico import dataplane, endpoints
 
+    started = time.monotonic()
     ctx = _context(req)
     ds = _datastore(ctx.conf)
     current = endpoints.get(ds, ctx.endpoint_id())
@@ -230,12 +238,15 @@ def cmd_check(req: skel.Request) -> None:
         expected = {ip.address.split("/")[0] for ip in ctx.conf.prev_result.ips}
         if expected != {a.split("/")[0] for a in addresses}:
             raise CniError(DATAPLANE_FAILURE, f"addresses {sorted(expected)} of prevResult differ from {addresses}")
-    dataplane.check(dataplane.Workload(req.netns, ctx.host_ifname, req.ifname, addresses))
+    host_ifname = current.value["spec"].get("interfaceName") or ctx.host_ifname
+    dataplane.check(dataplane.Workload(req.netns, host_ifname, req.ifname, addresses))
+    log.info("CHECK container=%s pod=%s/%s address=%s interface=%s took %.0f ms", req.container_id, ctx.namespace,
+             ctx.pod or "-", ",".join(addresses), ctx.host_ifname, (time.monotonic() - started) * 1000)
 
 
 def cmd_status(req: skel.Request) -> None:
     conf = netconf.parse(req.conf)
-    logsetup.configure(conf.log_level, conf.log_file_path)
+    logsetup.configure_from(conf)
     from cni_calico.datastore import Datastore
     from cni_calico.errors import DatastoreError
 

@@ -45,15 +45,20 @@ def assign(
     store = IpamStore(ds)
     handle = handle_id(conf.name, req.container_id)
     families = [f for f, want in ((4, conf.ipam.assign_ipv4), (6, conf.ipam.assign_ipv6)) if want]
+    exact = {6 if ":" in ip else 4: ip for ip in conf.ipam.ip_addrs}  # the pod's ipAddrs: these, no others
+    if exact:
+        families = sorted(exact)
     if not families:
         raise CniError(7, "ipam assigns no address: both assign_ipv4 and assign_ipv6 are false")
     out: list[str] = []
     rode = False
     run_dir = req.env.get("CALICO_RUN_DIR") or None
+    # Read before taking the node's lock: a stale view only costs a retry (every write is guarded),
+    # and the lock is held for the block read and the commit alone.
+    pools_dir = keys.resource_dir("ippools")
+    prefixes = [pools_dir] + [keys.affinity_dir(node, f) for f in families]
+    read = ds.multi_get([], prefixes)
     with node_lock(node, run_dir):
-        pools_dir = keys.resource_dir("ippools")
-        prefixes = [pools_dir] + [keys.affinity_dir(node, f) for f in families]
-        read = ds.multi_get([], prefixes)
         pools = store.parse_pools(read[pools_dir])
         # Node labels cost a read: only when some pool selects nodes by label.
         selective = any(p.node_selector.strip() not in ("", "all()", "!all()") for p in pools)
@@ -62,6 +67,10 @@ def assign(
             for i, family in enumerate(families):
                 requested = conf.ipam.ipv4_pools if family == 4 else conf.ipam.ipv6_pools
                 chosen = select_pools(pools, requested, family, labels)
+                if family in exact:  # not riding: the caller writes the endpoint itself
+                    got = store.assign_ip(handle, _attrs(node, req), node, exact[family], chosen)
+                    out.append(f"{got.ip}/{32 if family == 4 else 128}")
+                    continue
                 affine = [keys.cidr_from_block_key(kv.key) for kv in read[keys.affinity_dir(node, family)]]
                 last = i == len(families) - 1
 
@@ -98,7 +107,7 @@ def _open(req: skel.Request) -> tuple[NetConf, Datastore]:
     from cni_calico import logsetup, netconf
 
     conf = netconf.parse(req.conf)
-    logsetup.configure(conf.log_level, conf.log_file_path)
+    logsetup.configure_from(conf)
     return conf, Datastore(conf.etcd)
 
 
