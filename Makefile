@@ -78,7 +78,9 @@ demo: deps build
 # ADD/DEL timings of the bundle (and the venv) against Debian's ptp + host-local; BENCH_ARGS="--cycles 100".
 bench: deps build
 	$(PY) -m tests.bench.bench_cni $(BENCH_ARGS)
+	$(PY) -m tests.bench.bench_fastpath
 	$(PY) -m tests.bench.bench_node
+	$(PY) -m tests.bench.bench_policy
 
 clean:
 	rm -rf dist build/work $(VENV) *.egg-info
