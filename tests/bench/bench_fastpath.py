@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -191,6 +192,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step", type=int, default=25)
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    # The agent must be the bundle's calico-node: the plugin and the agent compare build ids.
+    os.environ["CNI_CALICO_BIN"] = str(REPO / "dist" / "bin")
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="cni-calico-fastpath-") as tmp:
         etcd = lab.etcd()
         add_pool(etcd, "bench", "10.96.0.0/16", 26)
