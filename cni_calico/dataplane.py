@@ -117,8 +117,15 @@ def open_netns(path: str) -> IPRoute:
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return found[0] if found else None
+    """One RTM_GETLINK by name: the kernel answers for that link alone (a dump of every link,
+    as link_lookup does, grows with the pods on the node)."""
+    try:
+        found = ipr.link("get", ifname=ifname)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    return found[0]["index"] if found else None
 
 
 def write_sysctl(setting: str) -> None:
@@ -185,9 +192,9 @@ def setup(w: Workload) -> str:
 
 
 def _setup(w: Workload) -> str:
+    # (The pod's interface name was checked before IPAM; one that appeared since makes the add
+    # below fail with EEXIST, reported as the same conflict.)
     with IPRoute() as host, open_netns(w.netns) as pod:
-        if _index(pod, w.ifname) is not None:
-            raise CniError(ADDRESS_CONFLICT, f"interface {w.ifname} already exists in {w.netns}")
         stale = _index(host, w.host_ifname)
         if stale is not None:
             holder = _alias(host, stale)
@@ -209,6 +216,10 @@ def _setup(w: Workload) -> str:
                 mtu=w.mtu,
                 peer={"ifname": w.ifname, "net_ns_fd": fd, "mtu": w.mtu, **({"address": w.mac} if w.mac else {})},
             )
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise CniError(ADDRESS_CONFLICT, f"interface {w.ifname} already exists in {w.netns}") from None
+            raise
         finally:
             os.close(fd)
         host_index = _index(host, w.host_ifname)
