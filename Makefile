@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-APT_PACKAGES := etcd-server etcd-client bird2 iperf3 iptables ipset iputils-ping iproute2 socat \
+APT_PACKAGES := etcd-server etcd-client bird2 iperf3 iptables ipset nftables iputils-ping iproute2 socat \
 	containernetworking-plugins openssl procps python3-venv containerd busybox-static
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin

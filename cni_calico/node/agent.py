@@ -104,6 +104,7 @@ class Agent:
         from cni_calico.policy.sync import PolicySync
 
         self.policy = PolicySync(self.ds, self.cfg.nodename)
+        self.policy.watch_links()
 
     def _enable_forwarding(self) -> None:
         """A vRouter forwards: IPv4 always, IPv6 when the node has an IPv6 address (as Felix does)."""
@@ -138,7 +139,7 @@ class Agent:
         if self.tunnels is not None:
             self.tunnels.sync(snap)
         if self.policy is not None:
-            self.policy.sync(snap.revision)
+            self.policy.sync()
         self.last_revision = revision
         return True
 
@@ -171,6 +172,12 @@ class Agent:
 
     def shutdown(self) -> None:
         # Policy rules stay programmed: a restart must not open a gap (`calico-node --cleanup` removes them).
+        # Brought up to date first, so a stopped node still admits every endpoint etcd knows of.
+        if self.policy is not None and self.etcd_ok:
+            try:
+                self.policy.sync()
+            except Exception as exc:  # noqa: BLE001 - stopping goes on; the rules stay as they were
+                log.warning("final policy sync failed, rules left as they were: %s", exc)
         if self.bird:
             self.bird.stop(graceful=True)
         self.ds.close()

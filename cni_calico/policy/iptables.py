@@ -69,6 +69,14 @@ def foreign_jumps(lines: list[str]) -> list[str]:
     return out
 
 
+def restore_command(run: Runner = _run) -> list[str]:
+    """iptables-restore --noflush, waiting for the xtables lock where this iptables has one (legacy >= 1.6.2;
+    the nf_tables variant needs none, 1.4 has no such option)."""
+    usage = run(["iptables-restore", "--help"], check=False)
+    wait = "--wait" in usage.stdout + usage.stderr
+    return ["iptables-restore", "--noflush", *(["--wait", "10"] if wait else [])]
+
+
 def ipsets(run: Runner = _run) -> list[str]:
     return [n for n in run(["ipset", "list", "-n"]).stdout.split() if n.startswith(SET_PREFIX)]
 
@@ -95,7 +103,13 @@ class Dataplane:
         self.run = run
         self.chains: dict[str, tuple[str, ...]] | None = None  # None: unknown, rewrite everything
         self.sets: dict[str, IpSet | None] = {}
+        self.restore: list[str] = []
         self.writes = 0  # iptables-restore transactions made (for tests and benchmarks)
+
+    @property
+    def programmed(self) -> bool:
+        """Whether we know what the kernel holds (False before the first apply and after a failure)."""
+        return self.chains is not None
 
     def forget(self) -> None:
         self.chains = None
@@ -111,6 +125,7 @@ class Dataplane:
     def _apply(self, ruleset: Ruleset) -> bool:
         jump: list[str] = []
         if self.chains is None:
+            self.restore = self.restore or restore_command(self.run)
             lines = saved_filter(self.run)
             old_chains = dict.fromkeys(cali_chains(lines), ())
             forward = [line for line in lines if line.startswith("-A FORWARD ")]
@@ -131,7 +146,7 @@ class Dataplane:
             self.run(["ipset", "restore"], "\n".join(set_lines) + "\n")
             self.sets.update(ruleset.ipsets)
         if write or remove or jump:
-            self.run(["iptables-restore", "--noflush", "--wait", "10"], restore_text(write, remove, jump))
+            self.run(self.restore, restore_text(write, remove, jump))
             self.writes += 1
         self.chains = dict(ruleset.chains)
         for name in stale_sets:
@@ -159,8 +174,7 @@ def cleanup(run: Runner = _run) -> list[str]:
     chains, jumps = cali_chains(lines), foreign_jumps(lines)
     removed = [f"jump: {j}" for j in jumps] + [f"chain: {c}" for c in chains]
     if chains or jumps:
-        run(["iptables-restore", "--noflush", "--wait", "10"],
-            restore_text({}, chains, ["-D" + j[2:] for j in jumps]))
+        run(restore_command(run), restore_text({}, chains, ["-D" + j[2:] for j in jumps]))
     for name in ipsets(run):
         run(["ipset", "destroy", name])
         removed.append(f"ipset: {name}")

@@ -2,11 +2,8 @@
 
 What holds for every record built here:
 
-- Every selector is already *scoped* and canonical (``str(parse(...))``), exactly as libcalico-go's
-  update processors scope them for Felix: a NetworkPolicy's own selector and its rules' selectors
-  carry ``projectcalico.org/namespace == "<ns>"``; a ``namespaceSelector`` is rewritten onto the
-  ``pcns.``-prefixed namespace labels every endpoint carries (``all()`` there means "any namespace").
-  Equal strings select equal endpoint sets, so a string can name an ipset.
+- Every selector is already scoped by namespace and canonical (see cni_calico.policy.scope): equal
+  strings select equal endpoint sets, so a string can name an ipset.
 - ``Endpoint.labels`` are the effective labels (see ``effective_labels``).
 - Parsing never raises on bad data read from etcd: a policy whose selector does not parse selects
   nothing (``selector == ""``); a rule that cannot match anything in the IPv4 filter table (bad
@@ -21,14 +18,11 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
-from cni_calico.selector import All, And, Compare, Has, InSet, Not, Or, Selector, SelectorError, parse
+from cni_calico.policy.scope import NAMESPACE_LABEL, NS_NAME_LABEL, NS_PREFIX, applies_to, scoped_selector
+from cni_calico.selector import SelectorError, parse
 
 log = logging.getLogger(__name__)
 
-NAMESPACE_LABEL = "projectcalico.org/namespace"
-ORCHESTRATOR_LABEL = "projectcalico.org/orchestrator"
-NS_PREFIX = "pcns."  # Calico's prefix for namespace labels copied onto endpoints
-NS_NAME_LABEL = "projectcalico.org/name"  # without Kubernetes a namespace's only label
 ACTIONS = ("Allow", "Deny", "Pass", "Log")
 PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "sctp": "sctp", "udplite": "udplite"}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "6", "17", "132", "136"})
@@ -93,64 +87,16 @@ class Endpoint:
     labels: dict[str, str] = field(default_factory=dict, hash=False)
 
 
-# --- selectors -------------------------------------------------------------------------------------
-
-
-def _prefixed(sel: Selector, prefix: str) -> Selector:
-    """The selector with every label key prefixed; all() becomes "in some namespace" (libcalico-go)."""
-    if isinstance(sel, (Has, Compare, InSet)):
-        return dataclasses.replace(sel, key=prefix + sel.key)
-    if isinstance(sel, Not):
-        return Not(_prefixed(sel.operand, prefix))
-    if isinstance(sel, (And, Or)):
-        return type(sel)(tuple(_prefixed(op, prefix) for op in sel.operands))
-    return Has(NAMESPACE_LABEL)  # All / Global
-
-
-def _both(first: Selector | None, second: Selector | None) -> Selector | None:
-    if first is None or second is None:
-        return first or second
-    return And((first, second))
-
-
-def _own_namespace(namespace: str) -> Selector:
-    return parse(f"{NAMESPACE_LABEL} == {_quoted(namespace)}")
-
-
-def _quoted(value: str) -> str:
-    return f'"{value}"' if '"' not in value else f"'{value}'"
-
-
-def scoped_selector(selector: str, namespace: str = "", namespace_selector: str = "",
-                    not_selector: str = "") -> str:
-    """The entity selector as Felix sees it (libcalico-go's RuleAPIV2ToBackend); raises SelectorError."""
-    ns_sel = _prefixed(parse(namespace_selector), NS_PREFIX) if namespace_selector else (
-        _own_namespace(namespace) if namespace else None)
-    sel = parse(selector) if selector else None
-    if ns_sel is not None and (sel is not None or not_selector or namespace_selector):
-        sel = _both(ns_sel, sel)
-    return "" if sel is None else str(sel)
-
-
-def applies_to(selector: str, namespace: str = "", namespace_selector: str = "") -> str:
-    """A policy's own selector, scoped: the endpoints it applies to."""
-    sel: Selector = parse(selector) if selector else All()
-    if namespace:
-        sel = And((_own_namespace(namespace), sel))
-    elif namespace_selector:
-        sel = And((_prefixed(parse(namespace_selector), NS_PREFIX), sel))
-    return str(sel)
-
-
 # --- rules -----------------------------------------------------------------------------------------
 
 
 def _protocol(value: object) -> str | None:
-    """iptables spelling of a Calico protocol; None when it cannot be in the IPv4 table (ICMPv6)."""
+    """iptables spelling of a Calico protocol ("" = any); None when the IPv4 table cannot hold it
+    (ICMPv6, an unknown name, a number outside 1-255)."""
     if value is None or value == "":
         return ""
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return str(int(value))
+        return str(int(value)) if 1 <= int(value) <= 255 else None
     return PROTOCOLS.get(str(value).lower())
 
 
@@ -159,10 +105,13 @@ def _icmp(value: object) -> str | None:
     if value is None or (isinstance(value, dict) and value.get("type") is None and value.get("code") is None):
         return ""
     try:
-        code = value.get("code")  # type: ignore[union-attr]
-        return f"{int(value['type'])}" + ("" if code is None else f"/{int(code)}")  # type: ignore[index]
+        kind, code = int(value["type"]), value.get("code")  # type: ignore[index, union-attr]
+        code = None if code is None else int(code)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
+    if not 0 <= kind <= 255 or not 0 <= (code or 0) <= 255:
+        return None
+    return f"{kind}" if code is None else f"{kind}/{code}"
 
 
 def _ports(values: object) -> tuple[tuple[str, ...], bool]:
@@ -224,6 +173,8 @@ def rule_from_dict(data: object, namespace: str = "") -> Rule:
     action = str(data.get("action") or "")
     action = next((a for a in ACTIONS if a.lower() == action.lower()), action)
     protocol, not_protocol = _protocol(data.get("protocol")), _protocol(data.get("notProtocol"))
+    if str(data.get("notProtocol")).lower() == "icmpv6":
+        not_protocol = ""  # always true of IPv4 packets
     source, why_src = _entity(data.get("source"), namespace)
     destination, why_dst = _entity(data.get("destination"), namespace)
     icmp, not_icmp = _icmp(data.get("icmp")), _icmp(data.get("notICMP"))
@@ -233,8 +184,8 @@ def rule_from_dict(data: object, namespace: str = "") -> Rule:
         why = "malformed icmp / notICMP"
     elif action not in ACTIONS:
         why = f"unknown action {action!r}"
-    elif protocol is None or data.get("ipVersion") == 6:
-        why = "IPv6 only"
+    elif protocol is None or not_protocol is None or data.get("ipVersion") == 6:
+        why = "IPv6 only, or an unknown protocol"
     elif rule.protocol and rule.protocol == rule.not_protocol:
         why = "protocol and notProtocol are equal"
     elif (rule.icmp or rule.not_icmp) and rule.protocol not in ICMP_PROTOCOLS:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import itertools
 import logging
 import re
@@ -131,28 +130,37 @@ def _set_members(nets: Iterable[str]) -> tuple[str, ...]:
     out = set()
     for net in nets:
         out.update(("0.0.0.0/1", "128.0.0.0/1") if net == "0.0.0.0/0" else (net,))  # hash:net has no /0
-    return tuple(sorted(out, key=ipaddress.ip_network))
+    return tuple(sorted(out))
 
 
 class _Renderer:
+    """Evaluates selectors once per distinct label set (pods of one workload share theirs)."""
+
     def __init__(self, endpoints: list[Endpoint]) -> None:
-        self.endpoints = endpoints
+        self.groups: dict[frozenset, list[Endpoint]] = {}
+        for ep in endpoints:
+            self.groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
         self.ipsets: dict[str, IpSet] = {}
         self._parsed: dict[str, Selector] = {}
+        self._results: dict[tuple[str, frozenset], bool] = {}
 
-    def matches(self, selector: str, labels: dict[str, str]) -> bool:
+    def matches(self, selector: str, labels: frozenset) -> bool:
         if not selector:
             return False
-        sel = self._parsed.get(selector)
-        if sel is None:
-            sel = self._parsed[selector] = parse(selector)
-        return sel.evaluate(labels)
+        key = (selector, labels)
+        if key not in self._results:
+            sel = self._parsed.get(selector)
+            if sel is None:
+                sel = self._parsed[selector] = parse(selector)
+            self._results[key] = sel.evaluate(dict(labels))
+        return self._results[key]
 
     def selector_set(self, selector: str) -> str:
         name = set_name("s", selector)
         if name not in self.ipsets:
-            members = {a for ep in self.endpoints if self.matches(selector, ep.labels) for a in ep.addresses}
-            self.ipsets[name] = IpSet("hash:ip", tuple(sorted(members, key=ipaddress.ip_address)))
+            members = {a for labels, eps in self.groups.items() if self.matches(selector, labels)
+                       for ep in eps for a in ep.addresses}
+            self.ipsets[name] = IpSet("hash:ip", tuple(sorted(members)))
         return name
 
     def nets_set(self, nets: tuple[str, ...]) -> str:
@@ -239,8 +247,12 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
     chains: dict[str, tuple[str, ...]] = {}
     body: dict[str, tuple[str, ...]] = {}  # policy and profile chains, rendered once each
     dispatch_from, dispatch_to = [], []
+    selecting_by_labels: dict[frozenset, list[Policy]] = {}
     for ep in local:
-        selecting = [p for p in ordered if r.matches(p.selector, ep.labels)]
+        labels = frozenset(ep.labels.items())
+        if labels not in selecting_by_labels:
+            selecting_by_labels[labels] = [p for p in ordered if r.matches(p.selector, labels)]
+        selecting = selecting_by_labels[labels]
         present = [profiles[name] for name in dict.fromkeys(ep.profiles) if name in profiles]
         for direction, dispatch, flag in (("egress", dispatch_from, "-i"), ("ingress", dispatch_to, "-o")):
             letter = "o" if direction == "egress" else "i"

@@ -1,14 +1,17 @@
 """calico-node's policy component: read policy state from etcd at one revision, render, program.
 
-What holds: everything one sync renders comes from a single etcd revision (the snapshot the agent
-loaded), so endpoints, profiles and policies always agree with each other; the dataplane is touched
-only when the rendered result differs from what is programmed; an etcd error propagates (the agent
-keeps the last programmed rules and retries), and so does a PolicyError (the next sync rewrites all).
+What holds: everything one sync renders comes from a single etcd revision, so endpoints, profiles and
+policies always agree with each other; syncs are serialised (the agent's loop and the link watcher
+both call in) and each reads the revision current when it starts, so what is programmed never goes
+back to an older state; the dataplane is touched only when the rendered result differs from what is
+programmed; an etcd error propagates (the agent keeps the last programmed rules and retries), and so
+does a PolicyError (the next sync rewrites everything).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -25,11 +28,16 @@ class PolicyState:
     endpoints: list[model.Endpoint]  # with effective labels
     policies: list[model.Policy]
     profiles: dict[str, model.Profile]
+    fingerprint: tuple[tuple[str, int], ...] = ()  # (key, mod revision) of everything it was built from
 
 
 def load(ds: Datastore, revision: int | None = None) -> PolicyState:
+    seen: list[tuple[str, int]] = []
+
     def listing(plural: str) -> list[dict]:
-        return [kv.value for kv in ds.list(keys.resource_dir(plural), revision=revision)]
+        kvs = ds.list(keys.resource_dir(plural), revision=revision)
+        seen.extend((kv.key, kv.mod_revision) for kv in kvs)
+        return [kv.value for kv in kvs]
 
     profiles = {}
     for resource in listing("profiles"):
@@ -38,12 +46,7 @@ def load(ds: Datastore, revision: int | None = None) -> PolicyState:
     policies = [model.policy_from_resource(r, namespaced=True) for r in listing("networkpolicies")]
     policies += [model.policy_from_resource(r, namespaced=False) for r in listing("globalnetworkpolicies")]
     endpoints = [model.endpoint_from_resource(r) for r in listing("workloadendpoints")]
-    return PolicyState(model.with_effective_labels(endpoints, profiles), policies, profiles)
-
-
-def render_state(state: PolicyState, nodename: str) -> render.Ruleset:
-    local = render.local_endpoints(state.endpoints, nodename)
-    return render.render(local, state.endpoints, state.policies, state.profiles)
+    return PolicyState(model.with_effective_labels(endpoints, profiles), policies, profiles, tuple(seen))
 
 
 class PolicySync:
@@ -51,15 +54,40 @@ class PolicySync:
         self.ds, self.nodename = ds, nodename
         self.dataplane = dataplane or Dataplane()
         self.last_timings: dict[str, float] = {}
+        self.fingerprint: tuple[tuple[str, int], ...] | None = None  # of the state last programmed
+        self.interfaces: frozenset[str] = frozenset()  # local endpoints' interfaces, as last programmed
+        self.lock = threading.Lock()
 
-    def sync(self, revision: int | None = None) -> bool:
-        """Programs the policy of etcd's ``revision``; True if the kernel was changed."""
+    def watch_links(self) -> None:
+        """Program a new pod's endpoint as soon as its interface appears (see cni_calico.policy.links)."""
+        from cni_calico.policy.links import LinkWatcher
+
+        LinkWatcher(self._on_new_link).start()
+
+    def _on_new_link(self, name: str) -> None:
+        if name not in self.interfaces:
+            self.sync()
+
+    def sync(self) -> bool:
+        """Programs the policy of etcd's current revision; True if the kernel was changed. When none of
+        the resources policy is made of changed since the last successful sync, nothing is rendered."""
+        with self.lock:
+            return self._sync()
+
+    def _sync(self) -> bool:
         t0 = time.monotonic()
+        revision = self.ds.revision()
         state = load(self.ds, revision)
         t1 = time.monotonic()
-        ruleset = render_state(state, self.nodename)
+        if state.fingerprint == self.fingerprint and self.dataplane.programmed:
+            self.last_timings = {"load": t1 - t0, "render": 0.0, "apply": 0.0}
+            return False
+        local = render.local_endpoints(state.endpoints, self.nodename)
+        ruleset = render.render(local, state.endpoints, state.policies, state.profiles)
         t2 = time.monotonic()
         changed = self.dataplane.apply(ruleset)
+        self.fingerprint = state.fingerprint
+        self.interfaces = frozenset(ep.interface for ep in local)
         t3 = time.monotonic()
         self.last_timings = {"load": t1 - t0, "render": t2 - t1, "apply": t3 - t2}
         if changed:

@@ -1,0 +1,60 @@
+"""How Calico scopes selectors by namespace before Felix sees them (libcalico-go's update processors).
+
+- A NetworkPolicy applies to ``projectcalico.org/namespace == "<ns>" && (<selector>)``; a
+  GlobalNetworkPolicy to ``<selector>``, and with a ``namespaceSelector`` to ``(<nsSel'>) && (<selector>)``.
+- In a rule, a ``namespaceSelector`` scopes the entity to the namespaces it selects; without one, a
+  NetworkPolicy's rule selectors (``selector``, or ``notSelector`` alone) stay in its own namespace.
+  ``notSelector`` itself is never scoped (it is negated against the scoped positive match).
+- ``<nsSel'>`` is the namespace selector with every label key prefixed by ``pcns.`` (the namespace's
+  labels are copied onto each endpoint that way), and its ``all()`` means "in some namespace".
+- Without Kubernetes a namespace has one label: ``projectcalico.org/name: <ns>``.
+
+Every function returns the canonical text of the scoped selector (``str(parse(...))``) and raises
+SelectorError (or ValueError) for a selector that does not parse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cni_calico.selector import All, And, Compare, Has, InSet, Not, Or, Selector, parse
+
+NAMESPACE_LABEL = "projectcalico.org/namespace"
+NS_PREFIX = "pcns."
+NS_NAME_LABEL = "projectcalico.org/name"
+
+
+def prefixed(sel: Selector, prefix: str) -> Selector:
+    """The selector with every label key prefixed; all() becomes "has a namespace"."""
+    if isinstance(sel, (Has, Compare, InSet)):
+        return dataclasses.replace(sel, key=prefix + sel.key)
+    if isinstance(sel, Not):
+        return Not(prefixed(sel.operand, prefix))
+    if isinstance(sel, (And, Or)):
+        return type(sel)(tuple(prefixed(op, prefix) for op in sel.operands))
+    return Has(NAMESPACE_LABEL)  # All / Global
+
+
+def in_namespace(namespace: str) -> Selector:
+    return Compare(NAMESPACE_LABEL, "==", namespace)
+
+
+def scoped_selector(selector: str, namespace: str = "", namespace_selector: str = "",
+                    not_selector: str = "") -> str:
+    """A rule entity's positive selector ("" = no selector match); ``namespace``: the NetworkPolicy's."""
+    scope = prefixed(parse(namespace_selector), NS_PREFIX) if namespace_selector else (
+        in_namespace(namespace) if namespace else None)
+    sel = parse(selector) if selector else None
+    if scope is not None and (sel is not None or not_selector or namespace_selector):
+        sel = scope if sel is None else And((scope, sel))
+    return "" if sel is None else str(sel)
+
+
+def applies_to(selector: str, namespace: str = "", namespace_selector: str = "") -> str:
+    """A policy's own selector, scoped: the endpoints it applies to."""
+    sel: Selector = parse(selector) if selector else All()
+    if namespace:
+        sel = And((in_namespace(namespace), sel))
+    elif namespace_selector:
+        sel = And((prefixed(parse(namespace_selector), NS_PREFIX), sel))
+    return str(sel)
