@@ -87,7 +87,9 @@ class Bird:
             os.unlink(self.socket_path)
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.bird, "-f", "-c", self.config_path, "-s", self.socket_path, "-P", self.pid_path],
+            # -R: graceful restart recovery — a restarted BIRD keeps the kernel routes the last one
+            # left (persist) until its sessions have relearned them, so traffic does not stall.
+            [self.bird, "-f", "-R", "-c", self.config_path, "-s", self.socket_path, "-P", self.pid_path],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
         logf.close()
