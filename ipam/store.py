@@ -284,13 +284,15 @@ class IpamStore:
             freed += retry_on_conflict(lambda ip=ip: self._release_ip_once(ip), f"releasing {ip}")
         return freed
 
-    def _release_ip_once(self, ip: str) -> list[str]:
+    def _release_ip_once(self, ip: str, only_if_held_by: str | None = None) -> list[str]:
+        """Frees one address and fixes its handle's count, in one guarded transaction; with
+        `only_if_held_by`, only while that handle still holds it."""
         for kv in self.ds.list(keys.block_dir(network(ip).version)):
             block = Block.from_dict(kv.value)
             if not network(ip).subnet_of(network(block.cidr)):  # type: ignore[arg-type]
                 continue
             holder = block.handle_of(block.ordinal_of(ip))
-            if holder is None:
+            if holder is None or (only_if_held_by is not None and holder != only_if_held_by):
                 return []
             freed = block.release_ips([ip])
             guards: dict[str, int] = {kv.key: kv.mod_revision}
@@ -368,34 +370,7 @@ class IpamStore:
 
     def release_ip_of_handle(self, ip: str, handle_id: str) -> bool:
         """Frees `ip` only while `handle_id` still holds it (checked in the same guarded transaction)."""
-        return retry_on_conflict(lambda: self._release_ip_of_handle_once(ip, handle_id), f"releasing {ip}")
-
-    def _release_ip_of_handle_once(self, ip: str, handle_id: str) -> bool:
-        for kv in self.ds.list(keys.block_dir(network(ip).version)):
-            block = Block.from_dict(kv.value)
-            if not network(ip).subnet_of(network(block.cidr)):  # type: ignore[arg-type]
-                continue
-            if block.handle_of(block.ordinal_of(ip)) != handle_id:
-                return False
-            block.release_ips([ip])
-            guards: dict[str, int] = {kv.key: kv.mod_revision}
-            puts: dict[str, dict] = {kv.key: block.to_dict()}
-            deletes: list[str] = []
-            handle = self.get_handle(handle_id)
-            if handle is not None:
-                guards[keys.handle(handle_id)] = handle.mod_revision
-                handle.blocks[block.cidr] = handle.blocks.get(block.cidr, 1) - 1
-                if handle.blocks[block.cidr] <= 0:
-                    del handle.blocks[block.cidr]
-                if handle.blocks:
-                    puts[keys.handle(handle_id)] = handle.to_dict()
-                else:
-                    deletes.append(keys.handle(handle_id))
-            if not self.ds.commit(guards, puts, deletes):
-                self.conflicts += 1
-                raise ConflictError(block.cidr)
-            return True
-        return False
+        return bool(retry_on_conflict(lambda: self._release_ip_once(ip, handle_id), f"releasing {ip}"))
 
     def delete_handle(self, handle_id: str, mod_revision: int) -> bool:
         """Deletes a handle record that is still at `mod_revision` (a leaked, empty handle)."""
