@@ -282,13 +282,18 @@ def teardown_host(host_ifname: str, owner: str = "") -> bool:
         if owner and _alias(host, index) not in ("", owner):
             log.info("leaving %s alone: it belongs to %s, not %s", host_ifname, _alias(host, index), owner)
             return False
-        try:
-            host.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise CniError(DATAPLANE_FAILURE, f"deleting {host_ifname} failed: {exc}") from None
-            return False
-        return True
+        return _delete_link(host, index, host_ifname)
+
+
+def _delete_link(ipr: IPRoute, index: int, what: str) -> bool:
+    """False when it was already gone (a concurrent DEL, or its namespace went)."""
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise CniError(DATAPLANE_FAILURE, f"deleting {what} failed: {exc}") from None
+        return False
+    return True
 
 
 def teardown_pod(netns: str, ifname: str) -> bool:
@@ -301,14 +306,7 @@ def teardown_pod(netns: str, ifname: str) -> bool:
         return False
     with pod:
         index = _index(pod, ifname)
-        if index is None:
-            return False
-        try:
-            pod.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise CniError(DATAPLANE_FAILURE, f"deleting {ifname} in {netns} failed: {exc}") from None
-        return True
+        return index is not None and _delete_link(pod, index, f"{ifname} in {netns}")
 
 
 def check(w: Workload) -> None:

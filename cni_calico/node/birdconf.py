@@ -57,20 +57,7 @@ def render(snap: Snapshot, me: str, local_subnet: str = "") -> str:
     kernel_filter += ['  if proto = "blocks" then accept;', "  if source = RTS_BGP then accept;", "  reject;", "}", ""]
     out += kernel_filter
     out += _kernel("kernel4", "ipv4", "calico_kernel_programming")
-    if blocks:
-        out += ["protocol static blocks {", "  ipv4;"]
-        out += [f"  route {b} blackhole;" for b in blocks]
-        out += ["}", ""]
-    export = ["filter calico_export_to_bgp_peers {"]
-    if exported_blocks:
-        export.append(f'  if proto = "blocks" && net ~ {_set(exported_blocks, "")} then accept;')
-    if blocks:
-        export.append(f"  if net ~ {_set(blocks)} then reject;  # covered by the block's aggregate")
-    if exported_pools:
-        export.append(f'  if proto = "kernel4" && net ~ {_set(exported_pools, "{32,32}")} then accept;  # borrowed')
-        export.append(f"  if source = RTS_BGP && net ~ {_set(exported_pools)} then accept;  # reflected")
-    export += ["  reject;", "}", ""]
-    out += export
+    out += _blocks_and_export(blocks, exported_blocks, exported_pools, 4)
     out += _template("bgp_template", node.ipv4, my_asn(snap, me), "ipv4", "calico_export_to_bgp_peers")
     out += _peers(snap, me, 4, "bgp_template")
     if node.ipv6:
@@ -102,19 +89,29 @@ def _ipv6(snap: Snapshot, me: str) -> list[str]:
         '  if proto = "blocks6" then accept;', "  if source = RTS_BGP then accept;", "  reject;", "}", "",
         *_kernel("kernel6", "ipv6", "calico_kernel_programming6"),
     ]
-    if blocks:
-        out += ["protocol static blocks6 {", "  ipv6;", *[f"  route {b} blackhole;" for b in blocks], "}", ""]
-    out.append("filter calico_export_to_bgp_peers6 {")
-    if exported:
-        out.append(f'  if proto = "blocks6" && net ~ {_set(exported, "")} then accept;')
-    if blocks:
-        out.append(f"  if net ~ {_set(blocks)} then reject;")
-    if pools:
-        out.append(f'  if proto = "kernel6" && net ~ {_set(pools, "{128,128}")} then accept;')
-        out.append(f"  if source = RTS_BGP && net ~ {_set(pools)} then accept;")
-    out += ["  reject;", "}", ""]
+    out += _blocks_and_export(blocks, exported, pools, 6)
     out += _template("bgp_template6", node.ipv6, my_asn(snap, me), "ipv6", "calico_export_to_bgp_peers6")
     return out + _peers(snap, me, 6, "bgp_template6")
+
+
+def _blocks_and_export(blocks: list[str], exported: list[str], pools: list[str], family: int) -> list[str]:
+    """A blackhole per local block, and the filter of what peers receive, for one family."""
+    v6 = "6" if family == 6 else ""
+    host = 32 if family == 4 else 128
+    out = []
+    if blocks:
+        out += [f"protocol static blocks{v6} {{", f"  ipv{family};", *[f"  route {b} blackhole;" for b in blocks],
+                "}", ""]
+    out.append(f"filter calico_export_to_bgp_peers{v6} {{")
+    if exported:
+        out.append(f'  if proto = "blocks{v6}" && net ~ {_set(exported, "")} then accept;')
+    if blocks:
+        out.append(f"  if net ~ {_set(blocks)} then reject;  # covered by the block's aggregate")
+    if pools:
+        hosts = _set(pools, f"{{{host},{host}}}")
+        out.append(f'  if proto = "kernel{family}" && net ~ {hosts} then accept;  # borrowed')
+        out.append(f"  if source = RTS_BGP && net ~ {_set(pools)} then accept;  # reflected")
+    return out + ["  reject;", "}", ""]
 
 
 def _kernel(name: str, channel: str, export_filter: str) -> list[str]:
