@@ -19,8 +19,8 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--cleanup", action="store_true",
-                        help="remove calico-node's policy rules (iptables chains, jump, ipsets) from this network "
-                        "namespace and exit")
+                        help="remove calico-node's policy rules (iptables and ip6tables chains, jump, ipsets) "
+                        "from this network namespace and exit")
     args = parser.parse_args(argv)
     if args.cleanup:
         from cni_calico.policy.iptables import PolicyError, cleanup

@@ -5,10 +5,14 @@ What holds for every record built here:
 - Every selector is already scoped by namespace and canonical (see cni_calico.policy.scope): equal
   strings select equal endpoint sets, so a string can name an ipset.
 - ``Endpoint.labels`` are the effective labels (see ``effective_labels``).
+- Records hold both IP families: ``Endpoint.addresses`` and ``Entity.nets`` mix IPv4 and IPv6, and
+  ``Rule.ip_version`` says which families' tables a rule belongs in (0: both). It is narrowed by the
+  rule's ``ipVersion``, by its protocol (ICMP / 1: IPv4 only; ICMPv6 / 58: IPv6 only) and by the nets of
+  each side (a side whose nets are all IPv4 keeps the rule out of the IPv6 table, and vice versa).
 - Parsing never raises on bad data read from etcd: a policy whose selector does not parse selects
-  nothing (``selector == ""``); a rule that cannot match anything in the IPv4 filter table (bad
-  selector, named ports only, IPv6 only, ports without a port protocol, unknown action) is kept with
-  ``never=True`` and is not rendered. Each such case is logged.
+  nothing (``selector == ""``); a rule that cannot match anything in either table (bad selector, named
+  ports only, ports without a port protocol, unknown action or protocol, ipVersion / protocol / nets
+  that leave no family) is kept with ``never=True`` and is not rendered. Each such case is logged.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ from cni_calico.selector import SelectorError, parse
 log = logging.getLogger(__name__)
 
 ACTIONS = ("Allow", "Deny", "Pass", "Log")
-PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "sctp": "sctp", "udplite": "udplite"}
+PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmpv6", "sctp": "sctp", "udplite": "udplite"}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "6", "17", "132", "136"})
-ICMP_PROTOCOLS = frozenset({"icmp", "1"})
+ICMP_PROTOCOLS = {4: frozenset({"icmp", "1"}), 6: frozenset({"icmpv6", "58"})}
 
 
 @dataclass(frozen=True)
 class Entity:
     """One side of a rule (``source`` or ``destination``); empty fields match anything."""
 
-    nets: tuple[str, ...] = ()  # normalised IPv4 CIDRs
+    nets: tuple[str, ...] = ()  # normalised CIDRs, IPv4 and IPv6
     not_nets: tuple[str, ...] = ()
     selector: str = ""  # scoped, canonical
     not_selector: str = ""
@@ -44,13 +48,14 @@ class Entity:
 @dataclass(frozen=True)
 class Rule:
     action: str
-    protocol: str = ""  # iptables spelling ("tcp") or a number ("47"); "" = any
+    protocol: str = ""  # lower-case name ("tcp", "icmpv6") or a number ("47"); "" = any
     not_protocol: str = ""
     icmp: str = ""  # "8" or "8/0"
     not_icmp: str = ""
     source: Entity = Entity()
     destination: Entity = Entity()
     never: bool = False  # cannot match: not rendered
+    ip_version: int = 0  # 4 or 6: only in that family's table; 0: in both
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Endpoint:
     namespace: str
     node: str
     interface: str
-    addresses: tuple[str, ...]  # bare IPv4 addresses
+    addresses: tuple[str, ...]  # bare IPv4 and IPv6 addresses
     profiles: tuple[str, ...]
     labels: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -91,8 +96,7 @@ class Endpoint:
 
 
 def _protocol(value: object) -> str | None:
-    """iptables spelling of a Calico protocol ("" = any); None when the IPv4 table cannot hold it
-    (ICMPv6, an unknown name, a number outside 1-255)."""
+    """A Calico protocol, lower case ("" = any); None for an unknown name or a number outside 1-255."""
     if value is None or value == "":
         return ""
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
@@ -128,17 +132,12 @@ def _ports(values: object) -> tuple[tuple[str, ...], bool]:
 
 
 def _nets(values: object) -> tuple[tuple[str, ...], bool]:
-    """Normalised IPv4 CIDRs; the flag says some entry (IPv6 or unparseable) was dropped."""
+    """Normalised CIDRs of either family; the flag says some entry (unparseable) was dropped."""
     out, dropped = [], False
     for value in values if isinstance(values, list) else []:
         try:
-            net = ipaddress.ip_network(str(value), strict=False)
+            out.append(str(ipaddress.ip_network(str(value), strict=False)))
         except ValueError:
-            dropped = True
-            continue
-        if net.version == 4:
-            out.append(str(net))
-        else:
             dropped = True
     return tuple(sorted(set(out))), dropped
 
@@ -149,7 +148,7 @@ def _entity(data: object, namespace: str) -> tuple[Entity, str]:
     why = ""
     nets, dropped = _nets(data.get("nets"))
     if dropped and not nets:
-        why = "nets hold no IPv4 network"
+        why = "nets hold no valid network"
     not_nets, _ = _nets(data.get("notNets"))
     ports, named = _ports(data.get("ports"))
     if named and not ports:
@@ -173,8 +172,6 @@ def rule_from_dict(data: object, namespace: str = "") -> Rule:
     action = str(data.get("action") or "")
     action = next((a for a in ACTIONS if a.lower() == action.lower()), action)
     protocol, not_protocol = _protocol(data.get("protocol")), _protocol(data.get("notProtocol"))
-    if str(data.get("notProtocol")).lower() == "icmpv6":
-        not_protocol = ""  # always true of IPv4 packets
     source, why_src = _entity(data.get("source"), namespace)
     destination, why_dst = _entity(data.get("destination"), namespace)
     icmp, not_icmp = _icmp(data.get("icmp")), _icmp(data.get("notICMP"))
@@ -184,20 +181,38 @@ def rule_from_dict(data: object, namespace: str = "") -> Rule:
         why = "malformed icmp / notICMP"
     elif action not in ACTIONS:
         why = f"unknown action {action!r}"
-    elif protocol is None or not_protocol is None or data.get("ipVersion") == 6:
-        why = "IPv6 only, or an unknown protocol"
+    elif protocol is None or not_protocol is None:
+        why = "unknown protocol"
+    elif str(data.get("ipVersion") or 4) not in ("4", "6"):
+        why = "ipVersion must be 4 or 6"
     elif rule.protocol and rule.protocol == rule.not_protocol:
         why = "protocol and notProtocol are equal"
-    elif (rule.icmp or rule.not_icmp) and rule.protocol not in ICMP_PROTOCOLS:
-        why = "icmp fields need protocol ICMP"
+    elif (rule.icmp or rule.not_icmp) and rule.protocol not in ICMP_PROTOCOLS[4] | ICMP_PROTOCOLS[6]:
+        why = "icmp fields need protocol ICMP or ICMPv6"
     elif any((e.ports or e.not_ports) for e in (source, destination)) and rule.protocol not in PORT_PROTOCOLS:
         why = "ports need protocol TCP, UDP, SCTP or UDPLite"
+    elif not (families := _families(data.get("ipVersion"), rule)):
+        why = "its ipVersion, protocol and nets leave no IP version"
+    else:
+        rule = dataclasses.replace(rule, ip_version=0 if len(families) == 2 else families.pop())
     if rule.protocol and rule.not_protocol:
         rule = dataclasses.replace(rule, not_protocol="")  # implied by the protocol
     if why:
         log.warning("policy rule %s can never match: %s", data, why)
         return dataclasses.replace(rule, never=True)
     return rule
+
+
+def _families(ip_version: object, rule: Rule) -> set[int]:
+    """The IP versions whose tables ``rule`` belongs in (as Felix splits a rule per version)."""
+    families = {int(str(ip_version))} if ip_version else {4, 6}
+    for version, icmp in ICMP_PROTOCOLS.items():
+        if rule.protocol in icmp:
+            families &= {version}
+    for entity in (rule.source, rule.destination):
+        if entity.nets:
+            families &= {6 if ":" in net else 4 for net in entity.nets}
+    return families
 
 
 def _rules(values: object, namespace: str) -> tuple[Rule, ...]:
@@ -251,8 +266,7 @@ def endpoint_from_resource(resource: dict) -> Endpoint:
             iface = ipaddress.ip_interface(str(net))
         except ValueError:
             continue
-        if iface.version == 4:
-            addresses.append(str(iface.ip))
+        addresses.append(str(iface.ip))
     labels = meta.get("labels") or {}
     return Endpoint(
         key=f"{namespace}/{meta.get('name') or ''}",

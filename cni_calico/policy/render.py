@@ -1,6 +1,7 @@
-"""One node's policy as iptables filter chains and ipsets (pure and deterministic: same input, same text).
+"""One node's policy as filter chains and ipsets, for each IP family (pure and deterministic: same
+input, same text).
 
-Layout (Felix's names and marks)::
+Layout (Felix's names and marks), the same in iptables' and ip6tables' filter table::
 
     FORWARD ── first rule ──> cali-FORWARD
         clear the mark bits 0x30000
@@ -17,44 +18,52 @@ Layout (Felix's names and marks)::
     policy and profile chains, one rule (or a few, when ports exceed multiport's 15) per Calico rule:
         Allow = set accept mark, RETURN; Deny = DROP; Pass = set pass mark (0x20000), RETURN; Log = LOG
 
-Invariants: every chain is named ``cali-...`` in at most 28 characters and every ipset ``cali40...`` in
-at most 31 (longer names are hashed); every chain a rule jumps to and every set a rule names is part of
-the same Ruleset. Selector sets (hash:ip) hold the addresses of every endpoint of the cluster that
-matches; net sets (hash:net) hold a rule's CIDRs (0.0.0.0/0 as its two halves).
+IPv6 (``version=6``): both dispatch chains first ACCEPT ICMPv6 types 133-136 (router and neighbour
+solicitation / advertisement), before any endpoint's policy, so that no policy can cut a workload off
+from its gateway ``fe80::ecee:eeff:feee:eeee``. Each table holds only its family's rules: a rule whose
+``ip_version`` (see cni_calico.policy.model) is the other family's is left out, nets are filtered to the
+family, ``ICMP`` is ``-p icmp -m icmp --icmp-type`` in IPv4 and ``ICMPv6`` ``-p ipv6-icmp -m icmp6
+--icmpv6-type`` in IPv6, and a ``notProtocol`` naming the other family's ICMP (always true) is dropped.
+
+Invariants: see cni_calico.policy.layout for the names. Every chain a rule jumps to and every set a rule
+names is part of the same Ruleset. Selector sets (hash:ip, ``cali40s:`` family inet / ``cali60s:``
+family inet6) hold the family's addresses of every endpoint of the cluster that matches; net sets
+(hash:net) hold a rule's CIDRs of the family (0.0.0.0/0 or ::/0 as its two halves).
 
 Not policed (Calico's DefaultEndpointToHostAction=ACCEPT): traffic between a workload and its own node
-(INPUT, OUTPUT) is left to the host's own rules; we never touch INPUT or OUTPUT.
+(INPUT, OUTPUT; neighbour discovery with the gateway is such traffic) is left to the host's own rules;
+we never touch INPUT or OUTPUT.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from cni_calico.policy.model import Endpoint, Policy, Profile, Rule
+from cni_calico.policy.layout import (
+    ACCEPT_MARK,
+    FAMILIES,
+    FORWARD_CHAIN,
+    FROM_WL,
+    IFACE_PREFIX,
+    MARKS,
+    ND_TYPES,
+    PASS_MARK,
+    TO_WL,
+    Family,
+    IpSet,
+    Ruleset,
+    chain_name,
+    set_name,
+)
+from cni_calico.policy.model import ICMP_PROTOCOLS, Endpoint, Policy, Profile, Rule
 from cni_calico.selector import Selector, parse
 
 log = logging.getLogger(__name__)
 
-ACCEPT_MARK = 0x10000
-PASS_MARK = 0x20000
-MARKS = ACCEPT_MARK | PASS_MARK
-FORWARD_CHAIN = "cali-FORWARD"
-FROM_WL = "cali-from-wl-dispatch"
-TO_WL = "cali-to-wl-dispatch"
-CHAIN_PREFIX = "cali-"
-SET_PREFIX = "cali40"
-IFACE_PREFIX = "cali"
-MAX_CHAIN = 28
-MAX_SET = 31
 MULTIPORT_SLOTS = 15  # a range takes two
-JUMP = f'-m comment --comment "cali:calico-node policy" -j {FORWARD_CHAIN}'
-_READABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _IFACE = re.compile(r"^cali[A-Za-z0-9._-]{1,11}$")
 
 _ACCEPTED = f"-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}"
@@ -66,50 +75,6 @@ _ACTIONS = {
     "Deny": ("-j DROP",),
     "Log": ("-j LOG --log-prefix calico-packet: --log-level 5",),
 }
-
-
-@dataclass(frozen=True)
-class IpSet:
-    kind: str  # "hash:ip" or "hash:net"
-    members: tuple[str, ...]
-
-
-@dataclass
-class Ruleset:
-    chains: dict[str, tuple[str, ...]]  # chain -> its rules, each the text after "-A <chain> "
-    ipsets: dict[str, IpSet]
-
-    def text(self) -> str:
-        """The whole ruleset as one iptables-restore --noflush transaction (jump inserted at the top)."""
-        return restore_text(self.chains, jump=[f"-I FORWARD 1 {JUMP}"])
-
-
-def _digest(text: str, length: int) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode()[:length]
-
-
-def chain_name(prefix: str, name: str) -> str:
-    """``prefix + name`` if it is short and plain enough, else ``prefix + "_" + hash`` (28 chars)."""
-    if len(prefix) + len(name) <= MAX_CHAIN and _READABLE.match(name):
-        return prefix + name
-    return prefix + "_" + _digest(name, MAX_CHAIN - len(prefix) - 1)
-
-
-def set_name(kind: str, key: str) -> str:
-    """``cali40<kind>:<hash>``, 31 chars: kind "s" (selector, hash:ip), "n" (nets, hash:net), "t" (temp)."""
-    prefix = f"{SET_PREFIX}{kind}:"
-    return prefix + _digest(kind + key, MAX_SET - len(prefix))
-
-
-def restore_text(chains: dict[str, tuple[str, ...]], remove: Iterable[str] = (), jump: Iterable[str] = ()) -> str:
-    """An iptables-restore --noflush transaction for the filter table: declare (= flush) every chain
-    written or removed, write ``chains``, apply the ``jump`` lines, then delete the ``remove`` chains."""
-    remove = sorted(set(remove) - set(chains))
-    lines = ["*filter"] + [f":{c} - [0:0]" for c in [*chains, *remove]] + list(jump)
-    for chain, rules in chains.items():
-        lines += [f"-A {chain} {rule}" for rule in rules]
-    lines += [f"-X {c}" for c in remove] + ["COMMIT", ""]
-    return "\n".join(lines)
 
 
 def _port_chunks(ports: tuple[str, ...]) -> list[str]:
@@ -126,21 +91,22 @@ def _port_chunks(ports: tuple[str, ...]) -> list[str]:
     return [",".join(c) for c in chunks if c]
 
 
-def _set_members(nets: Iterable[str]) -> tuple[str, ...]:
+def _set_members(nets: Iterable[str], family: Family) -> tuple[str, ...]:
     out = set()
     for net in nets:
-        out.update(("0.0.0.0/1", "128.0.0.0/1") if net == "0.0.0.0/0" else (net,))  # hash:net has no /0
+        out.update(family.halves if net == family.any_net else (net,))  # hash:net has no /0
     return tuple(sorted(out))
 
 
-class _Renderer:
-    """Evaluates selectors once per distinct label set (pods of one workload share theirs)."""
+def _spelling(protocol: str, family: Family) -> str:
+    return family.icmp if protocol == "icmpv6" else protocol
 
-    def __init__(self, endpoints: list[Endpoint]) -> None:
-        self.groups: dict[frozenset, list[Endpoint]] = {}
-        for ep in endpoints:
-            self.groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
-        self.ipsets: dict[str, IpSet] = {}
+
+class Matcher:
+    """Evaluates selectors once per distinct label set (pods of one workload share theirs); one can
+    serve both families' renders."""
+
+    def __init__(self) -> None:
         self._parsed: dict[str, Selector] = {}
         self._results: dict[tuple[str, frozenset], bool] = {}
 
@@ -155,35 +121,48 @@ class _Renderer:
             self._results[key] = sel.evaluate(dict(labels))
         return self._results[key]
 
+
+class _Renderer:
+    def __init__(self, endpoints: list[Endpoint], family: Family, matcher: Matcher) -> None:
+        self.family, self.matches = family, matcher.matches
+        self.groups: dict[frozenset, list[Endpoint]] = {}
+        for ep in endpoints:
+            self.groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
+        self.ipsets: dict[str, IpSet] = {}
+
     def selector_set(self, selector: str) -> str:
-        name = set_name("s", selector)
+        name = set_name("s", selector, self.family.version)
         if name not in self.ipsets:
             members = {a for labels, eps in self.groups.items() if self.matches(selector, labels)
-                       for ep in eps for a in ep.addresses}
+                       for ep in eps for a in ep.addresses if self.family.holds(a)}
             self.ipsets[name] = IpSet("hash:ip", tuple(sorted(members)))
         return name
 
     def nets_set(self, nets: tuple[str, ...]) -> str:
-        name = set_name("n", ",".join(nets))
-        self.ipsets.setdefault(name, IpSet("hash:net", _set_members(nets)))
+        name = set_name("n", ",".join(nets), self.family.version)
+        self.ipsets.setdefault(name, IpSet("hash:net", _set_members(nets, self.family)))
         return name
 
     def rule(self, rule: Rule) -> list[str]:
-        """The iptables rules for one Calico rule (none if it cannot match)."""
-        if rule.never:
+        """This family's rules for one Calico rule (none if it cannot match here)."""
+        f = self.family
+        if rule.never or rule.ip_version not in (0, f.version):
             return []
         match = []
         if rule.protocol:
-            match += ["-p", rule.protocol]
-        if rule.not_protocol:
-            match += ["!", "-p", rule.not_protocol]
+            match += ["-p", _spelling(rule.protocol, f)]
+        other_icmp = ICMP_PROTOCOLS[6 if f.version == 4 else 4]
+        if rule.not_protocol and rule.not_protocol not in other_icmp:  # else always true here
+            match += ["!", "-p", _spelling(rule.not_protocol, f)]
         for side, flag, entity in (("src", "-s", rule.source), ("dst", "-d", rule.destination)):
-            if len(entity.nets) == 1 and entity.nets[0] != "0.0.0.0/0":
-                match += [flag, entity.nets[0]]
-            elif entity.nets and "0.0.0.0/0" not in entity.nets:
-                match += ["-m", "set", "--match-set", self.nets_set(entity.nets), side]
-            if entity.not_nets:
-                match += ["-m", "set", "!", "--match-set", self.nets_set(entity.not_nets), side]
+            nets = tuple(n for n in entity.nets if f.holds(n))
+            not_nets = tuple(n for n in entity.not_nets if f.holds(n))
+            if len(nets) == 1 and nets[0] != f.any_net:
+                match += [flag, nets[0]]
+            elif nets and f.any_net not in nets:
+                match += ["-m", "set", "--match-set", self.nets_set(nets), side]
+            if not_nets:
+                match += ["-m", "set", "!", "--match-set", self.nets_set(not_nets), side]
             if entity.selector:
                 match += ["-m", "set", "--match-set", self.selector_set(entity.selector), side]
             if entity.not_selector:
@@ -191,9 +170,9 @@ class _Renderer:
             for chunk in _port_chunks(entity.not_ports):
                 match += ["-m", "multiport", "!", f"--{side[0]}ports", chunk]
         if rule.icmp:
-            match += ["-m", "icmp", "--icmp-type", rule.icmp]
+            match += [f.icmp_match, f.icmp_type, rule.icmp]
         if rule.not_icmp:
-            match += ["-m", "icmp", "!", "--icmp-type", rule.not_icmp]
+            match += [f.icmp_match, "!", f.icmp_type, rule.not_icmp]
         lines = []
         for sports, dports in itertools.product(_port_chunks(rule.source.ports) or [""],
                                                 _port_chunks(rule.destination.ports) or [""]):
@@ -238,11 +217,20 @@ def local_endpoints(endpoints: list[Endpoint], node: str) -> list[Endpoint]:
     return [out[i] for i in sorted(out)]
 
 
+def render_all(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
+               profiles: dict[str, Profile], versions: Iterable[int] = tuple(FAMILIES)) -> dict[int, Ruleset]:
+    """The rulesets of ``versions`` (selectors evaluated once for all)."""
+    matcher = Matcher()
+    return {v: render(local, endpoints, policies, profiles, v, matcher) for v in versions}
+
+
 def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
-           profiles: dict[str, Profile]) -> Ruleset:
-    """``local``: this node's endpoints (see local_endpoints); ``endpoints``: the whole cluster's; both
-    with effective labels. Only the policies and profiles some local endpoint uses are rendered."""
-    r = _Renderer(sorted(endpoints, key=lambda e: e.key))
+           profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None) -> Ruleset:
+    """``version``'s ruleset. ``local``: this node's endpoints (see local_endpoints); ``endpoints``: the
+    whole cluster's; both with effective labels. Only the policies and profiles some local endpoint uses
+    are rendered."""
+    family = FAMILIES[version]
+    r = _Renderer(sorted(endpoints, key=lambda e: e.key), family, matcher or Matcher())
     ordered = sorted((p for p in policies if p.selector), key=Policy.sort_key)
     chains: dict[str, tuple[str, ...]] = {}
     body: dict[str, tuple[str, ...]] = {}  # policy and profile chains, rendered once each
@@ -272,9 +260,11 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
             own = chain_name(f"cali-{'fw' if direction == 'egress' else 'tw'}-", ep.interface)
             chains[own] = _endpoint_chain(pol_chains, prof_chains)
             dispatch.append(f"{flag} {ep.interface} -g {own}")
-    chains[FROM_WL] = (*dispatch_from, "-j DROP")
-    chains[TO_WL] = (*dispatch_to, "-j DROP")
+    nd = [f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in ND_TYPES
+          if version == 6]
+    chains[FROM_WL] = (*nd, *dispatch_from, "-j DROP")
+    chains[TO_WL] = (*nd, *dispatch_to, "-j DROP")
     chains[FORWARD_CHAIN] = (f"-j MARK --set-xmark 0x0/{MARKS:#x}", f"-i {IFACE_PREFIX}+ -j {FROM_WL}",
                              f"-o {IFACE_PREFIX}+ -j {TO_WL}", f"{_ACCEPTED} -j ACCEPT")
     chains.update(sorted(body.items()))
-    return Ruleset(dict(sorted(chains.items())), dict(sorted(r.ipsets.items())))
+    return Ruleset(dict(sorted(chains.items())), dict(sorted(r.ipsets.items())), version)

@@ -160,8 +160,11 @@ def test_routing_survives_an_etcd_outage_and_resyncs(lab, tmp_path):
         assert all(s == "Established" for s in cluster.bgp_states("node1").values())
         assert "etcd unavailable" in cluster.calico["node1"].log()
         etcd.start()  # same data dir and port: the cluster's state is back
-        _, a3 = cluster.add_pod("node2")  # a change while it was away is picked up
-        assert cluster.lab.ping(pod1, a3)
+        _, a3 = cluster.add_pod("node2")  # a change made once it is back is picked up
+        from tests.lab import wait_for
+
+        # calico-node reconnects (gRPC back-off) and programs the new pod's rules within seconds.
+        wait_for(lambda: cluster.lab.ping(pod1, a3), 30, "the new pod to be reachable after the outage")
         from tests.lab import wait_for
 
         wait_for(lambda: "etcd is back" in cluster.calico["node1"].log(), 20, "calico-node to resync")

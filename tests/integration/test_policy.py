@@ -171,7 +171,7 @@ def test_two_tenants_are_isolated_within_and_across_nodes(cluster):
         assert save.count("-j cali-FORWARD") == 1 and JUMP in save
         assert "-A cali-pri-tenant-a -m set --match-set cali40s:" in save
         sets = Lab.in_ns(cluster.ns[node], "ipset", "list", "-n").stdout.split()
-        assert sets and all(s.startswith("cali40") and len(s) <= 31 for s in sets)
+        assert sets and all(s.startswith(("cali40", "cali60")) and len(s) <= 31 for s in sets)
 
 
 def test_policy_allows_frontend_to_db_on_one_port_and_follows_relabels(cluster):

@@ -11,18 +11,21 @@ from cni_calico.datastore import KV
 from cni_calico.endpoints import default_profile
 from cni_calico.errors import DatastoreError
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup
-from cni_calico.policy.render import JUMP, IpSet, Ruleset, set_name
+from cni_calico.policy.layout import JUMP, IpSet, Ruleset, set_name
 from cni_calico.policy.sync import PolicySync
 
 
 class Fake:
-    def __init__(self, save: str = "", sets: str = "", fail: str = "", legacy: bool = False) -> None:
-        self.save, self.sets, self.fail, self.legacy = save, sets, fail, legacy
+    def __init__(self, save: str = "", sets: str = "", fail: str = "", legacy: bool = False, save6: str = "",
+                 version: str = "iptables v1.8.9 (legacy)") -> None:
+        self.save, self.sets, self.fail, self.legacy, self.save6 = save, sets, fail, legacy, save6
+        self.outputs = {"iptables --version": version, "ip6tables --version": version.replace("ip", "ip6", 1)}
         self.calls: list[tuple[str, str]] = []
 
     def __call__(self, args: list[str], stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
         self.calls.append((" ".join(args), stdin))
-        out = {"iptables-save -t filter": self.save, "ipset list -n": self.sets}.get(" ".join(args), "")
+        out = {"iptables-save -t filter": self.save, "ip6tables-save -t filter": self.save6,
+               "ipset list -n": self.sets, **self.outputs}.get(" ".join(args), "")
         if args[-1] == "--help" and self.legacy:
             out = "  [ --wait=<seconds>\n"
         rc = 1 if self.fail and self.fail in " ".join(args) else 0
@@ -33,8 +36,8 @@ class Fake:
     def commands(self) -> list[str]:
         return [c for c, _ in self.calls]
 
-    def restore(self) -> str:
-        return next(stdin for c, stdin in self.calls if c.startswith("iptables-restore --noflush"))
+    def restore(self, tool: str = "iptables-restore") -> str:
+        return next(stdin for c, stdin in self.calls if c.startswith(f"{tool} --noflush"))
 
 
 def ruleset(**chains: tuple[str, ...]) -> Ruleset:

@@ -17,7 +17,7 @@ def test_rule_fields_are_normalised():
     })
     assert rule == Rule("Allow", "tcp", "", source=Entity(
         nets=("10.0.0.0/8", "192.168.0.1/32"), not_nets=("10.9.0.0/16",), ports=("1000:2000", "80")),
-        destination=Entity(ports=("5432", "22"), not_ports=("6000",)))
+        destination=Entity(ports=("5432", "22"), not_ports=("6000",)), ip_version=4)  # IPv4 nets only
 
 
 @pytest.mark.parametrize("data, protocol", [
@@ -38,11 +38,15 @@ def test_icmp_type_and_code():
     {"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}},  # named ports only
     {"action": "Allow", "destination": {"ports": [80]}},  # ports without a protocol
     {"action": "Allow", "protocol": "UDP", "icmp": {"type": 8}},  # icmp without ICMP
-    {"action": "Allow", "protocol": "ICMPv6"},
-    {"action": "Allow", "ipVersion": 6},
+    {"action": "Allow", "protocol": "ICMPv6", "ipVersion": 4},  # no family left
+    {"action": "Allow", "protocol": "ICMP", "ipVersion": 6},
+    {"action": "Allow", "ipVersion": 6, "source": {"nets": ["10.0.0.0/8"]}},
+    {"action": "Allow", "source": {"nets": ["fd00::/64"]}, "destination": {"nets": ["10.0.0.1"]}},
+    {"action": "Allow", "protocol": 58, "destination": {"nets": ["10.0.0.1"]}},
+    {"action": "Allow", "ipVersion": 5},
+    {"action": "Allow", "source": {"nets": ["not-a-net"]}},
     {"action": "Allow", "protocol": 0},
     {"action": "Allow", "protocol": "ICMP", "icmp": {"type": 300}},
-    {"action": "Allow", "source": {"nets": ["fd00::/64"]}},
     {"action": "Allow", "source": {"selector": "a ==="}},
     {"action": "Allow", "protocol": "TCP", "notProtocol": "TCP"},
     {"action": "Jump"},
@@ -50,6 +54,25 @@ def test_icmp_type_and_code():
 ])
 def test_rules_that_cannot_match_are_kept_as_never(data):
     assert rule_from_dict(data).never
+
+
+@pytest.mark.parametrize("data, version", [
+    ({}, 0), ({"ipVersion": 4}, 4), ({"ipVersion": 6}, 6), ({"protocol": "ICMP"}, 4), ({"protocol": 1}, 4),
+    ({"protocol": "ICMPv6"}, 6), ({"protocol": "58"}, 6), ({"protocol": "TCP", "ipVersion": 6}, 6),
+    ({"source": {"nets": ["fd00::1"]}}, 6), ({"source": {"nets": ["fd00::/64", "10.0.0.0/8"]}}, 0),
+    ({"source": {"nets": ["fd00::/64", "10.0.0.0/8"]}, "destination": {"nets": ["10.1.0.0/16"]}}, 4),
+    ({"source": {"notNets": ["fd00::/64"]}}, 0), ({"notProtocol": "ICMPv6"}, 0), ({"notProtocol": "ICMP"}, 0),
+])
+def test_ip_version_follows_ipversion_protocol_and_nets(data, version):
+    rule = rule_from_dict({"action": "Allow", **data})
+    assert (rule.ip_version, rule.never) == (version, False)
+
+
+def test_ipv6_nets_and_icmpv6_are_normalised():
+    rule = rule_from_dict({"action": "Allow", "protocol": "ICMPv6", "icmp": {"type": 128, "code": 0},
+                           "source": {"nets": ["FD00:0::1", "fd00::1/64"], "notNets": ["fd00::9/128"]}})
+    assert (rule.protocol, rule.icmp, rule.ip_version) == ("icmpv6", "128/0", 6)
+    assert (rule.source.nets, rule.source.not_nets) == (("fd00::/64", "fd00::1/128"), ("fd00::9/128",))
 
 
 def test_named_ports_mixed_with_numbers_keep_the_numbers():
@@ -117,7 +140,7 @@ def test_effective_labels():
         "spec": {"node": "n1", "interfaceName": "cali1", "ipNetworks": ["10.0.0.1/32", "fd00::1/128"],
                  "profiles": ["tenant-a", "o", "missing"]},
     })
-    assert ep.addresses == ("10.0.0.1",) and ep.key == "prod/w"
+    assert ep.addresses == ("10.0.0.1", "fd00::1") and ep.key == "prod/w"
     assert model.effective_labels(ep, {"tenant-a": prof, "o": other}) == {
         "tenant-a": "", "tier": "p", "role": "db",  # the endpoint's own labels win over profiles'
         "projectcalico.org/namespace": "prod", "pcns.projectcalico.org/name": "prod",

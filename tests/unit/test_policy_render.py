@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cni_calico.endpoints import default_profile
-from cni_calico.policy import model, render
+from cni_calico.policy import layout, model, render
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup, saved_filter
 
 SCRATCH_NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a scratch network namespace")
@@ -130,12 +130,12 @@ def test_names_stay_within_the_kernel_limits():
     long = "a-very-long-policy-name-that-goes-on-and-on-and-on"
     rs = render_n1([gnp(long, {"selector": "all()", "ingress": [{"action": "Allow", "source": {
         "selector": "x == '" + "y" * 300 + "'"}}]}), gnp(long + "2", {"selector": "all()"})])
-    assert all(c.startswith("cali-") and len(c) <= render.MAX_CHAIN for c in rs.chains)
-    assert all(s.startswith("cali40") and len(s) <= render.MAX_SET for s in rs.ipsets)
+    assert all(c.startswith("cali-") and len(c) <= layout.MAX_CHAIN for c in rs.chains)
+    assert all(s.startswith("cali40") and len(s) <= layout.MAX_SET for s in rs.ipsets)
     hashed = [c for c in rs.chains if c.startswith("cali-pi-_")]
     assert len(hashed) == 2 and len(set(hashed)) == 2
     assert render.chain_name("cali-pi-", "prod/db") == "cali-pi-prod/db"
-    assert len(render.set_name("t", "anything")) == render.MAX_SET
+    assert len(render.set_name("t", "anything")) == layout.MAX_SET
 
 
 def test_rendering_is_deterministic():

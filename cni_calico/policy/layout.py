@@ -1,0 +1,110 @@
+"""The fixed parts of the policy dataplane: chain and ipset names, marks, the two IP families, and the
+text of an iptables-restore / ip6tables-restore transaction (pure, no I/O).
+
+What holds:
+
+- Both families use the same chain names, marks and layout (see cni_calico.policy.render); only the
+  table's tools, the ipset family and name prefix, the ICMP spelling and "any address" differ (``Family``).
+- Every chain is named ``cali-...`` in at most 28 characters; every ipset ``cali40...`` (IPv4, family
+  inet) or ``cali60...`` (IPv6, family inet6) in at most 31 (longer names are hashed), so the two
+  families' sets never share a name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+ACCEPT_MARK = 0x10000
+PASS_MARK = 0x20000
+MARKS = ACCEPT_MARK | PASS_MARK
+FORWARD_CHAIN = "cali-FORWARD"
+FROM_WL = "cali-from-wl-dispatch"
+TO_WL = "cali-to-wl-dispatch"
+CHAIN_PREFIX = "cali-"
+SET_PREFIX = "cali40"  # IPv4; the IPv6 one is V6.set_prefix
+IFACE_PREFIX = "cali"
+MAX_CHAIN = 28
+MAX_SET = 31
+JUMP = f'-m comment --comment "cali:calico-node policy" -j {FORWARD_CHAIN}'
+ND_TYPES = (133, 134, 135, 136)  # router solicitation/advertisement, neighbour solicitation/advertisement
+_READABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+@dataclass(frozen=True)
+class Family:
+    version: int  # 4 or 6
+    save: str  # "iptables-save"
+    restore: str  # "iptables-restore"
+    iptables: str  # "iptables" (asked for its --version: legacy or nf_tables)
+    set_prefix: str  # "cali40"
+    ipset_family: str  # "inet"
+    nft_family: str  # "ip": the nf_tables family of its tables
+    any_net: str  # "0.0.0.0/0"
+    halves: tuple[str, str]  # any_net as two nets (hash:net holds no /0)
+    icmp: str  # the ICMP protocol's spelling in this table
+    icmp_match: str  # "-m icmp"
+    icmp_type: str  # its option for a type or type/code ("--icmp-type")
+    label: str  # prefix of what cleanup reports ("" or "ip6 ")
+
+    def holds(self, address: str) -> bool:
+        """Whether an address or network (as normalised by the ipaddress module) is of this family."""
+        return (":" in address) == (self.version == 6)
+
+
+V4 = Family(4, "iptables-save", "iptables-restore", "iptables", SET_PREFIX, "inet", "ip", "0.0.0.0/0",
+            ("0.0.0.0/1", "128.0.0.0/1"), "icmp", "-m icmp", "--icmp-type", "")
+V6 = Family(6, "ip6tables-save", "ip6tables-restore", "ip6tables", "cali60", "inet6", "ip6", "::/0",
+            ("::/1", "8000::/1"), "ipv6-icmp", "-m icmp6", "--icmpv6-type", "ip6 ")
+FAMILIES = {4: V4, 6: V6}
+
+
+@dataclass(frozen=True)
+class IpSet:
+    kind: str  # "hash:ip" or "hash:net"
+    members: tuple[str, ...]
+
+
+@dataclass
+class Ruleset:
+    """One family's filter chains and ipsets."""
+
+    chains: dict[str, tuple[str, ...]]  # chain -> its rules, each the text after "-A <chain> "
+    ipsets: dict[str, IpSet]
+    version: int = 4
+
+    def text(self) -> str:
+        """The whole ruleset as one *-restore --noflush transaction (jump inserted at the top)."""
+        return restore_text(self.chains, jump=[f"-I FORWARD 1 {JUMP}"])
+
+
+def _digest(text: str, length: int) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode()[:length]
+
+
+def chain_name(prefix: str, name: str) -> str:
+    """``prefix + name`` if it is short and plain enough, else ``prefix + "_" + hash`` (28 chars)."""
+    if len(prefix) + len(name) <= MAX_CHAIN and _READABLE.match(name):
+        return prefix + name
+    return prefix + "_" + _digest(name, MAX_CHAIN - len(prefix) - 1)
+
+
+def set_name(kind: str, key: str, version: int = 4) -> str:
+    """``cali40<kind>:<hash>`` (``cali60`` for IPv6), 31 chars: kind "s" (selector, hash:ip), "n" (nets,
+    hash:net), "t" (temp)."""
+    prefix = f"{FAMILIES[version].set_prefix}{kind}:"
+    return prefix + _digest(kind + key, MAX_SET - len(prefix))
+
+
+def restore_text(chains: dict[str, tuple[str, ...]], remove: Iterable[str] = (), jump: Iterable[str] = ()) -> str:
+    """A *-restore --noflush transaction for the filter table: declare (= flush) every chain written or
+    removed, write ``chains``, apply the ``jump`` lines, then delete the ``remove`` chains."""
+    remove = sorted(set(remove) - set(chains))
+    lines = ["*filter"] + [f":{c} - [0:0]" for c in [*chains, *remove]] + list(jump)
+    for chain, rules in chains.items():
+        lines += [f"-A {chain} {rule}" for rule in rules]
+    lines += [f"-X {c}" for c in remove] + ["COMMIT", ""]
+    return "\n".join(lines)
