@@ -42,6 +42,12 @@ unit: venv
 test: deps lint build
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# Issue 6's suites alone (etcd fail-over, kill storm, fuzzing, stale DELs, FIFO reuse, node reboot); `make test` runs
+# them too. FUZZ_CASES / FUZZ_EXEC_CASES / STORM_SEED tune or replay them.
+.PHONY: reliability
+reliability: deps
+	$(PY) -m pytest -q -p no:cacheprovider -m reliability tests
+
 # One PyInstaller onedir bundle (dist/cni-calico/calico + _internal/); every name is a relative symlink
 # to its executable, which dispatches on the name it was called by (cni_calico/entry.py).
 BUNDLE_NAMES := calico calico-ipam calicoctl calico-node

@@ -6,16 +6,37 @@ import logging
 
 from cni_calico import keys
 from cni_calico.datastore import Datastore
+from cni_calico.errors import INVALID_CONFIG, CniError
 from cni_calico.netconf import NetConf
 
 log = logging.getLogger(__name__)
+FIELD = "cni.dev/valid-attachments"
 
 
-def collect(ds: Datastore, conf: NetConf, node: str, valid_attachments: list) -> tuple[list[str], list[str]]:
+def valid_container_ids(attachments: object) -> set[str]:
+    """The containers of `cni.dev/valid-attachments`: a list of {containerID, ifname} (null: none).
+
+    Anything else is refused before GC touches anything: read loosely, a malformed list (an object,
+    a string, entries without a containerID) would make every live attachment look stale."""
+    if attachments is None:
+        return set()
+    if not isinstance(attachments, list):
+        raise CniError(INVALID_CONFIG, f"network config field '{FIELD}' must be a list of "
+                       f"{{containerID, ifname}} objects, got {type(attachments).__name__}")
+    out = set()
+    for entry in attachments:
+        cid = entry.get("containerID") if isinstance(entry, dict) else None
+        if not isinstance(cid, str) or not cid:
+            raise CniError(INVALID_CONFIG, f"'{FIELD}' entry {entry!r} has no containerID")
+        out.add(cid)
+    return out
+
+
+def collect(ds: Datastore, conf: NetConf, node: str, valid_attachments: object) -> tuple[list[str], list[str]]:
     """Returns (released handles, deleted endpoint keys)."""
     from ipam.store import IpamStore
 
-    valid = {a.get("containerID") for a in valid_attachments if isinstance(a, dict)}
+    valid = valid_container_ids(valid_attachments)
     store = IpamStore(ds)
     prefix = keys.handle(f"{conf.name}.")
     released: list[str] = []

@@ -131,6 +131,9 @@ def parse_etcd(conf: dict) -> EtcdConf:
             r"^https?://\[[0-9a-fA-F:]+\](:\d{1,5})?/?$", url
         ):
             raise _fail(f"etcd endpoint {url!r} is not a URL like http://127.0.0.1:2379")
+        port = re.search(r":(\d{1,5})/?$", url)
+        if port and not 0 < int(port.group(1)) <= 65535:
+            raise _fail(f"etcd endpoint {url!r} has port {port.group(1)}: a port is 1 to 65535")
     return EtcdConf(
         endpoints=urls,
         key_file=_str(conf, "etcd_key_file") or os.environ.get("ETCD_KEY_FILE", ""),

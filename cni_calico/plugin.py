@@ -266,7 +266,7 @@ def cmd_gc(req: skel.Request) -> None:
     from cni_calico.gc import collect
 
     ctx = _context(req)
-    collect(_datastore(ctx.conf), ctx.conf, ctx.node, req.conf.get("cni.dev/valid-attachments") or [])
+    collect(_datastore(ctx.conf), ctx.conf, ctx.node, req.conf.get("cni.dev/valid-attachments"))
 
 
 HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}

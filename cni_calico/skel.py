@@ -81,8 +81,12 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 def validate_ifname(name: str) -> None:
     if not name:
         raise CniError(INVALID_ENV, "CNI_IFNAME is empty")
-    if len(name) > MAX_IFNAME:
-        raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is longer than {MAX_IFNAME} characters")
+    try:
+        size = len(name.encode("utf-8", "surrogateescape"))  # the kernel counts bytes, not characters
+    except UnicodeEncodeError:
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is not a valid interface name") from None
+    if size > MAX_IFNAME:
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is longer than {MAX_IFNAME} bytes")
     if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
         raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
 

@@ -176,6 +176,129 @@ class Certs:
         return ["--cacert", self.ca, "--cert", self.cert(), "--key", self.key()]
 
 
+@dataclass
+class EtcdMember(Etcd):
+    """One member of an `EtcdCluster`: an `Etcd` started with the whole cluster's peer list.
+
+    `kill()` stops only the etcd process (its bridge stays, as a dead member's address does);
+    `start()` again brings it back with its data dir."""
+
+    name: str = ""
+    initial_cluster: str = ""
+    cluster_token: str = "lab"
+
+    def start(self) -> EtcdMember:
+        data = self.workdir / f"etcd-{self.port}"
+        log = open(self.workdir / f"etcd-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                "etcd", "--name", self.name, "--data-dir", str(data),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
+                "--initial-cluster-token", self.cluster_token,
+                "--unsafe-no-fsync",
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(lambda: _port_open(self.port), 20, f"etcd member {self.name} on {self.url}")
+        self.socket_path = str(self.workdir / f"etcd-{self.port}.sock")
+        if self.bridge is None or self.bridge.poll() is not None:
+            self.bridge = subprocess.Popen(
+                ["socat", f"UNIX-LISTEN:{self.socket_path},fork,reuseaddr", f"TCP:127.0.0.1:{self.port},nodelay"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            wait_for(lambda: os.path.exists(self.socket_path), 10, "the etcd bridge socket")
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stops the member's etcd process only; its data dir and bridge stay."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the member still accepts connections but answers nothing (a hung machine)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class EtcdCluster:
+    """Several etcd members on loopback forming one cluster; quacks like `Etcd` for the helpers.
+
+    `url` is the comma-separated list of every member's client URL (what `etcd_endpoints` takes);
+    `ctl` talks to the members that are running. Every member is registered with the lab, so
+    `Lab.close()` stops them all, also after a failure."""
+
+    tls = None
+
+    def __init__(self, members: list[EtcdMember]) -> None:
+        self.members = members
+
+    @property
+    def url(self) -> str:
+        return ",".join(m.url for m in self.members)
+
+    def start(self, timeout: float = 30) -> EtcdCluster:
+        for m in self.members:
+            m.start()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        def healthy() -> bool:
+            live = ",".join(m.url for m in self.members if m.running)
+            return sh("etcdctl", "--endpoints", live, "--command-timeout=2s", "endpoint", "health",
+                      check=False, env={**os.environ, "ETCDCTL_API": "3"}).returncode == 0
+
+        wait_for(healthy, timeout, "the etcd cluster to be healthy", interval=0.2)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.thaw()
+            m.stop()
+
+    def leader(self) -> EtcdMember:
+        """The member that leads now (asked of the running members)."""
+        live = ",".join(m.url for m in self.members if m.running)
+        out = sh("etcdctl", "--endpoints", live, "--command-timeout=3s", "endpoint", "status", "-w", "json",
+                 env={**os.environ, "ETCDCTL_API": "3"}).stdout
+        statuses = json.loads(out)
+        leader_id = statuses[0]["Status"]["leader"]
+        for status in statuses:
+            if status["Status"]["header"]["member_id"] == leader_id:
+                return next(m for m in self.members if m.url == status["Endpoint"])
+        raise LookupError(f"no leader among {live}")
+
+    def ctl(self, *args: str) -> str:
+        live = ",".join(m.url for m in self.members if m.running)
+        return sh("etcdctl", "--endpoints", live, "--command-timeout=10s", *args,
+                  env={**os.environ, "ETCDCTL_API": "3"}).stdout
+
+    def get_json(self, key: str) -> dict | None:
+        out = self.ctl("get", key, "--print-value-only").strip()
+        return json.loads(out) if out else None
+
+    def keys(self, prefix: str = "/calico") -> list[str]:
+        return [k for k in self.ctl("get", "--prefix", prefix, "--keys-only").split("\n") if k]
+
+    def put_json(self, key: str, value: dict) -> None:
+        self.ctl("put", key, json.dumps(value))
+
+    def wipe(self) -> None:
+        self.ctl("del", "--prefix", "/calico")
+
+
 class CalicoNode:
     """A calico-node process (and the BIRD it starts) in a node namespace; stopped by PID."""
 
@@ -361,6 +484,23 @@ class Lab:
         )
         self.procs.append(proc)
         wait_for(lambda: _port_open(etcd.port, ns), 10, f"the etcd bridge in {ns}")
+
+    def etcd_cluster(self, size: int = 3) -> EtcdCluster:
+        """A `size`-member etcd cluster on loopback, every member with its own bridge socket."""
+        members = [EtcdMember(self.workdir) for _ in range(size)]
+        for i, m in enumerate(members):
+            m.name = f"lab{i}-{m.port}"
+        peers = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
+        token = f"lab-{uuid.uuid4().hex[:8]}"
+        for m in members:
+            m.initial_cluster, m.cluster_token = peers, token
+            self.etcds.append(m)  # registered first: a failed start is still stopped
+        return EtcdCluster(members).start()
+
+    def bridge_etcd_cluster(self, ns: str, cluster: EtcdCluster) -> None:
+        """Every member bridged into the node on its own port (the node reaches each at 127.0.0.1)."""
+        for member in cluster.members:
+            self.bridge_etcd(ns, member)
 
     def pod(self) -> str:
         return self.netns("pod")
