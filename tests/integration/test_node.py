@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import time
 
 import pytest
 
 from tests.integration.cluster import Cluster
-from tests.lab import add_pool, sh
+from tests.lab import add_pool, plugin_dir, sh
 
 
 @pytest.fixture
@@ -28,6 +29,13 @@ def test_mesh_three_nodes_every_pod_reaches_every_pod(cluster, etcd):
         states = cluster.bgp_states(name)
         others = {f"Mesh_{cluster.ip(n).replace('.', '_')}" for n in cluster.ns if n != name}
         assert states == {peer: "Established" for peer in others}
+        status = cluster.lab.in_ns(cluster.ns[name], "env", f"CALICO_RUN_DIR={cluster.calico[name].run_dir}",
+                                   f"{plugin_dir()}/calicoctl", "node", "status").stdout
+        assert "Calico process is running." in status
+        for other in cluster.ns:
+            if other != name:
+                assert re.search(rf"\| {re.escape(cluster.ip(other))} +\| node-to-node mesh \| up +\|.*Established",
+                                 status), status
         for _ in range(2):
             cluster.add_pod(name)
     for name in cluster.ns:
@@ -80,7 +88,8 @@ def test_fourth_node_joins_and_one_leaves(cluster, etcd, lab):
     # node3 leaves: its calico-node stops and its Node is deleted; the others drop its session and routes.
     block3 = str(ipaddress.ip_network([p for p in cluster.pods if p[0] == "node3"][0][3] + "/26", strict=False))
     cluster.calico["node3"].stop(graceful=False)
-    etcd.ctl("del", "/calico/resources/v3/projectcalico.org/nodes/node3")
+    ctl = sh(f"{plugin_dir()}/calicoctl", "delete", "node", "node3", env={**os.environ, "ETCD_ENDPOINTS": etcd.url})
+    assert "Successfully deleted 1 'Node' resource(s)" in ctl.stdout
     for name in ("node1", "node2", "node4"):
         cluster.wait_route(name, rf"^{re.escape(block3)} via", present=False)
         assert "Mesh_192_168_200_3" not in cluster.bgp_states(name)
