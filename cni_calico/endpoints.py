@@ -38,11 +38,17 @@ class EndpointId:
         return keys.resource("workloadendpoints", self.name, self.namespace)
 
 
+ADDING = "cni.projectcalico.org/adding"  # set while the ADD that wrote the endpoint is unfinished
+
+
 def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str],
-          labels: dict[str, str] | None = None) -> dict:
-    """`labels`: the pod's own and its namespace's (`pcns.` prefixed); the two system labels win."""
+          labels: dict[str, str] | None = None, adding: bool = False) -> dict:
+    """`labels`: the pod's own and its namespace's (`pcns.` prefixed); the two system labels win.
+    `adding`: the record goes in with the address, before the dataplane, marked unfinished; the
+    ADD confirms it at the end. One still marked long after is a killed ADD's: `calicoctl ipam
+    check` reports its address as leaked."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
+    resource = {
         "kind": "WorkloadEndpoint",
         "apiVersion": API_VERSION,
         "metadata": {
@@ -67,6 +73,14 @@ def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], p
             "profiles": profiles,
         },
     }
+    if adding:
+        resource["metadata"]["annotations"] = {ADDING: now}
+    return resource
+
+
+def unfinished_since(resource: dict) -> str:
+    """The UTC time an unfinished ADD wrote this endpoint, or "" for a finished one."""
+    return str(((resource.get("metadata") or {}).get("annotations") or {}).get(ADDING) or "")
 
 
 def default_profile(network: str) -> dict:

@@ -127,12 +127,13 @@ def cmd_add(req: skel.Request) -> Result:
         from cni_calico import keys
         from ipam.store import Riders
 
-        resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels)
+        resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels, adding=True)
         profile = {keys.resource("profiles", ctx.conf.name): endpoints.default_profile(ctx.conf.name)}
         return Riders(puts={eid.key: resource}, create_if_absent=profile)
 
-    # The endpoint record rides in IPAM's transaction: one round trip fewer, and never an
-    # address without its endpoint (a crash before the dataplane leaves both, for GC/DEL).
+    # The endpoint record rides in IPAM's transaction, marked unfinished: calico-node programs the
+    # pod's policy before its veth exists, and an ADD killed after this commit leaves a record
+    # that `calicoctl ipam check` recognises (still unfinished long after) and DEL or GC remove.
     addresses, endpoint_written = _allocate(ctx, ds, endpoint_riders)
     workload = dataplane.Workload(
         req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding, mac,
@@ -142,10 +143,11 @@ def cmd_add(req: skel.Request) -> Result:
         _fault_point(req, "after-ipam")
         if not endpoint_written:  # another IPAM plugin, a repeated ADD, or the pod's ipAddrs
             endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name],
-                                                     labels), network=ctx.conf.name)
+                                                     labels, adding=True), network=ctx.conf.name)
         _fault_point(req, "after-endpoint")
         dataplane.setup(workload)
         _fault_point(req, "after-dataplane")
+        endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels))
     except BaseException:
         _undo_add(ctx, ds, workload, eid)
         raise

@@ -7,7 +7,10 @@ adapt them to the CNI protocol.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import os
+import threading
 from collections.abc import Callable
 
 from cni_calico import keys, skel
@@ -16,6 +19,7 @@ from cni_calico.errors import DATAPLANE_FAILURE, CniError
 from cni_calico.names import handle_id
 from cni_calico.netconf import NetConf
 from cni_calico.result import IPConfig, Result
+from ipam.allocator import Block
 from ipam.lock import node_lock
 from ipam.pools import select_pools
 from ipam.store import Handle, IpamStore, Riders
@@ -33,6 +37,32 @@ def _attrs(node: str, req: skel.Request) -> dict:
         attrs["namespace"] = req.args.get("K8S_POD_NAMESPACE", "default")
         attrs["pod"] = req.args["K8S_POD_NAME"]
     return attrs
+
+
+def _hint_path(run_dir: str | None, node: str) -> str:
+    from ipam.lock import run_dir as default_run_dir
+
+    return os.path.join(run_dir or default_run_dir(), f"ipam-{node}.blocks")
+
+
+def _read_hint(path: str) -> list[str]:
+    """Blocks the node's last ADDs used: only a hint (a listed block is read, not trusted)."""
+    try:
+        with open(path) as f:
+            hint = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [c for c in hint if isinstance(c, str)][:8] if isinstance(hint, list) else []
+
+
+def _write_hint(path: str, blocks: list[str]) -> None:
+    try:
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w") as f:
+            json.dump(blocks[-8:], f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write the block hint %s: %s", path, exc)
 
 
 def assign(
@@ -53,12 +83,18 @@ def assign(
     out: list[str] = []
     rode = False
     run_dir = req.env.get("CALICO_RUN_DIR") or None
-    # Read before taking the node's lock: a stale view only costs a retry (every write is guarded),
-    # and the lock is held for the block read and the commit alone.
+    hint_path = _hint_path(run_dir, node)
     pools_dir = keys.resource_dir("ippools")
     prefixes = [pools_dir] + [keys.affinity_dir(node, f) for f in families]
-    read = ds.multi_get([], prefixes)
+    used: set[str] = set()
     with node_lock(node, run_dir):
+        # Under the node's lock, so no other ADD of this node moves the blocks between this read and
+        # the commit. The blocks the last ADDs used come in the same read (a hint file names them):
+        # the common path is this read and one commit.
+        hinted = _read_hint(hint_path)
+        read = ds.multi_get([keys.block(c) for c in hinted], prefixes)
+        blocks = {kv.value["cidr"]: (Block.from_dict(kv.value), kv.mod_revision)
+                  for c in hinted for kv in read[keys.block(c)]}
         pools = store.parse_pools(read[pools_dir])
         # Node labels cost a read: only when some pool selects nodes by label.
         selective = any(p.node_selector.strip() not in ("", "all()", "!all()") for p in pools)
@@ -79,14 +115,17 @@ def assign(
                     return riders(addrs) if riders else Riders()
 
                 got = store.auto_assign(handle, _attrs(node, req), node, chosen, affine,
-                                        ride if (last and riders) else None)
+                                        ride if (last and riders) else None, blocks)
                 out.append(f"{got.ip}/{32 if family == 4 else 128}")
+                used.add(got.block)
                 rode = last and got.fresh and riders is not None
         except BaseException:
             # All or nothing: a failed second family returns the first one's address.
             if out:
                 store.release_by_handle(handle)
             raise
+    if used and not used <= set(hinted):
+        _write_hint(hint_path, sorted(used | {c for c in hinted if c in blocks}))
     log.debug("assigned %s to %s (%d conflicts)", out, handle, store.conflicts)
     return out, rode
 

@@ -109,6 +109,7 @@ class IpamStore:
         pools: list[Pool],
         affinities: list[str] | None = None,
         riders: Callable[[str], Riders] | None = None,
+        blocks: dict[str, tuple[Block, int]] | None = None,
     ) -> Assignment:
         """One address for the handle from the given pools (all of one family); idempotent per handle.
 
@@ -120,14 +121,15 @@ class IpamStore:
         # Optimistic first try: the handle is new (its guard is "absent"); after a
         # lost race the handle is re-read, so a second family can join it.
         known: list[Handle] = [Handle(handle_id)]
-        prefetched = [affinities]
+        prefetched: list = [affinities, blocks or {}]  # `blocks`: some blocks already read, with revisions
 
         def once() -> Assignment:
             affine = prefetched[0] if prefetched[0] is not None else self.affine_blocks(node, family)
-            prefetched[0] = None  # a retry reads afresh
+            read = prefetched[1]
+            prefetched[0], prefetched[1] = None, {}  # a retry reads afresh
             try:
                 return self._assign_once(Handle(handle_id, dict(known[0].blocks), known[0].mod_revision),
-                                         attrs, node, pools, family, affine, riders)
+                                         attrs, node, pools, family, affine, riders, read)
             except ConflictError:
                 known[0] = self.get_handle(handle_id) or Handle(handle_id)
                 raise
@@ -135,12 +137,13 @@ class IpamStore:
         return retry_on_conflict(once, f"assigning an address for {handle_id}")
 
     def _assign_once(
-        self, handle: Handle, attrs: dict, node: str, pools: list[Pool], family: int, affine: list[str], riders
+        self, handle: Handle, attrs: dict, node: str, pools: list[Pool], family: int, affine: list[str], riders,
+        read: dict[str, tuple[Block, int]],
     ) -> Assignment:
         for cidr in affine:
             if not any(p.contains(cidr) for p in pools):
                 continue
-            got = self.get_block(cidr)
+            got = read.get(cidr) or self.get_block(cidr)
             if got is None or got[0].free == 0:
                 continue
             return self._commit_assign(got[0], got[1], handle, attrs, riders)

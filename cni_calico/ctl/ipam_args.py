@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     check = parsers["check"]
     check.add_argument("-o", "--output", metavar="FILE", help="write a JSON report of the problems found")
     check.add_argument("--show-all-ips", action="store_true", help="list every allocation, not only the problems")
+    check.add_argument("--unfinished-grace", metavar="SECONDS", type=float, default=60.0,
+                       help="an endpoint whose ADD has not finished after this long is abandoned (a killed "
+                            "ADD): its addresses are reported as leaked (default 60)")
     check.add_argument("--show-problem-ips", action="store_true", help="(accepted; problems are always listed)")
     check.set_defaults(func=_lazy("run_check"))
     release = parsers["release"]

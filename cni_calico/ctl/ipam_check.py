@@ -133,11 +133,34 @@ def allocations(snap: Snapshot) -> list[Allocation]:
     return out
 
 
-def analyse(snap: Snapshot) -> Findings:
+UNFINISHED_GRACE = 60.0  # seconds an ADD may take before its unfinished endpoint counts as abandoned
+
+
+def abandoned(wep: Resource, grace: float = UNFINISHED_GRACE, now: float | None = None) -> bool:
+    """An endpoint written by an ADD that never finished (killed after its IPAM commit): it does
+    not own its addresses. Younger than `grace` seconds it may still be an ADD in progress."""
+    import calendar
+    import time
+
+    from cni_calico.endpoints import unfinished_since
+
+    since = unfinished_since({"metadata": wep.metadata})
+    if not since:
+        return False
+    try:
+        written = calendar.timegm(time.strptime(since, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return True
+    return (time.time() if now is None else now) - written >= grace
+
+
+def analyse(snap: Snapshot, grace: float = UNFINISHED_GRACE) -> Findings:
     allocs = allocations(snap)
     by_ip = {a.ip: a for a in allocs}
     endpoint_problems = []
     for wep in snap.endpoints:
+        if abandoned(wep, grace):
+            continue  # its addresses are leaked (an ADD killed after its commit): reported as orphans
         who = f"Workload({wep.namespace}/{wep.name})"
         container = str(wep.spec.get("containerID") or "")
         for ip in endpoint_ips(wep):

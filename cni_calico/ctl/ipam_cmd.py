@@ -133,7 +133,7 @@ def run_check(args: argparse.Namespace) -> int:
         snap = ipam_check.load(ds)
     finally:
         ds.close()
-    found = ipam_check.analyse(snap)
+    found = ipam_check.analyse(snap, args.unfinished_grace)
     ipam_check.print_check(snap, found, args.show_all_ips)
     if args.output:
         ipam_check.write_report(args.output, ipam_check.report(snap, found))
@@ -235,12 +235,19 @@ def _release_reports(ds, paths: list[str], reports: list[dict]) -> int:
 def _still_leaked(ds, store, orphan: dict) -> str:
     """"" when the address is still the report's orphan; else why it must be left alone."""
     ip, handle = orphan["ip"], orphan["handle"]
-    owners = [w.ident for w in _endpoints(ds) if ip in ipam_check.endpoint_ips(w)]
+    # An abandoned endpoint (its ADD never finished) goes with its address; a live one keeps it.
+    holders = [w for w in _endpoints(ds) if ip in ipam_check.endpoint_ips(w)]
+    owners = [w.ident for w in holders if not ipam_check.abandoned(w, 0.0)]
     if owners:
         return f"in use by {', '.join(owners)} now"
     current = store.get_handle(handle)
     if (current.mod_revision if current else 0) != orphan.get("handleRevision", 0):
         return f"handle {handle} changed since the report"
+    for wep in holders:
+        key = keys.resource(WORKLOADENDPOINT.plural, wep.name, wep.namespace)
+        rev = int(wep.metadata.get("resourceVersion") or 0)
+        if rev and ds.commit({key: rev}, deletes=[key]):
+            print(f"  {ip}: deleted the abandoned endpoint {wep.ident}")
     return ""
 
 
