@@ -65,8 +65,28 @@ def _port_open(port: int, netns: str | None = None) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+class EtcdData:
+    """Reading and writing JSON values through `self.ctl` (etcdctl), for one member or a cluster."""
+
+    def ctl(self, *args: str) -> str:
+        raise NotImplementedError
+
+    def get_json(self, key: str) -> dict | None:
+        out = self.ctl("get", key, "--print-value-only").strip()
+        return json.loads(out) if out else None
+
+    def keys(self, prefix: str = "/calico") -> list[str]:
+        return [k for k in self.ctl("get", "--prefix", prefix, "--keys-only").split("\n") if k]
+
+    def put_json(self, key: str, value: dict) -> None:
+        self.ctl("put", key, json.dumps(value))
+
+    def wipe(self) -> None:
+        self.ctl("del", "--prefix", "/calico")
+
+
 @dataclass
-class Etcd:
+class Etcd(EtcdData):
     """One etcd member on loopback, with its own data dir; stopped by PID."""
 
     workdir: Path
@@ -122,18 +142,6 @@ class Etcd:
         tls = self.tls.etcdctl_args() if self.tls else []
         return sh("etcdctl", "--endpoints", self.url, *tls, *args, env={**os.environ, "ETCDCTL_API": "3"}).stdout
 
-    def get_json(self, key: str) -> dict | None:
-        out = self.ctl("get", key, "--print-value-only").strip()
-        return json.loads(out) if out else None
-
-    def keys(self, prefix: str = "/calico") -> list[str]:
-        return [k for k in self.ctl("get", "--prefix", prefix, "--keys-only").split("\n") if k]
-
-    def put_json(self, key: str, value: dict) -> None:
-        self.ctl("put", key, json.dumps(value))
-
-    def wipe(self) -> None:
-        self.ctl("del", "--prefix", "/calico")
 
 
 @dataclass
@@ -233,7 +241,7 @@ class EtcdMember(Etcd):
         return self.proc is not None and self.proc.poll() is None
 
 
-class EtcdCluster:
+class EtcdCluster(EtcdData):
     """Several etcd members on loopback forming one cluster; quacks like `Etcd` for the helpers.
 
     `url` is the comma-separated list of every member's client URL (what `etcd_endpoints` takes);
@@ -285,18 +293,6 @@ class EtcdCluster:
         return sh("etcdctl", "--endpoints", live, "--command-timeout=10s", *args,
                   env={**os.environ, "ETCDCTL_API": "3"}).stdout
 
-    def get_json(self, key: str) -> dict | None:
-        out = self.ctl("get", key, "--print-value-only").strip()
-        return json.loads(out) if out else None
-
-    def keys(self, prefix: str = "/calico") -> list[str]:
-        return [k for k in self.ctl("get", "--prefix", prefix, "--keys-only").split("\n") if k]
-
-    def put_json(self, key: str, value: dict) -> None:
-        self.ctl("put", key, json.dumps(value))
-
-    def wipe(self) -> None:
-        self.ctl("del", "--prefix", "/calico")
 
 
 class CalicoNode:
