@@ -562,9 +562,21 @@ class Lab:
     def routes(self, ns: str) -> list[str]:
         return [r for r in self.in_ns(ns, "ip", "-4", "route", "show").stdout.splitlines() if r]
 
-    def ping(self, ns: str, address: str, count: int = 1) -> bool:
+    def ping(self, ns: str, address: str, count: int = 1, within: float = 0.0) -> bool:
+        """True when `address` answers; with `within`, keeps trying that many seconds first.
+
+        `within` is for peers behind a calico-node: its policy admits a new pod's
+        address a moment after the pod exists (eventual, as in Calico), so the
+        first packet may meet the old rules.
+        """
         family = ["-6"] if ":" in address else []
-        return self.in_ns(ns, "ping", *family, "-c", str(count), "-W", "2", address).returncode == 0
+        deadline = time.monotonic() + within
+        while True:
+            if self.in_ns(ns, "ping", *family, "-c", str(count), "-W", "2", address).returncode == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
 
 
 def pool(name: str, cidr: str, block_size: int = 26, disabled: bool = False) -> dict:

@@ -7,6 +7,9 @@ import time
 
 from tests.lab import CalicoNode, Etcd, Lab, netconf, sh, wait_for
 
+# Seconds a new pod may wait for every node's policy to admit it (Calico's policy is eventual too).
+SETTLE = 10.0
+
 
 class Cluster:
     def __init__(self, lab: Lab, etcd: Etcd, network: str = "k8s") -> None:
@@ -89,7 +92,7 @@ class Cluster:
         failed = []
         for _, pod, _, _ in self.pods:
             for _, other, _, address in self.pods:
-                if other != pod and not self.lab.ping(pod, address):
+                if other != pod and not self.lab.ping(pod, address, within=SETTLE):
                     failed.append((pod, address))
         return failed
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from cni_calico.result import SUPPORTED_VERSIONS
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import SETTLE, Cluster
 from tests.integration.helpers import assert_nothing_left
 from tests.lab import Lab, add_pool, plugin_dir, wait_for
 
@@ -99,7 +99,7 @@ def test_ipv6_across_nodes_through_bird(lab, etcd):
             return bool(re.search(rf"^{re.escape(block2)} via fd00:200::2 ", routes, re.M))
 
         wait_for(routed, 30, f"node1's IPv6 route to {block2}")
-        assert lab.ping(pod1, v6_of[dual2]) and lab.ping(dual2, v6_of[pod1])
+        assert lab.ping(pod1, v6_of[dual2], within=SETTLE) and lab.ping(dual2, v6_of[pod1], within=SETTLE)
         run_dir = f"CALICO_RUN_DIR={cluster.calico['node1'].run_dir}"
         ctl = f"{plugin_dir()}/calicoctl"
         status = lab.in_ns(cluster.ns["node1"], "env", run_dir, ctl, "node", "status").stdout

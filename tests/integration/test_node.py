@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import SETTLE, Cluster
 from tests.lab import add_pool, plugin_dir, sh
 
 
@@ -65,7 +65,7 @@ def test_new_pod_in_an_exported_block_needs_no_bgp_change(cluster, etcd):
     before = cluster.routes("node2")
     config_before = (cluster.calico["node1"].run_dir / "bird.cfg").read_text()
     _, address = cluster.add_pod("node1")  # same block: nothing to announce
-    assert cluster.lab.ping(pod2, address)
+    assert cluster.lab.ping(pod2, address, within=SETTLE)
     assert cluster.routes("node2") == before
     assert (cluster.calico["node1"].run_dir / "bird.cfg").read_text() == config_before
 
@@ -196,10 +196,10 @@ def test_graceful_stop_keeps_routes_and_traffic(cluster, etcd):
     # node1's kernel keeps its routes (persist); node2 keeps node1's block (graceful restart).
     assert any(r.startswith("10.86.0.64/26 via") for r in cluster.routes("node1"))
     assert any(r.startswith("10.86.0.0/26 via") for r in cluster.routes("node2"))
-    assert cluster.lab.ping(pod1, a2) and cluster.lab.ping(pod2, a1)
+    assert cluster.lab.ping(pod1, a2, within=SETTLE) and cluster.lab.ping(pod2, a1, within=SETTLE)
     cluster.start("node1")
     cluster.wait_established()
-    assert cluster.lab.ping(pod1, a2)
+    assert cluster.lab.ping(pod1, a2, within=SETTLE)
 
 
 def test_vxlan_pool_goes_through_the_tunnel(cluster, etcd):
@@ -233,7 +233,7 @@ def test_vxlan_pool_goes_through_the_tunnel(cluster, etcd):
         return int(out.stdout.strip() or 0)
 
     before = tx_packets()
-    assert cluster.lab.ping(pod1, a2, count=3) and cluster.lab.ping(pod2, a1)
+    assert cluster.lab.ping(pod1, a2, count=3, within=SETTLE) and cluster.lab.ping(pod2, a1, within=SETTLE)
     assert tx_packets() >= before + 3
     # The pods' MTU leaves room for the VXLAN header (calico-node writes it, the plugin reads it).
     lib = cluster.calico["node1"].lib_dir
@@ -269,4 +269,4 @@ def test_ipip_pool_goes_through_tunl0(cluster, etcd, lab):
     pod2, a2 = cluster.add_pod("node2")
     block2 = str(ipaddress.ip_network(f"{a2}/26", strict=False))
     cluster.wait_route("node1", rf"^{re.escape(block2)} via 192\.168\.200\.2 dev tunl0")
-    assert cluster.lab.ping(pod1, a2) and cluster.lab.ping(pod2, a1)
+    assert cluster.lab.ping(pod1, a2, within=SETTLE) and cluster.lab.ping(pod2, a1, within=SETTLE)
