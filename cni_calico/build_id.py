@@ -8,7 +8,6 @@ in-process) instead of applying them with old code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from cni_calico import __version__
@@ -27,6 +26,8 @@ def build_id() -> str:
         return _cached
     except ImportError:
         pass
+    import hashlib  # not at the top: _hashlib loads OpenSSL, ~4 ms the bundle's plugin never needs
+
     digest = hashlib.sha1()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for package in ("cni_calico", "ipam"):

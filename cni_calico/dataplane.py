@@ -12,6 +12,8 @@ import ipaddress
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -77,6 +79,26 @@ def random_mac() -> str:
 
 
 CLONE_NEWNET = 0x40000000
+_per_thread = threading.local()
+
+
+@contextmanager
+def host_netlink() -> Iterator[IPRoute]:
+    """This thread's netlink socket in the node's namespace, kept for the thread's next call.
+
+    Making one costs more than most requests on it (~0.6 ms); the agent's worker threads live
+    long. A socket that failed other than by a kernel error reply is dropped, not reused."""
+    ipr = getattr(_per_thread, "host", None)
+    if ipr is None:
+        ipr = _per_thread.host = IPRoute()
+    try:
+        yield ipr
+    except (NetlinkError, CniError):
+        raise
+    except BaseException:
+        _per_thread.host = None
+        ipr.close()
+        raise
 
 
 def _setns(fd: int) -> None:
@@ -116,16 +138,21 @@ def open_netns(path: str) -> IPRoute:
         os.close(own)
 
 
-def _index(ipr: IPRoute, ifname: str) -> int | None:
-    """One RTM_GETLINK by name: the kernel answers for that link alone (a dump of every link,
-    as link_lookup does, grows with the pods on the node)."""
+def _get_link(ipr: IPRoute, ifname: str):
+    """One RTM_GETLINK by name (None: no such link): the kernel answers for that link alone
+    (a dump of every link, as link_lookup does, grows with the pods on the node)."""
     try:
         found = ipr.link("get", ifname=ifname)
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return None
         raise
-    return found[0]["index"] if found else None
+    return found[0] if found else None
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    link = _get_link(ipr, ifname)
+    return None if link is None else link["index"]
 
 
 def write_sysctl(setting: str) -> None:
@@ -168,7 +195,7 @@ def choose_host_ifname(primary: str, alternate: str, owner: str, same_pod_name: 
     A pod-derived name is the pod's own (an existing one is a stale sandbox, replaced)."""
     if same_pod_name:
         return primary
-    with IPRoute() as host:
+    with host_netlink() as host:
         for name in (primary, alternate):
             index = _index(host, name)
             if index is None or _alias(host, index) in ("", owner):
@@ -194,7 +221,7 @@ def setup(w: Workload) -> str:
 def _setup(w: Workload) -> str:
     # (The pod's interface name was checked before IPAM; one that appeared since makes the add
     # below fail with EEXIST, reported as the same conflict.)
-    with IPRoute() as host, open_netns(w.netns) as pod:
+    with host_netlink() as host, open_netns(w.netns) as pod:
         stale = _index(host, w.host_ifname)
         if stale is not None:
             holder = _alias(host, stale)
@@ -222,20 +249,20 @@ def _setup(w: Workload) -> str:
             raise
         finally:
             os.close(fd)
-        host_index = _index(host, w.host_ifname)
-        if w.owner:
-            host.link("set", index=host_index, ifalias=w.owner)
+        created = _get_link(host, w.host_ifname)
+        host_index = created["index"]
+        # A veth's IFLA_LINK is its peer's index, in the peer's namespace: no lookup in the pod.
+        pod_index = created.get_attr("IFLA_LINK")
         have = families(w.addresses)
         settings = (HOST_SYSCTLS_V4 if 4 in have else ()) + (HOST_SYSCTLS_V6 if 6 in have else ())
-        for setting in settings:
+        for setting in settings:  # before the link is up: IPv6 must not start DAD on it
             write_sysctl(setting.format(**{"if": w.host_ifname}))
-        host.link("set", index=host_index, state="up")
+        host.link("set", index=host_index, state="up", **({"ifalias": w.owner} if w.owner else {}))
 
         if 6 in have:
             run_in_netns(w.netns, lambda: [write_sysctl(x.format(**{"if": w.ifname})) for x in POD_SYSCTLS_V6])
-        pod_index = _index(pod, w.ifname)
         pod.link("set", index=pod_index, state="up")
-        mac = pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
+        mac = w.mac or pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
         for cidr in w.addresses:
             iface = ipaddress.ip_interface(cidr)
             pod.addr("add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -275,7 +302,7 @@ def _alias(ipr: IPRoute, index: int) -> str:
 def teardown_host(host_ifname: str, owner: str = "") -> bool:
     """Deletes the host end (the kernel drops the peer and the routes with it) — only when it is
     `owner`'s (its alias), so a DEL never takes another container's veth of the same name."""
-    with IPRoute() as host:
+    with host_netlink() as host:
         index = _index(host, host_ifname)
         if index is None:
             return False
@@ -311,7 +338,7 @@ def teardown_pod(netns: str, ifname: str) -> bool:
 
 def check(w: Workload) -> None:
     """Raises CniError naming the first piece of the workload's dataplane that is missing."""
-    with IPRoute() as host, open_netns(w.netns) as pod:
+    with host_netlink() as host, open_netns(w.netns) as pod:
         host_index = _index(host, w.host_ifname)
         if host_index is None:
             raise CniError(DATAPLANE_FAILURE, f"host interface {w.host_ifname} is missing")

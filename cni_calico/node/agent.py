@@ -97,9 +97,9 @@ class Agent:
 
         self.tunnels = Tunnels(self.ds, self.cfg, self.ipv4_cidr)
         if self.cfg.cni_server:
-            from cni_calico.node.cni_server import CniServer
+            from cni_calico.node.cni_process import CniServerProcess
 
-            self.cni_server = CniServer(self.cfg.run_dir)
+            self.cni_server = CniServerProcess(self.cfg.run_dir)
             self.cni_server.start()
         from cni_calico.policy.sync import PolicySync
 
@@ -160,6 +160,8 @@ class Agent:
                 log.exception("sync failed; retrying")
                 self.last_revision = None
                 self.stop_event.wait(1.0)
+            if self.cni_server is not None:
+                self.cni_server.ensure_running()
             if self.bird:
                 try:
                     self.bird.ensure_running()
@@ -171,6 +173,8 @@ class Agent:
         self.stop_event.set()
 
     def shutdown(self) -> None:
+        if self.cni_server is not None:
+            self.cni_server.stop()  # first: requests in flight finish while etcd and the rules are still ours
         # Policy rules stay programmed: a restart must not open a gap (`calico-node --cleanup` removes them).
         # Brought up to date first, so a stopped node still admits every endpoint etcd knows of.
         if self.policy is not None and self.etcd_ok:

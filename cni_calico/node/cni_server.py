@@ -1,34 +1,41 @@
 """The agent side of the fast path: CNI requests on a root-only unix socket, run with warm clients.
 
 Requests run the very handlers the `calico` executable runs (cni_calico.plugin through
-skel.execute): one implementation, two hosts. Each request has its own thread; requests for
-the same container are serialised, others run side by side. A request from another build is
-refused before anything is done, so the plugin does the work itself.
+skel.execute): one implementation, two hosts. Requests are served by a pool of long-lived
+threads (a thread keeps its netlink socket and event loop warm between requests); requests
+for the same container are serialised, others run side by side. A request from another
+build or protocol is refused before anything is done, so the plugin does the work itself.
+The wire format is agent_client's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
-from cni_calico.agent_client import PROTOCOL, socket_path
+from cni_calico.agent_client import PROTOCOL, FieldReader, decode_env, frame, socket_path
 from cni_calico.build_id import build_id
 
 log = logging.getLogger(__name__)
+
+# Enough that a burst of pods is acknowledged well inside the plugin's ACCEPT_TIMEOUT
+# (idle threads are reused, so a quiet node keeps only a few).
+MAX_WORKERS = 128
 
 
 class CniServer:
     def __init__(self, run_dir: str) -> None:
         self.path = socket_path({"CALICO_RUN_DIR": run_dir})
         self.sock: socket.socket | None = None
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}  # container ID -> (lock, [users])
         self._locks_guard = threading.Lock()
         self.served = 0
+        self.workers = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="cni")
         from cni_calico import logsetup, plugin
 
         logsetup.agent_mode()
@@ -58,6 +65,7 @@ class CniServer:
                 pass
             self.sock.close()
             self.sock = None
+        self.workers.shutdown(wait=False)  # requests in flight finish; idle threads go
 
     def _accept(self) -> None:
         while self.sock is not None:
@@ -65,41 +73,58 @@ class CniServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            try:
+                self.workers.submit(self._serve, conn)
+            except RuntimeError:  # stopping: the plugin sees the connection close and works in-process
+                conn.close()
+                return
 
-    def _container_lock(self, container_id: str) -> threading.Lock:
+    @contextmanager
+    def _serialised(self, container_id: str):
+        """One request per container at a time; the entry goes when its last user does (no growth)."""
         with self._locks_guard:
-            return self._locks[container_id]
+            lock, users = self._locks.setdefault(container_id, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._locks_guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[container_id]
 
     def _serve(self, conn: socket.socket) -> None:
         from cni_calico import skel
-        from cni_calico.agent_client import _readline
 
         with conn:
+            reader = FieldReader(conn)
             try:
                 conn.settimeout(5.0)
-                request = json.loads(_readline(conn))
+                protocol, build, env_blob, stdin = [reader.field() for _ in range(4)]
                 conn.settimeout(None)
             except (OSError, ValueError):
-                return
-            if request.get("protocol") != PROTOCOL or request.get("build") != build_id():
+                return  # not our protocol (an older plugin falls back on the closed connection)
+            if protocol != b"%d" % PROTOCOL or build.decode(errors="replace") != build_id():
                 reason = f"agent is build {build_id()} protocol {PROTOCOL}"
-                log.warning("refusing a request from build %s: %s", request.get("build"), reason)
-                conn.sendall(json.dumps({"accepted": False, "reason": reason}).encode() + b"\n")
+                log.warning("refusing a request from build %s: %s", build.decode(errors="replace"), reason)
+                try:
+                    conn.sendall(frame(b"0", reason.encode()))
+                except OSError:
+                    pass
                 return
-            env = {k: str(v) for k, v in (request.get("env") or {}).items()}
-            stdin = str(request.get("stdin", "")).encode("latin-1")
+            env = decode_env(env_blob)
             try:
-                conn.sendall(b'{"accepted": true}\n')
+                conn.sendall(frame(b"1"))
             except OSError:
                 return
             started = time.monotonic()
-            with self._container_lock(env.get("CNI_CONTAINERID", "")):
+            with self._serialised(env.get("CNI_CONTAINERID", "")):
                 status, out = skel.execute(self.handlers, env, stdin)
             self.served += 1
             log.debug("%s %s: %d in %.1f ms", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), status,
                       (time.monotonic() - started) * 1000)
             try:
-                conn.sendall(json.dumps({"status": status, "stdout": out}).encode() + b"\n")
+                conn.sendall(frame(b"%d" % status, out.encode()))
             except OSError:
                 log.warning("the plugin for %s went away before its answer", env.get("CNI_CONTAINERID"))

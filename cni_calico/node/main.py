@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cleanup", action="store_true",
                         help="remove calico-node's policy rules (iptables and ip6tables chains, jump, ipsets) "
                         "from this network namespace and exit")
+    parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
     args = parser.parse_args(argv)
     if args.cleanup:
         from cni_calico.policy.iptables import PolicyError, cleanup
@@ -47,6 +48,10 @@ def main(argv: list[str]) -> int:
     from cni_calico.logsetup import LEVELS, setup_stderr
 
     setup_stderr(cfg.log_level if cfg.log_level in LEVELS else "info")
+    if args.serve_cni:
+        from cni_calico.node.cni_process import serve
+
+        return serve(cfg.run_dir)
     log = logging.getLogger("calico-node")
     from cni_calico.errors import CniError
     from cni_calico.node.agent import Agent

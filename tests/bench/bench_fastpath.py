@@ -148,10 +148,14 @@ def scale(forms: Forms, top: int, step: int) -> dict:
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """calico-node's RSS plus its CNI server child's (BIRD, also a child, is not ours)."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for proc in [str(pid)] + [c for c in children if b"--serve-cni" in Path(f"/proc/{c}/cmdline").read_bytes()]:
+        for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def plugin_rss_kb(forms: Forms, form: str) -> int:
@@ -227,7 +231,8 @@ def main(argv: list[str]) -> int:
     print(f"etcd round trips (median per operation, from the plugin log): ADD {common['ADD']}, DEL {common['DEL']}")
     for form, b in bursts.items():
         print(f"burst {form}: {b['pods']} ADDs at once in {b['wall_s']} s, {b['unique_addresses']} unique addresses")
-    print(f"RSS: agent {grown['agent_rss_kb'] / 1024:.1f} MiB with {grown['pods_at_peak']} pods; one plugin call "
+    print(f"RSS: agent (calico-node + its CNI server) {grown['agent_rss_kb'] / 1024:.1f} MiB with "
+          f"{grown['pods_at_peak']} pods; one plugin call "
           f"{rss['agent/bundle'] / 1024:.1f} MiB via the agent, {rss['standalone/bundle'] / 1024:.1f} MiB standalone")
     plot(grown["series"], OUT / "fastpath.png")
     print(f"plot: {OUT / 'fastpath.png'}")

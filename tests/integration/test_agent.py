@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cni_calico.agent_client import forward
+from cni_calico.agent_client import PROTOCOL, FieldReader, forward, frame
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import allocated
 from tests.lab import Lab, add_pool, wait_for
@@ -72,8 +72,16 @@ def test_falls_back_when_the_agent_is_gone_or_of_another_build(one_node, lab, et
     assert forward({**_env(c), "CNI_COMMAND": "VERSION"}, stdin, "some-other-build") is None
     raw = socket.socket(socket.AF_UNIX)
     raw.connect(str(sock))
+    raw.sendall(frame(b"%d" % PROTOCOL, b"old", b"CNI_COMMAND=ADD", stdin) + b"\n")
+    refused = FieldReader(raw)
+    assert refused.field() == b"0" and b"agent is build" in refused.field()
+    raw.close()
+    # A plugin of the older JSON-lines protocol: the agent closes at once, so it works in-process.
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(str(sock))
+    raw.settimeout(5)
     raw.sendall(json.dumps({"protocol": 1, "build": "old", "env": {}, "stdin": ""}).encode() + b"\n")
-    assert json.loads(raw.recv(4096))["accepted"] is False
+    assert raw.recv(4096) == b""
     raw.close()
     # A dead agent (socket file left behind): the plugin does the work in-process.
     c.calico["node1"].proc.send_signal(signal.SIGKILL)
@@ -113,4 +121,61 @@ def test_parallel_adds_through_the_agent(one_node, lab, etcd):
 
     with ThreadPoolExecutor(30) as ex:
         assert all(r.rc == 0 for r in ex.map(delete, zip(cids, pods, strict=True)))
+    assert allocated(etcd) == []
+
+
+def _cni_servers(pid: int) -> list[int]:
+    """calico-node's children that are its CNI server (BIRD is a child too)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+    found = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"--serve-cni" in f.read():
+                    found.append(child)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cni_server_process_is_restarted_and_dies_with_calico_node(one_node, lab, etcd):
+    c = one_node
+    node = c.calico["node1"]
+    wait_for((node.run_dir / "cni.sock").exists, 20, "the agent's CNI socket")
+    [server] = _cni_servers(node.proc.pid)
+    os.kill(server, signal.SIGKILL)
+    wait_for(lambda: _cni_servers(node.proc.pid) not in ([], [server]), 10, "calico-node to start its CNI server again")
+    assert "starting it again" in node.log()
+    pod = lab.pod()
+    c._made.append(pod)
+    before = _served(c)
+
+    def served_by_agent() -> bool:
+        run = Lab.run_plugin(c.ns["node1"], "CHECK", c.conf("node1"), "none00000000001", Lab.netns_path(pod),
+                             extra_env=_env(c))
+        return run.rc != 0 and "cni_calico.node.cni_server: CHECK " in node.log()
+
+    wait_for(served_by_agent, 10, "the new CNI server to answer")
+    add = Lab.run_plugin(c.ns["node1"], "ADD", c.conf("node1"), "again0000000001", Lab.netns_path(pod),
+                         extra_env=_env(c))
+    assert add.rc == 0, add.stdout + add.stderr
+    assert _served(c) == before + 1
+    [server] = _cni_servers(node.proc.pid)
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait()
+    wait_for(lambda: not _alive(server), 5, "the CNI server to die with calico-node")
+    assert Lab.run_plugin(c.ns["node1"], "DEL", c.conf("node1"), "again0000000001", Lab.netns_path(pod),
+                          extra_env=_env(c)).rc == 0
     assert allocated(etcd) == []
