@@ -1,4 +1,4 @@
-"""The workload's links, addresses, routes and sysctls, through pyroute2; knows nothing of etcd.
+"""The workload's links, addresses, routes and sysctls, through netlink (cni_calico.netlink); knows nothing of etcd.
 
 Runs in the node's network namespace (the one the plugin was started in) and
 reaches into the pod's namespace by path. `setup` leaves nothing behind when
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni_calico.errors import ADDRESS_CONFLICT, DATAPLANE_FAILURE, INVALID_ENV, CniError
+from cni_calico.netlink import Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,14 @@ _per_thread = threading.local()
 
 
 @contextmanager
-def host_netlink() -> Iterator[IPRoute]:
+def host_netlink() -> Iterator[Rtnl]:
     """This thread's netlink socket in the node's namespace, kept for the thread's next call.
 
-    Making one costs more than most requests on it (~0.6 ms); the agent's worker threads live
-    long. A socket that failed other than by a kernel error reply is dropped, not reused."""
+    The agent's worker threads live long, so they skip making a socket per request. A socket
+    that failed other than by a kernel error reply is dropped, not reused."""
     ipr = getattr(_per_thread, "host", None)
     if ipr is None:
-        ipr = _per_thread.host = IPRoute()
+        ipr = _per_thread.host = Rtnl()
     try:
         yield ipr
     except (NetlinkError, CniError):
@@ -110,7 +110,7 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def open_netns(path: str) -> IPRoute:
+def open_netns(path: str) -> Rtnl:
     """A netlink socket inside the namespace at `path` (never creates a namespace).
 
     The socket is made by this thread after joining the namespace, then the thread goes back:
@@ -130,7 +130,7 @@ def open_netns(path: str) -> IPRoute:
         except OSError as exc:
             raise CniError(INVALID_ENV, f"CNI_NETNS {path} is not a network namespace: {exc.strerror}") from None
         try:
-            return IPRoute()
+            return Rtnl()
         finally:
             _setns(own)  # back home before anything else runs on this thread
     finally:
@@ -138,20 +138,10 @@ def open_netns(path: str) -> IPRoute:
         os.close(own)
 
 
-def _get_link(ipr: IPRoute, ifname: str):
-    """One RTM_GETLINK by name (None: no such link): the kernel answers for that link alone
-    (a dump of every link, as link_lookup does, grows with the pods on the node)."""
-    try:
-        found = ipr.link("get", ifname=ifname)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-    return found[0] if found else None
-
-
-def _index(ipr: IPRoute, ifname: str) -> int | None:
-    link = _get_link(ipr, ifname)
+def _index(ipr: Rtnl, ifname: str) -> int | None:
+    """One RTM_GETLINK by name: the kernel answers for that link alone (a dump of every link
+    grows with the pods on the node)."""
+    link = ipr.get_link(ifname)
     return None if link is None else link["index"]
 
 
@@ -232,24 +222,18 @@ def _setup(w: Workload) -> str:
                                f"container IDs {w.owner} and {holder} share their first 11 characters")
             # A previous sandbox of the same pod (or this container's leftover): Calico replaces it.
             log.info("removing stale host interface %s (of %s)", w.host_ifname, holder or "unknown")
-            host.link("del", index=stale)
+            host.del_link(stale)
         fd = os.open(w.netns, os.O_RDONLY)
         try:
-            host.link(
-                "add",
-                ifname=w.host_ifname,
-                kind="veth",
-                address=HOST_MAC,
-                mtu=w.mtu,
-                peer={"ifname": w.ifname, "net_ns_fd": fd, "mtu": w.mtu, **({"address": w.mac} if w.mac else {})},
-            )
+            peer = {"ifname": w.ifname, "net_ns_fd": fd, "mtu": w.mtu, **({"address": w.mac} if w.mac else {})}
+            host.add_veth(w.host_ifname, HOST_MAC, w.mtu, peer=peer)
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 raise CniError(ADDRESS_CONFLICT, f"interface {w.ifname} already exists in {w.netns}") from None
             raise
         finally:
             os.close(fd)
-        created = _get_link(host, w.host_ifname)
+        created = host.get_link(w.host_ifname)
         host_index = created["index"]
         # A veth's IFLA_LINK is its peer's index, in the peer's namespace: no lookup in the pod.
         pod_index = created.get_attr("IFLA_LINK")
@@ -257,46 +241,45 @@ def _setup(w: Workload) -> str:
         settings = (HOST_SYSCTLS_V4 if 4 in have else ()) + (HOST_SYSCTLS_V6 if 6 in have else ())
         for setting in settings:  # before the link is up: IPv6 must not start DAD on it
             write_sysctl(setting.format(**{"if": w.host_ifname}))
-        host.link("set", index=host_index, state="up", **({"ifalias": w.owner} if w.owner else {}))
+        host.set_link(host_index, up=True, alias=w.owner or None)
 
         if 6 in have:
             run_in_netns(w.netns, lambda: [write_sysctl(x.format(**{"if": w.ifname})) for x in POD_SYSCTLS_V6])
-        pod.link("set", index=pod_index, state="up")
-        mac = w.mac or pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
+        pod.set_link(pod_index, up=True)
+        mac = w.mac or pod.get_link(index=pod_index).get_attr("IFLA_ADDRESS")
         for cidr in w.addresses:
-            iface = ipaddress.ip_interface(cidr)
-            pod.addr("add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            pod.add_address(pod_index, cidr)
         if 4 in have:
-            pod.route("add", dst=f"{GATEWAY_V4}/32", oif=pod_index, scope=SCOPE_LINK)
-            pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index)
+            pod.add_route(f"{GATEWAY_V4}/32", pod_index, scope=SCOPE_LINK)
+            pod.add_route("0.0.0.0/0", pod_index, gateway=GATEWAY_V4)
         if 6 in have:
             _wait_link_local(host, host_index, w.host_ifname)
-            pod.route("add", dst="::/0", gateway=GATEWAY_V6, oif=pod_index)
+            pod.add_route("::/0", pod_index, gateway=GATEWAY_V6)
         for cidr in w.addresses:
             iface = ipaddress.ip_interface(cidr)
             host_prefix = 32 if iface.version == 4 else 128
-            host.route("replace", dst=f"{iface.ip}/{host_prefix}", oif=host_index, scope=SCOPE_LINK)
+            host.add_route(f"{iface.ip}/{host_prefix}", host_index, scope=SCOPE_LINK, replace=True)
     if w.allow_ip_forwarding:
         run_in_netns(w.netns, lambda: write_sysctl("net/ipv4/ip_forward=1"))
     return mac
 
 
-def _wait_link_local(host: IPRoute, index: int, name: str) -> None:
+def _wait_link_local(host: Rtnl, index: int, name: str) -> None:
     """The pods' IPv6 gateway is the host veth's link-local address: wait until the kernel has it."""
     import time
 
     deadline = time.monotonic() + LINK_READY_TIMEOUT
     while time.monotonic() < deadline:
-        if any(a.get_attr("IFA_ADDRESS") == GATEWAY_V6 for a in host.get_addr(index=index, family=10)):
+        if any(a.get_attr("IFA_ADDRESS") == GATEWAY_V6 for a in host.addresses(index, family=10)):
             return
         time.sleep(0.01)
     raise CniError(DATAPLANE_FAILURE, f"{name} has no link-local address {GATEWAY_V6} after {LINK_READY_TIMEOUT} s "
                    "(is IPv6 disabled on the node?)")
 
 
-def _alias(ipr: IPRoute, index: int) -> str:
-    links = ipr.get_links(index)
-    return (links[0].get_attr("IFLA_IFALIAS") or "") if links else ""
+def _alias(ipr: Rtnl, index: int) -> str:
+    link = ipr.get_link(index=index)
+    return (link.get_attr("IFLA_IFALIAS") or "") if link is not None else ""
 
 
 def teardown_host(host_ifname: str, owner: str = "") -> bool:
@@ -312,10 +295,10 @@ def teardown_host(host_ifname: str, owner: str = "") -> bool:
         return _delete_link(host, index, host_ifname)
 
 
-def _delete_link(ipr: IPRoute, index: int, what: str) -> bool:
+def _delete_link(ipr: Rtnl, index: int, what: str) -> bool:
     """False when it was already gone (a concurrent DEL, or its namespace went)."""
     try:
-        ipr.link("del", index=index)
+        ipr.del_link(index)
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise CniError(DATAPLANE_FAILURE, f"deleting {what} failed: {exc}") from None
@@ -346,14 +329,14 @@ def check(w: Workload) -> None:
         if pod_index is None:
             raise CniError(DATAPLANE_FAILURE, f"interface {w.ifname} is missing in {w.netns}")
         have = {
-            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(index=pod_index)
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.addresses(pod_index)
         }
         for cidr in w.addresses:
             if str(ipaddress.ip_interface(cidr)) not in have:
                 raise CniError(DATAPLANE_FAILURE, f"address {cidr} is missing on {w.ifname} in {w.netns}")
         host_routes = {
             (r.get_attr("RTA_DST"), r["dst_len"])
-            for r in host.get_routes(oif=host_index)
+            for r in host.routes(0, host_index)
             if r.get_attr("RTA_DST")
         }
         for cidr in w.addresses:
@@ -363,7 +346,7 @@ def check(w: Workload) -> None:
         for family, netlink_family, gateway in ((4, 2, GATEWAY_V4), (6, 10, GATEWAY_V6)):
             if family not in families(w.addresses):
                 continue
-            defaults = [r for r in pod.get_routes(family=netlink_family, oif=pod_index)
+            defaults = [r for r in pod.routes(netlink_family, pod_index)
                         if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == gateway]
             if not defaults:
                 raise CniError(DATAPLANE_FAILURE, f"default route via {gateway} is missing in {w.netns}")

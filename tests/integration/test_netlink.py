@@ -1,0 +1,103 @@
+"""cni_calico.netlink against the kernel, with `ip` as the independent witness of what it did.
+
+Two scratch namespaces of our own: "host" gets the veth, "pod" its peer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni_calico.dataplane import open_netns
+from cni_calico.netlink import Rtnl
+from tests.lab import Lab
+
+
+@pytest.fixture
+def pair(lab, make_pod):
+    host, pod = make_pod(), make_pod()
+    with open_netns(Lab.netns_path(host)) as h, open_netns(Lab.netns_path(pod)) as p:
+        yield lab, host, pod, h, p
+
+
+def _ip(lab, ns: str, *args: str) -> str:
+    return lab.in_ns(ns, "ip", *args, check=True).stdout
+
+
+def test_links_by_name_and_index(pair):
+    lab, host, _, h, _ = pair
+    lo = h.get_link("lo")
+    assert lo is not None and lo["index"] == 1 and lo.get_attr("IFLA_IFNAME") == "lo"
+    assert h.get_link(index=1).get_attr("IFLA_IFNAME") == "lo"
+    assert h.get_link("nosuchlink0") is None
+    assert h.get_link(index=99999) is None
+
+
+def test_veth_with_its_peer_in_another_namespace(pair):
+    lab, host, pod, h, p = pair
+    fd = os.open(Lab.netns_path(pod), os.O_RDONLY)
+    try:
+        h.add_veth("ccnl0", "ee:ee:ee:ee:ee:ee", 1400,
+                   peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1400, "address": "02:00:00:00:00:07"})
+        with pytest.raises(NetlinkError) as exists:
+            h.add_veth("ccnl0", "ee:ee:ee:ee:ee:ee", 1400, peer={"ifname": "eth9", "net_ns_fd": fd})
+        assert exists.value.code == errno.EEXIST
+    finally:
+        os.close(fd)
+    link = h.get_link("ccnl0")
+    peer_index = link.get_attr("IFLA_LINK")
+    assert f"{peer_index}: eth0@" in _ip(lab, pod, "-o", "link", "show", "eth0")
+    assert "link/ether 02:00:00:00:00:07" in _ip(lab, pod, "link", "show", "eth0")
+    assert "mtu 1400" in _ip(lab, host, "link", "show", "ccnl0")
+    h.set_link(link["index"], up=True, alias="container-1")
+    shown = _ip(lab, host, "link", "show", "ccnl0")
+    assert "alias container-1" in shown and re.search(r"[<,]UP[,>]", shown)
+    assert h.get_link(index=link["index"]).get_attr("IFLA_IFALIAS") == "container-1"
+    p.set_link(peer_index, up=True)
+    assert re.search(r"[<,]UP[,>]", _ip(lab, pod, "link", "show", "eth0"))
+    h.del_link(link["index"])
+    assert h.get_link("ccnl0") is None and p.get_link("eth0") is None  # the peer goes with it
+    with pytest.raises(NetlinkError) as gone:
+        h.del_link(link["index"])
+    assert gone.value.code == errno.ENODEV
+
+
+def test_addresses_and_routes(pair):
+    lab, host, _, h, _ = pair
+    lab.in_ns(host, "ip", "link", "add", "ccnl1", "type", "veth", "peer", "name", "ccnl1p", check=True)
+    lab.in_ns(host, "ip", "link", "set", "ccnl1p", "up", check=True)
+    lab.in_ns(host, "ip", "link", "set", "ccnl1", "up", check=True)
+    index = h.get_link("ccnl1")["index"]
+    h.add_address(index, "10.200.0.5/32")
+    h.add_address(index, "fd00:200::5/128")
+    assert "inet 10.200.0.5/32" in _ip(lab, host, "-4", "addr", "show", "ccnl1")
+    assert {a.get_attr("IFA_ADDRESS") for a in h.addresses(index)} >= {"10.200.0.5", "fd00:200::5"}
+    assert [a.get_attr("IFA_ADDRESS") for a in h.addresses(index, socket.AF_INET)] == ["10.200.0.5"]
+    h.add_route("169.254.1.1/32", index, scope=253)
+    h.add_route("0.0.0.0/0", index, gateway="169.254.1.1")
+    h.add_route("10.200.0.9/32", index, scope=253)
+    with pytest.raises(NetlinkError) as exists:
+        h.add_route("10.200.0.9/32", index, scope=253)
+    assert exists.value.code == errno.EEXIST
+    h.add_route("10.200.0.9/32", index, scope=253, replace=True)
+    routes = _ip(lab, host, "-4", "route")
+    assert "default via 169.254.1.1 dev ccnl1" in routes
+    assert "10.200.0.9 dev ccnl1 scope link" in routes
+    assert "169.254.1.1 dev ccnl1 scope link" in routes
+    dsts = {(r.get_attr("RTA_DST"), r["dst_len"]) for r in h.routes(socket.AF_INET, index)}
+    assert {("10.200.0.9", 32), ("169.254.1.1", 32), (None, 0)} <= dsts
+    assert h.routes(socket.AF_INET, index + 1000) == []
+
+
+def test_a_socket_made_in_a_namespace_stays_there(pair):
+    lab, host, pod, h, p = pair
+    lab.in_ns(pod, "ip", "link", "add", "ccnl2", "type", "veth", "peer", "name", "ccnl2p", check=True)
+    assert p.get_link("ccnl2") is not None
+    assert h.get_link("ccnl2") is None
+    with Rtnl() as mine:  # this process's own namespace
+        assert mine.get_link("lo")["index"] == 1
