@@ -177,23 +177,19 @@ class Rtnl:
         self._request(msg, RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL))
 
     def addresses(self, index: int, family: int = 0) -> list[ifaddrmsg]:
-        msg = ifaddrmsg()
-        msg["family"] = family
-        found = []
-        for raw in self._request(msg, RTM_GETADDR, dump=True):
-            addr = ifaddrmsg(raw)
-            addr.decode()
-            if addr["index"] == index:
-                found.append(addr)
-        return found
+        return self._dump(ifaddrmsg, RTM_GETADDR, family, lambda a: a["index"] == index)
 
     def routes(self, family: int, oif: int) -> list[rtmsg]:
-        msg = rtmsg()
+        return self._dump(rtmsg, RTM_GETROUTE, family, lambda r: r.get_attr("RTA_OIF") == oif)
+
+    def _dump(self, cls, kind: int, family: int, keep) -> list:
+        """Every object of `kind` in `family` (0: all) for which keep(decoded message) holds."""
+        msg = cls()
         msg["family"] = family
         found = []
-        for raw in self._request(msg, RTM_GETROUTE, dump=True):
-            route = rtmsg(raw)
-            route.decode()
-            if route.get_attr("RTA_OIF") == oif:
-                found.append(route)
+        for raw in self._request(msg, kind, dump=True):
+            item = cls(raw)
+            item.decode()
+            if keep(item):
+                found.append(item)
         return found
