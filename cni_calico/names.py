@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 VETH_PREFIX = "cali"
+# A node's name is a lowercase DNS name (as Kubernetes' and Calico's): it becomes etcd key
+# segments and file names, so nothing like "/" or ".." may get through.
+NODENAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+def is_valid_nodename(name: str) -> bool:
+    return NODENAME.fullmatch(name) is not None and ".." not in name
 
 
 def host_veth_name(container_id: str, k8s_namespace: str = "", pod: str = "") -> str:

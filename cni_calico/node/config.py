@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from cni_calico.names import is_valid_nodename
 from cni_calico.netconf import EtcdConf
 
 MODES = ("always", "cross-subnet", "never")
@@ -98,8 +99,8 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
     env = dict(os.environ if env is None else env)
     import socket
 
-    nodename = env.get("NODENAME") or env.get("HOSTNAME") or socket.gethostname()
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", nodename):
+    nodename = env.get("NODENAME") or (env.get("HOSTNAME") or socket.gethostname()).lower()  # Calico lowercases
+    if not is_valid_nodename(nodename):
         raise NodeConfigError(f"NODENAME={nodename!r} is not a lowercase DNS name")
     ip = env.get("IP", "").strip() or "autodetect"
     if ip not in ("autodetect", "none"):

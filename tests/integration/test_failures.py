@@ -80,6 +80,22 @@ def test_unknown_ipam_type(lab, node, make_pod, pool, conf, etcd):
     assert_nothing_left(lab, node, etcd)
 
 
+@pytest.mark.parametrize("name", ["../../etc", "node/1", "Node1", "a..b", "-node"])
+def test_node_name_that_is_not_a_dns_name(name, lab, node, make_pod, pool, conf, etcd, tmp_path):
+    # From the config and from the file calico-node writes: both end up in etcd keys and file names.
+    run = Lab.run_plugin(node, "ADD", conf(nodename=name), CID, Lab.netns_path(make_pod()))
+    _assert_cni_error(run, 7, "not a lowercase DNS name")
+    assert repr(name) in run.out["msg"]
+    name_file = tmp_path / "nodename"
+    name_file.write_text(name + "\n")
+    netconf = conf(nodename_file=str(name_file))
+    del netconf["nodename"]
+    run = Lab.run_plugin(node, "ADD", netconf, CID, Lab.netns_path(make_pod()))
+    _assert_cni_error(run, 7, "not a lowercase DNS name")
+    assert str(name_file) in run.out["msg"]
+    assert_nothing_left(lab, node, etcd)
+
+
 def test_etcd_unreachable(lab, node, make_pod, conf, etcd):
     netconf = conf()
     netconf["etcd_endpoints"] = f"http://127.0.0.1:{free_port()}"
