@@ -9,13 +9,15 @@ import errno
 import os
 import re
 import socket
+import subprocess
+import sys
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni_calico.dataplane import open_netns
 from cni_calico.netlink import Rtnl
-from tests.lab import Lab
+from tests.lab import REPO, Lab
 
 
 @pytest.fixture
@@ -101,3 +103,22 @@ def test_a_socket_made_in_a_namespace_stays_there(pair):
     assert h.get_link("ccnl2") is None
     with Rtnl() as mine:  # this process's own namespace
         assert mine.get_link("lo")["index"] == 1
+
+
+def _modules_after(script: str) -> list[str]:
+    probe = (
+        "import sys\n" + script +
+        "import cni_calico.plugin, cni_calico.dataplane\n"
+        "from cni_calico.netlink import Rtnl\n"
+        "assert Rtnl().get_link('lo')['index'] == 1\n"
+        "print(' '.join(m for m in ('pyroute2.ndb.main', 'pyroute2.iproute.linux') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=str(REPO), check=True)
+    return run.stdout.split()
+
+
+def test_the_in_process_plugin_skips_pyroute2s_package_init():
+    # The plugin's in-process path imports pyroute2's message classes only (~120 ms less per call).
+    assert _modules_after("from cni_calico.entry import _bare_package\n_bare_package('pyroute2')\n") == []
+    # Without it, the package's __init__ brings in all of pyroute2: the check above can fail.
+    assert _modules_after("") == ["pyroute2.ndb.main", "pyroute2.iproute.linux"]
