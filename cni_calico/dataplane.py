@@ -152,25 +152,39 @@ def write_sysctl(setting: str) -> None:
         f.write(value)
 
 
+class Background:
+    """fn() on a thread of its own, started at once; join() waits and raises what fn raised."""
+
+    def __init__(self, fn) -> None:
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=target)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def run_in_netns(path: str, fn) -> None:
     """Runs fn in a thread that has joined the namespace at path (setns is per thread)."""
-    errors: list[BaseException] = []
 
-    def target() -> None:
+    def joined() -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
             _setns(fd)
             fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            errors.append(exc)
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
+    Background(joined).join()
 
 
 def check_pod_ifname_free(netns: str, ifname: str) -> None:

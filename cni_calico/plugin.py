@@ -196,24 +196,34 @@ def cmd_del(req: skel.Request) -> None:
     read = ds.multi_get([eid.key, handle_key])  # the endpoint and the handle in one round trip
     current = read[eid.key][0] if read[eid.key] else None
     owner = current.value.get("spec", {}).get("containerID") if current else None
-    # The pod's own end goes with its namespace; the host end only when no newer
-    # sandbox of the same pod (same veth name) owns the endpoint now.
-    dataplane.teardown_pod(req.netns, req.ifname)
-    if owner in (None, req.container_id):
-        dataplane.teardown_host(ctx.host_ifname, req.container_id) or (
-            not ctx.pod and dataplane.teardown_host(alternate_veth_name(req.container_id), req.container_id))
-    else:
-        log.info("DEL for %s: endpoint now belongs to %s, leaving its veth alone", req.container_id, owner)
-    known = None
-    if read[handle_key]:
-        from ipam.store import Handle
 
-        kv = read[handle_key][0]
-        known = Handle(kv.key[len(keys.handle_dir()):], dict(kv.value.get("block") or {}), kv.mod_revision)
-    mine = {eid.key: current.mod_revision} if current is not None and owner == req.container_id else {}
-    gone = _release(ctx, ds, known, mine) if (known or ctx.conf.ipam.type != CALICO_IPAM) else False
-    if mine and not gone:
-        endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))
+    def teardown() -> None:
+        # The pod's own end goes with its namespace; the host end only when no newer
+        # sandbox of the same pod (same veth name) owns the endpoint now.
+        dataplane.teardown_pod(req.netns, req.ifname)
+        if owner in (None, req.container_id):
+            dataplane.teardown_host(ctx.host_ifname, req.container_id) or (
+                not ctx.pod and dataplane.teardown_host(alternate_veth_name(req.container_id), req.container_id))
+        else:
+            log.info("DEL for %s: endpoint now belongs to %s, leaving its veth alone", req.container_id, owner)
+
+    # The kernel takes ~20 ms to unregister a veth (RCU grace periods); etcd's release runs meanwhile.
+    # A released address joins the back of its block's free queue, and a pod that still got it would
+    # `replace` its /32 route onto its own veth, which the old veth's removal does not touch.
+    links = dataplane.Background(teardown)
+    try:
+        known = None
+        if read[handle_key]:
+            from ipam.store import Handle
+
+            kv = read[handle_key][0]
+            known = Handle(kv.key[len(keys.handle_dir()):], dict(kv.value.get("block") or {}), kv.mod_revision)
+        mine = {eid.key: current.mod_revision} if current is not None and owner == req.container_id else {}
+        gone = _release(ctx, ds, known, mine) if (known or ctx.conf.ipam.type != CALICO_IPAM) else False
+        if mine and not gone:
+            endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))
+    finally:
+        links.join()
     freed = ",".join((current.value.get("spec") or {}).get("ipNetworks") or []) if mine else ""
     log.info("DEL container=%s pod=%s/%s address=%s etcd_round_trips=%d took %.0f ms", req.container_id,
              ctx.namespace, ctx.pod or "-", freed or "-", ds.calls(), (time.monotonic() - started) * 1000)
