@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tests.lab import Etcd, Lab, add_pool, netconf
+from tests.lab import Certs, Etcd, Lab, add_pool, netconf
 
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root (CI runs as root)")
 
@@ -43,12 +43,31 @@ def etcd(etcd_server) -> Etcd:
     etcd_server.wipe()
 
 
-@pytest.fixture
-def node(lab, etcd):
-    """A fresh node namespace with etcd bridged in; removed after the test."""
+def _fresh_node(lab: Lab, etcd: Etcd):
     ns = lab.node(etcd)
     yield ns
     _remove(lab, ns)
+
+
+@pytest.fixture
+def node(lab, etcd):
+    """A fresh node namespace with etcd bridged in; removed after the test."""
+    yield from _fresh_node(lab, etcd)
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(lab, tmp_path_factory):
+    """An etcd of the module's own that takes mutual TLS only (certificates made by the test), with a pool."""
+    etcd = lab.etcd(tls=Certs(tmp_path_factory.mktemp("certs")))
+    add_pool(etcd, "tls-pool", "10.70.0.0/24")
+    yield etcd
+    etcd.stop()
+
+
+@pytest.fixture
+def tls_node(lab, tls_etcd):
+    """A fresh node namespace with the TLS etcd bridged in."""
+    yield from _fresh_node(lab, tls_etcd)
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ import time
 import pytest
 
 from cni_calico import logsetup
-from tests.conftest import _remove
 from tests.integration.helpers import assert_nothing_left
-from tests.lab import REPO, Certs, Lab, add_pool, netconf
+from tests.lab import REPO, Lab, netconf
 
 CID = "log0000000000001"
 ARGS = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1"
@@ -124,21 +123,6 @@ def test_bad_rotation_settings_are_code_7(key, value, node, conf, make_pod):
 
 
 # --- nothing secret; stdout stays one JSON document --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_etcd(lab, tmp_path_factory):
-    etcd = lab.etcd(tls=Certs(tmp_path_factory.mktemp("log-certs")))
-    add_pool(etcd, "tls-pool", "10.71.0.0/24")
-    yield etcd
-    etcd.stop()
-
-
-@pytest.fixture
-def tls_node(lab, tls_etcd):
-    ns = lab.node(tls_etcd)
-    yield ns
-    _remove(lab, ns)
 
 
 def test_log_never_holds_the_etcd_key(lab, tls_etcd, tls_node, make_pod, tmp_path):

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from tests.conftest import _remove
 from tests.integration.helpers import assert_nothing_left
-from tests.lab import Certs, Lab, add_pool, netconf
+from tests.lab import Certs, Lab, netconf
 
 CID = "tls0000000000001"
-
-
-@pytest.fixture(scope="module")
-def tls_etcd(lab, tmp_path_factory):
-    certs = Certs(tmp_path_factory.mktemp("certs"))
-    etcd = lab.etcd(tls=certs)
-    add_pool(etcd, "tls-pool", "10.70.0.0/24")
-    yield etcd
-    etcd.stop()
-
-
-@pytest.fixture
-def tls_node(lab, tls_etcd):
-    ns = lab.node(tls_etcd)
-    yield ns
-    _remove(lab, ns)
 
 
 def _conf(etcd, **tls):
