@@ -579,18 +579,21 @@ class Lab:
             time.sleep(0.2)
 
 
-def pool(name: str, cidr: str, block_size: int = 26, disabled: bool = False) -> dict:
+def pool(name: str, cidr: str, block_size: int = 26, disabled: bool = False, ipip: str = "Never",
+         vxlan: str = "Never") -> dict:
     return {
         "kind": "IPPool",
         "apiVersion": "projectcalico.org/v3",
         "metadata": {"name": name},
-        "spec": {"cidr": cidr, "blockSize": block_size, "ipipMode": "Never", "vxlanMode": "Never",
+        "spec": {"cidr": cidr, "blockSize": block_size, "ipipMode": ipip, "vxlanMode": vxlan,
                  "natOutgoing": False, "disabled": disabled, "nodeSelector": "all()"},
     }
 
 
-def add_pool(etcd: Etcd, name: str, cidr: str, block_size: int = 26, disabled: bool = False) -> None:
-    etcd.put_json(f"/calico/resources/v3/projectcalico.org/ippools/{name}", pool(name, cidr, block_size, disabled))
+def add_pool(etcd: Etcd, name: str, cidr: str, block_size: int = 26, disabled: bool = False, **modes: str) -> None:
+    """`modes`: ipip= / vxlan= Always|CrossSubnet (default Never)."""
+    etcd.put_json(f"/calico/resources/v3/projectcalico.org/ippools/{name}",
+                  pool(name, cidr, block_size, disabled, **modes))
 
 
 def netconf(etcd: Etcd, name: str = "net1", version: str = "1.0.0", node: str = "node1", **extra) -> dict:

@@ -43,15 +43,10 @@ def iperf(lab: Lab, server_ns: str, client_ns: str, address: str, seconds: int) 
 def throughput(lab: Lab, seconds: int) -> dict:
     etcd = lab.etcd()
     add_pool(etcd, "bgp", "10.90.0.0/16", 26)
-    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/vx", {
-        "kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "vx"},
-        "spec": {"cidr": "10.91.0.0/16", "blockSize": 26, "vxlanMode": "Always", "ipipMode": "Never",
-                 "nodeSelector": "all()"}})
+    add_pool(etcd, "vx", "10.91.0.0/16", 26, vxlan="Always")
     cluster = Cluster(lab, etcd)
     try:
-        for i in (1, 2):
-            cluster.add_node(i)
-        cluster.wait_established()
+        cluster.mesh(2)
         bgp = {"ipam": {"type": "calico-ipam", "ipv4_pools": ["bgp"]}}
         vx = {"ipam": {"type": "calico-ipam", "ipv4_pools": ["vx"]}}
         a, _ = cluster.add_pod("node1", **bgp)
@@ -79,9 +74,7 @@ def convergence(lab: Lab, rounds: int) -> dict:
     cluster = Cluster(lab, etcd)
     origin, remote, adds = [], [], []
     try:
-        for i in (1, 2):
-            cluster.add_node(i)
-        cluster.wait_established()
+        cluster.mesh(2)
         for r in range(rounds):
             add_pool(etcd, f"conv{r}", f"10.{100 + r}.0.0/24", 26)  # each round: a pool, so a new block
             started = time.monotonic()

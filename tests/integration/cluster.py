@@ -32,6 +32,12 @@ class Cluster:
             self.start(name, **env)
         return name
 
+    def mesh(self, count: int) -> None:
+        """node1 … node<count>, each with calico-node and BIRD, every BGP session Established."""
+        for i in range(1, count + 1):
+            self.add_node(i)
+        self.wait_established()
+
     def start(self, name: str, **env: str) -> CalicoNode:
         env.setdefault("IP", f"{self.ip(name)}/24")
         self.calico[name] = self.lab.calico_node(self.ns[name], self.etcd, name, **env)

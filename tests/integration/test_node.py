@@ -22,9 +22,7 @@ def cluster(lab, etcd):
 
 def test_mesh_three_nodes_every_pod_reaches_every_pod(cluster, etcd):
     add_pool(etcd, "pool", "10.80.0.0/16", 26)
-    for i in (1, 2, 3):
-        cluster.add_node(i)
-    cluster.wait_established()
+    cluster.mesh(3)
     for name in ("node1", "node2", "node3"):
         states = cluster.bgp_states(name)
         others = {f"Mesh_{cluster.ip(n).replace('.', '_')}" for n in cluster.ns if n != name}
@@ -54,9 +52,7 @@ def test_mesh_three_nodes_every_pod_reaches_every_pod(cluster, etcd):
 
 def test_new_pod_in_an_exported_block_needs_no_bgp_change(cluster, etcd):
     add_pool(etcd, "pool", "10.81.0.0/16", 26)
-    for i in (1, 2):
-        cluster.add_node(i)
-    cluster.wait_established()
+    cluster.mesh(2)
     cluster.add_pod("node1")
     pod2, _ = cluster.add_pod("node2")
     cluster.wait_route("node2", r"^10\.81\.0\.0/26 via 192\.168\.200\.1")
@@ -72,9 +68,7 @@ def test_new_pod_in_an_exported_block_needs_no_bgp_change(cluster, etcd):
 
 def test_fourth_node_joins_and_one_leaves(cluster, etcd, lab):
     add_pool(etcd, "pool", "10.82.0.0/16", 26)
-    for i in (1, 2, 3):
-        cluster.add_node(i)
-    cluster.wait_established()
+    cluster.mesh(3)
     for name in ("node1", "node2", "node3"):
         cluster.add_pod(name)
     cluster.add_node(4)
@@ -123,9 +117,7 @@ def test_route_reflector_topology(cluster, etcd):
 
 def test_bird_killed_is_restarted_and_routes_come_back(cluster, etcd):
     add_pool(etcd, "pool", "10.84.0.0/16", 26)
-    for i in (1, 2):
-        cluster.add_node(i)
-    cluster.wait_established()
+    cluster.mesh(2)
     pod1, _ = cluster.add_pod("node1")
     _, a2 = cluster.add_pod("node2")
     cluster.wait_route("node1", r"^10\.84\.0\.64/26 via")
@@ -156,9 +148,7 @@ def test_routing_survives_an_etcd_outage_and_resyncs(lab, tmp_path):
     add_pool(etcd, "pool", "10.85.0.0/16", 26)
     cluster = Cluster(lab, etcd)
     try:
-        for i in (1, 2):
-            cluster.add_node(i)
-        cluster.wait_established()
+        cluster.mesh(2)
         pod1, _ = cluster.add_pod("node1")
         _, a2 = cluster.add_pod("node2")
         cluster.wait_route("node1", r"^10\.85\.0\.64/26 via")
@@ -183,9 +173,7 @@ def test_routing_survives_an_etcd_outage_and_resyncs(lab, tmp_path):
 
 def test_graceful_stop_keeps_routes_and_traffic(cluster, etcd):
     add_pool(etcd, "pool", "10.86.0.0/16", 26)
-    for i in (1, 2):
-        cluster.add_node(i)
-    cluster.wait_established()
+    cluster.mesh(2)
     pod1, a1 = cluster.add_pod("node1")
     pod2, a2 = cluster.add_pod("node2")
     cluster.wait_route("node1", r"^10\.86\.0\.64/26 via")
@@ -203,15 +191,8 @@ def test_graceful_stop_keeps_routes_and_traffic(cluster, etcd):
 
 
 def test_vxlan_pool_goes_through_the_tunnel(cluster, etcd):
-    pool = {
-        "kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "vx"},
-        "spec": {"cidr": "10.87.0.0/16", "blockSize": 26, "vxlanMode": "Always", "ipipMode": "Never",
-                 "natOutgoing": False, "nodeSelector": "all()"},
-    }
-    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/vx", pool)
-    for i in (1, 2):
-        cluster.add_node(i)
-    cluster.wait_established()
+    add_pool(etcd, "vx", "10.87.0.0/16", 26, vxlan="Always")
+    cluster.mesh(2)
     from tests.lab import wait_for
 
     def tunnel(name: str) -> dict:
@@ -256,15 +237,8 @@ def test_ipip_pool_goes_through_tunl0(cluster, etcd, lab):
     if not _kernel_has_ipip(lab):
         pytest.skip("this kernel has no ipip driver (`ip link add … type ipip` fails): IPIP routing cannot run "
                     "here; its route plan is covered by tests/unit/test_node_plan.py")
-    pool = {
-        "kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "ipip"},
-        "spec": {"cidr": "10.88.0.0/16", "blockSize": 26, "ipipMode": "Always", "vxlanMode": "Never",
-                 "natOutgoing": False, "nodeSelector": "all()"},
-    }
-    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/ipip", pool)
-    for i in (1, 2):
-        cluster.add_node(i)
-    cluster.wait_established()
+    add_pool(etcd, "ipip", "10.88.0.0/16", 26, ipip="Always")
+    cluster.mesh(2)
     pod1, a1 = cluster.add_pod("node1")
     pod2, a2 = cluster.add_pod("node2")
     block2 = str(ipaddress.ip_network(f"{a2}/26", strict=False))

@@ -41,9 +41,7 @@ def test_rebooted_node_ends_with_no_stale_allocation_and_no_duplicate_route(lab,
     add_pool(etcd, "pool", "10.76.0.0/16", 26)
     cluster = Cluster(lab, etcd)
     try:
-        for i in (1, 2):
-            cluster.add_node(i)
-        cluster.wait_established()
+        cluster.mesh(2)
         for _ in range(3):
             cluster.add_pod("node1")
         for _ in range(2):
