@@ -74,6 +74,9 @@ def main() -> int:
         for i, ns in enumerate(nodes):
             print(f"node{i + 1}: namespace {ns}, address 192.168.200.{i + 1}, calico-node pid {calico[i].proc.pid}")
 
+        def run_dir(node_index: int) -> dict[str, str]:
+            return {"CALICO_RUN_DIR": str(calico[node_index].run_dir)}
+
         def established() -> bool:
             return all("Established" in c.birdc("show", "protocols") for c in calico)
 
@@ -94,8 +97,10 @@ def main() -> int:
                 args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=demo-pod-{len(pods)}"
                 node_conf = {**conf, "nodename": f"node{node_index + 1}"}
                 say(f"CNI ADD pod {len(pods)} on node{node_index + 1}: ip netns exec {nodes[node_index]} calico")
+                # As on a real node, the plugin finds calico-node's CNI socket in the node's CALICO_RUN_DIR
+                # (/var/run/calico by default; each simulated node has its own here): the fast path.
                 run = lab.run_plugin(nodes[node_index], "ADD", node_conf, cid, lab.netns_path(pod), args=args,
-                                     bin_dir=bin_dir)
+                                     bin_dir=bin_dir, extra_env=run_dir(node_index))
                 print(f"exit {run.rc} in {run.seconds * 1000:.0f} ms\n{json.dumps(run.out)}")
                 if run.rc != 0:
                     print(run.stderr[-2000:])
@@ -127,7 +132,7 @@ def main() -> int:
         for node_index, pod, cid, _, args in pods:
             node_conf = {**conf, "nodename": f"node{node_index + 1}"}
             run = lab.run_plugin(nodes[node_index], "DEL", node_conf, cid, lab.netns_path(pod), args=args,
-                                 bin_dir=bin_dir)
+                                 bin_dir=bin_dir, extra_env=run_dir(node_index))
             print(f"DEL {cid[:8]}…: exit {run.rc} in {run.seconds * 1000:.0f} ms")
             ok &= run.rc == 0
         left = etcd.keys("/calico/ipam/v2/handle/")

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # Enough that a burst of pods is acknowledged well inside the plugin's ACCEPT_TIMEOUT
 # (idle threads are reused, so a quiet node keeps only a few).
 MAX_WORKERS = 128
+# What ADD/DEL/CHECK import on first use (~200 ms: pyroute2, grpc): loaded before the socket
+# exists, so the first pod is as fast as the next (until then, plugins work in-process).
+WARM = ("cni_calico.dataplane", "cni_calico.endpoints", "cni_calico.datastore", "cni_calico.nodename",
+        "cni_calico.names", "cni_calico.keys", "ipam.plugin", "ipam.store")
 
 
 class CniServer:
@@ -36,8 +40,12 @@ class CniServer:
         self._locks_guard = threading.Lock()
         self.served = 0
         self.workers = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="cni")
+        import importlib
+
         from cni_calico import logsetup, plugin
 
+        for module in WARM:
+            importlib.import_module(module)
         logsetup.agent_mode()
         plugin.share_datastores()
         self.handlers = plugin.HANDLERS
