@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni_calico.errors import ADDRESS_CONFLICT, DATAPLANE_FAILURE, INVALID_ENV, CniError
-from cni_calico.netlink import Rtnl
+from cni_calico.netlink import FAMILY, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def _wait_link_local(host: Rtnl, index: int, name: str) -> None:
 
     deadline = time.monotonic() + LINK_READY_TIMEOUT
     while time.monotonic() < deadline:
-        if any(a.get_attr("IFA_ADDRESS") == GATEWAY_V6 for a in host.addresses(index, family=10)):
+        if any(a.get_attr("IFA_ADDRESS") == GATEWAY_V6 for a in host.addresses(index, FAMILY[6])):
             return
         time.sleep(0.01)
     raise CniError(DATAPLANE_FAILURE, f"{name} has no link-local address {GATEWAY_V6} after {LINK_READY_TIMEOUT} s "
@@ -357,10 +357,10 @@ def check(w: Workload) -> None:
             iface = ipaddress.ip_interface(cidr)
             if (str(iface.ip), 32 if iface.version == 4 else 128) not in host_routes:
                 raise CniError(DATAPLANE_FAILURE, f"route {iface.ip} dev {w.host_ifname} is missing")
-        for family, netlink_family, gateway in ((4, 2, GATEWAY_V4), (6, 10, GATEWAY_V6)):
+        for family, gateway in ((4, GATEWAY_V4), (6, GATEWAY_V6)):
             if family not in families(w.addresses):
                 continue
-            defaults = [r for r in pod.routes(netlink_family, pod_index)
+            defaults = [r for r in pod.routes(FAMILY[family], pod_index)
                         if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == gateway]
             if not defaults:
                 raise CniError(DATAPLANE_FAILURE, f"default route via {gateway} is missing in {w.netns}")

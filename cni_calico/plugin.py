@@ -123,11 +123,14 @@ def cmd_add(req: skel.Request) -> Result:
     eid = ctx.endpoint_id()
     mac = dataplane.random_mac()
 
+    def endpoint(addresses: list[str], adding: bool) -> dict:
+        return endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels, adding=adding)
+
     def endpoint_riders(addresses: list[str]):
         from cni_calico import keys
         from ipam.store import Riders
 
-        resource = endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels, adding=True)
+        resource = endpoint(addresses, adding=True)
         profile = {keys.resource("profiles", ctx.conf.name): endpoints.default_profile(ctx.conf.name)}
         return Riders(puts={eid.key: resource}, create_if_absent=profile)
 
@@ -142,12 +145,11 @@ def cmd_add(req: skel.Request) -> Result:
     try:
         _fault_point(req, "after-ipam")
         if not endpoint_written:  # another IPAM plugin, a repeated ADD, or the pod's ipAddrs
-            endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name],
-                                                     labels, adding=True), network=ctx.conf.name)
+            endpoints.write(ds, eid, endpoint(addresses, adding=True), network=ctx.conf.name)
         _fault_point(req, "after-endpoint")
         dataplane.setup(workload)
         _fault_point(req, "after-dataplane")
-        endpoints.write(ds, eid, endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels))
+        endpoints.write(ds, eid, endpoint(addresses, adding=False))
     except BaseException:
         _undo_add(ctx, ds, workload, eid)
         raise

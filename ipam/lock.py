@@ -19,9 +19,14 @@ def run_dir() -> str:
     return os.environ.get("CALICO_RUN_DIR", "/var/run/calico")
 
 
+def node_file(node: str, suffix: str, directory: str | None = None) -> str:
+    """`<run dir>/ipam-<node>.<suffix>`: the node's IPAM files beside calico-node's."""
+    return os.path.join(directory or run_dir(), f"ipam-{node}.{suffix}")
+
+
 @contextlib.contextmanager
 def node_lock(node: str, directory: str | None = None) -> Iterator[None]:
-    path = os.path.join(directory or run_dir(), f"ipam-{node}.lock")
+    path = node_file(node, "lock", directory)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -20,7 +20,7 @@ from cni_calico.names import handle_id
 from cni_calico.netconf import NetConf
 from cni_calico.result import IPConfig, Result
 from ipam.allocator import Block
-from ipam.lock import node_lock
+from ipam.lock import node_file, node_lock
 from ipam.pools import select_pools
 from ipam.store import Handle, IpamStore, Riders
 
@@ -37,12 +37,6 @@ def _attrs(node: str, req: skel.Request) -> dict:
         attrs["namespace"] = req.args.get("K8S_POD_NAMESPACE", "default")
         attrs["pod"] = req.args["K8S_POD_NAME"]
     return attrs
-
-
-def _hint_path(run_dir: str | None, node: str) -> str:
-    from ipam.lock import run_dir as default_run_dir
-
-    return os.path.join(run_dir or default_run_dir(), f"ipam-{node}.blocks")
 
 
 def _read_hint(path: str) -> list[str]:
@@ -83,7 +77,7 @@ def assign(
     out: list[str] = []
     rode = False
     run_dir = req.env.get("CALICO_RUN_DIR") or None
-    hint_path = _hint_path(run_dir, node)
+    hint_path = node_file(node, "blocks", run_dir)
     pools_dir = keys.resource_dir("ippools")
     prefixes = [pools_dir] + [keys.affinity_dir(node, f) for f in families]
     used: set[str] = set()

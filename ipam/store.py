@@ -121,12 +121,13 @@ class IpamStore:
         # Optimistic first try: the handle is new (its guard is "absent"); after a
         # lost race the handle is re-read, so a second family can join it.
         known: list[Handle] = [Handle(handle_id)]
-        prefetched: list = [affinities, blocks or {}]  # `blocks`: some blocks already read, with revisions
+        first_affine, first_read = affinities, blocks or {}  # `blocks`: some blocks already read, with revisions
 
         def once() -> Assignment:
-            affine = prefetched[0] if prefetched[0] is not None else self.affine_blocks(node, family)
-            read = prefetched[1]
-            prefetched[0], prefetched[1] = None, {}  # a retry reads afresh
+            nonlocal first_affine, first_read
+            affine = first_affine if first_affine is not None else self.affine_blocks(node, family)
+            read = first_read
+            first_affine, first_read = None, {}  # a retry reads afresh
             try:
                 return self._assign_once(Handle(handle_id, dict(known[0].blocks), known[0].mod_revision),
                                          attrs, node, pools, family, affine, riders, read)

@@ -46,6 +46,24 @@ def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
 
+def etcdctl(endpoints: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """etcdctl (API v3) against the comma-separated `endpoints`."""
+    return sh("etcdctl", "--endpoints", endpoints, *args, check=check, env={**os.environ, "ETCDCTL_API": "3"})
+
+
+def netns_runner(ns: str):
+    """A policy Runner (cni_calico.policy.iptables) that runs each command inside namespace `ns`."""
+    from cni_calico.policy.iptables import PolicyError
+
+    def run(args: list[str], stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ip", "netns", "exec", ns, *args], input=stdin, capture_output=True, text=True)
+        if check and proc.returncode:
+            raise PolicyError(f"{args[0]}: {proc.stderr[-2000:]}")
+        return proc
+
+    return run
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -140,8 +158,7 @@ class Etcd(EtcdData):
 
     def ctl(self, *args: str) -> str:
         tls = self.tls.etcdctl_args() if self.tls else []
-        return sh("etcdctl", "--endpoints", self.url, *tls, *args, env={**os.environ, "ETCDCTL_API": "3"}).stdout
-
+        return etcdctl(self.url, *tls, *args).stdout
 
 
 @dataclass
@@ -265,9 +282,7 @@ class EtcdCluster(EtcdData):
 
     def wait_healthy(self, timeout: float = 30) -> None:
         def healthy() -> bool:
-            live = ",".join(m.url for m in self.members if m.running)
-            return sh("etcdctl", "--endpoints", live, "--command-timeout=2s", "endpoint", "health",
-                      check=False, env={**os.environ, "ETCDCTL_API": "3"}).returncode == 0
+            return etcdctl(self.live, "--command-timeout=2s", "endpoint", "health", check=False).returncode == 0
 
         wait_for(healthy, timeout, "the etcd cluster to be healthy", interval=0.2)
 
@@ -278,21 +293,21 @@ class EtcdCluster(EtcdData):
 
     def leader(self) -> EtcdMember:
         """The member that leads now (asked of the running members)."""
-        live = ",".join(m.url for m in self.members if m.running)
-        out = sh("etcdctl", "--endpoints", live, "--command-timeout=3s", "endpoint", "status", "-w", "json",
-                 env={**os.environ, "ETCDCTL_API": "3"}).stdout
+        out = etcdctl(self.live, "--command-timeout=3s", "endpoint", "status", "-w", "json").stdout
         statuses = json.loads(out)
         leader_id = statuses[0]["Status"]["leader"]
         for status in statuses:
             if status["Status"]["header"]["member_id"] == leader_id:
                 return next(m for m in self.members if m.url == status["Endpoint"])
-        raise LookupError(f"no leader among {live}")
+        raise LookupError(f"no leader among {self.live}")
+
+    @property
+    def live(self) -> str:
+        """The client URLs of the members that are running."""
+        return ",".join(m.url for m in self.members if m.running)
 
     def ctl(self, *args: str) -> str:
-        live = ",".join(m.url for m in self.members if m.running)
-        return sh("etcdctl", "--endpoints", live, "--command-timeout=10s", *args,
-                  env={**os.environ, "ETCDCTL_API": "3"}).stdout
-
+        return etcdctl(self.live, "--command-timeout=10s", *args).stdout
 
 
 class CalicoNode:
@@ -562,6 +577,12 @@ class Lab:
     def routes(self, ns: str) -> list[str]:
         return [r for r in self.in_ns(ns, "ip", "-4", "route", "show").stdout.splitlines() if r]
 
+    @staticmethod
+    def ping_once(ns: str, address: str, timeout: int = 2, count: int = 1) -> bool:
+        """`ping` (-6 for an IPv6 address) from namespace `ns`: True when `address` answers."""
+        family = ["-6"] if ":" in address else []
+        return Lab.in_ns(ns, "ping", *family, "-c", str(count), "-W", str(timeout), address).returncode == 0
+
     def ping(self, ns: str, address: str, count: int = 1, within: float = 0.0) -> bool:
         """True when `address` answers; with `within`, keeps trying that many seconds first.
 
@@ -569,10 +590,9 @@ class Lab:
         address a moment after the pod exists (eventual, as in Calico), so the
         first packet may meet the old rules.
         """
-        family = ["-6"] if ":" in address else []
         deadline = time.monotonic() + within
         while True:
-            if self.in_ns(ns, "ping", *family, "-c", str(count), "-W", "2", address).returncode == 0:
+            if self.ping_once(ns, address, count=count):
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -27,11 +27,11 @@ RESTART_BACKOFF = 1.0
 PR_SET_PDEATHSIG = 1
 
 
-def command() -> tuple[list[str], str]:
-    """(argv, executable) that runs this very calico-node as the CNI server (bundle or source)."""
+def command() -> list[str]:
+    """The argv that, run by sys.executable, is this very calico-node as the CNI server."""
     if getattr(sys, "frozen", False):  # the PyInstaller bundle dispatches on argv[0]
-        return ["calico-node", SERVE_FLAG], sys.executable
-    return [sys.executable, "-m", "cni_calico", "calico-node", SERVE_FLAG], sys.executable
+        return ["calico-node", SERVE_FLAG]
+    return [sys.executable, "-m", "cni_calico", "calico-node", SERVE_FLAG]
 
 
 class CniServerProcess:
@@ -43,10 +43,9 @@ class CniServerProcess:
         self.next_start = 0.0
 
     def start(self) -> None:
-        argv, executable = command()
         env = {**os.environ, "CALICO_RUN_DIR": self.run_dir, PARENT_ENV: str(os.getpid())}
         # stdout/stderr inherited: the child's lines land in calico-node's log.
-        self.proc = subprocess.Popen(argv, executable=executable, env=env, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(command(), executable=sys.executable, env=env, stdin=subprocess.DEVNULL)
         log.info("CNI server process %d started", self.proc.pid)
 
     def ensure_running(self) -> None:
@@ -82,7 +81,6 @@ def serve(run_dir: str) -> int:
     server.start()
     while not stopping.wait(1.0):
         pass
-    server.stop()
-    server.workers.shutdown(wait=True)
+    server.stop(wait=True)
     log.info("CNI server stopped after %d requests", server.served)
     return 0

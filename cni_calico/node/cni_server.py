@@ -2,7 +2,7 @@
 
 Requests run the very handlers the `calico` executable runs (cni_calico.plugin through
 skel.execute): one implementation, two hosts. Requests are served by a pool of long-lived
-threads (a thread keeps its netlink socket and event loop warm between requests); requests
+threads (a thread keeps its netlink socket between requests); requests
 for the same container are serialised, others run side by side. A request from another
 build or protocol is refused before anything is done, so the plugin does the work itself.
 The wire format is agent_client's.
@@ -65,7 +65,8 @@ class CniServer:
         threading.Thread(target=self._accept, name="cni-accept", daemon=True).start()
         log.info("serving CNI requests on %s", self.path)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """No new requests from now on; with `wait`, also until those in flight have answered."""
         if self.sock is not None:
             try:
                 os.unlink(self.path)  # new calls go in-process from now on
@@ -73,7 +74,7 @@ class CniServer:
                 pass
             self.sock.close()
             self.sock = None
-        self.workers.shutdown(wait=False)  # requests in flight finish; idle threads go
+        self.workers.shutdown(wait=wait)  # requests in flight finish either way; idle threads go
 
     def _accept(self) -> None:
         while self.sock is not None:

@@ -28,9 +28,9 @@ import time
 from cni_calico.datastore import Datastore
 from cni_calico.endpoints import default_profile
 from cni_calico.netconf import EtcdConf
-from cni_calico.policy.iptables import Dataplane, PolicyError
+from cni_calico.policy.iptables import Dataplane
 from cni_calico.policy.sync import PolicySync
-from tests.lab import REPO, Lab, add_pool, netconf
+from tests.lab import REPO, Lab, add_pool, netconf, netns_runner
 
 RES = "/calico/resources/v3/projectcalico.org"
 NODE = "bench-node"
@@ -56,16 +56,6 @@ while time.monotonic() < deadline:
         time.sleep(0.02)
 sys.exit(1)
 """
-
-
-def runner(ns: str):
-    def run(args: list[str], stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["ip", "netns", "exec", ns, *args], input=stdin, capture_output=True, text=True)
-        if check and proc.returncode:
-            raise PolicyError(f"{args[0]}: {proc.stderr[-500:]}")
-        return proc
-
-    return run
 
 
 def policy(j: int, port: int) -> dict:
@@ -96,7 +86,7 @@ def write_synthetic(ds: Datastore, endpoints: int, policies: int) -> None:
 
 
 def scale(lab: Lab, ds: Datastore, ns: str, rounds: int) -> dict:
-    sync = PolicySync(ds, NODE, Dataplane(runner(ns)))
+    sync = PolicySync(ds, NODE, Dataplane(netns_runner(ns)))
     out: dict[str, list[float]] = {}
 
     def measure(label: str) -> None:

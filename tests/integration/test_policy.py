@@ -79,10 +79,11 @@ def put_policy(etcd, name: str, spec: dict, namespace: str = "") -> str:
     return key
 
 
-def serve(lab: Lab, pod_ns: str, *ports: int) -> None:
+def serve(lab: Lab, pod_ns: str, *ports: int, listen: str = "TCP-LISTEN") -> None:
+    """socat answering "ok" on each TCP port (`listen="TCP6-LISTEN"`: IPv6, and IPv4-mapped)."""
     for port in ports:
         lab.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", pod_ns, "socat", f"TCP-LISTEN:{port},fork,reuseaddr", "SYSTEM:echo ok"],
+            ["ip", "netns", "exec", pod_ns, "socat", f"{listen}:{port},fork,reuseaddr", "SYSTEM:echo ok"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_for(lambda: all(f":{p} " in Lab.in_ns(pod_ns, "ss", "-ltn").stdout for p in ports), 10, "socat servers")
 
@@ -94,8 +95,7 @@ def tcp(src: str, address: str, port: int, timeout: float = 2) -> bool:
     return proc.stdout.strip() == "ok"
 
 
-def ping(src: str, address: str, timeout: int = 2) -> bool:
-    return Lab.in_ns(src, "ping", "-c", "1", "-W", str(timeout), address).returncode == 0
+ping = Lab.ping_once
 
 
 def reach(checks: list[tuple]) -> list[bool]:

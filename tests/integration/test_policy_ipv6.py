@@ -9,13 +9,23 @@ machine's own namespace holds no cali chain (of either family) or set.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from tests.integration.cluster import Cluster
-from tests.integration.test_policy import JUMP, eventually, expect, label, normalised, put_policy, reach, tcp
-from tests.lab import Lab, add_pool, netconf, plugin_dir, sh, wait_for
+from tests.integration.test_policy import (
+    JUMP,
+    eventually,
+    expect,
+    label,
+    normalised,
+    ping,
+    put_policy,
+    reach,
+    serve,
+    tcp,
+)
+from tests.lab import Lab, add_pool, netconf, plugin_dir, sh
 
 DUAL = {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}
 ND_RULE = "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT"
@@ -59,22 +69,8 @@ def add_pod(cluster: Cluster, node: str, network: str = "k8s") -> tuple[str, str
     return ns, v4, v6
 
 
-def serve(lab: Lab, pod_ns: str, *ports: int) -> None:
-    """socat answering "ok" on each TCP port, IPv6 (and IPv4-mapped)."""
-    for port in ports:
-        lab.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", pod_ns, "socat", f"TCP6-LISTEN:{port},fork,reuseaddr", "SYSTEM:echo ok"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_for(lambda: all(f":{p} " in Lab.in_ns(pod_ns, "ss", "-ltn").stdout for p in ports), 10, "socat servers")
-
-
 def tcp6(src: str, address: str, port: int, timeout: float = 2) -> bool:
     return tcp(src, f"[{address}]", port, timeout)
-
-
-def ping(src: str, address: str, timeout: int = 2) -> bool:
-    family = ["-6"] if ":" in address else []
-    return Lab.in_ns(src, "ping", *family, "-c", "1", "-W", str(timeout), address).returncode == 0
 
 
 def save6(cluster: Cluster, node: str) -> str:
@@ -92,7 +88,7 @@ def test_two_tenants_are_isolated_over_ipv6_within_and_across_nodes(cluster):
         "b1": add_pod(cluster, "node1", "tenant-b"), "b2": add_pod(cluster, "node2", "tenant-b"),
     }
     for ns, _, _ in pods.values():
-        serve(cluster.lab, ns, 8080)
+        serve(cluster.lab, ns, 8080, listen="TCP6-LISTEN")
     same = [(s, d) for s in pods for d in pods if s != d and s[0] == d[0]]
     cross = [(s, d) for s in pods for d in pods if s[0] != d[0]]
     for s, d in same:  # routes (BIRD's IPv6 ones across nodes) and rules settle
@@ -123,7 +119,7 @@ def test_network_policy_over_ipv6_with_family_specific_rules(cluster):
     fe, _, _ = add_pod(cluster, "node1")
     other, _, _ = add_pod(cluster, "node1")
     db, db4, db6 = add_pod(cluster, "node2")
-    serve(cluster.lab, db, 5432, 6000)
+    serve(cluster.lab, db, 5432, 6000, listen="TCP6-LISTEN")
     eventually(lambda: tcp6(other, db6, 5432), timeout=30)  # no policy yet: the profile lets all of k8s in
     label(cluster, fe, role="frontend")
     label(cluster, other, role="other")

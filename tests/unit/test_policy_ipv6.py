@@ -16,6 +16,7 @@ from cni_calico.endpoints import default_profile
 from cni_calico.policy import layout, model, render
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup, saved_filter
 from cni_calico.policy.sync import PolicySync
+from tests.lab import netns_runner
 from tests.unit.test_policy_dataplane import Fake, FakeStore
 from tests.unit.test_policy_render import policy as random_policy
 
@@ -184,13 +185,7 @@ def scratch6():
                    for tool in ("iptables-save", "ip6tables-save")]
     subprocess.run(["ip", "netns", "add", ns], check=True)
 
-    def run(args: list[str], stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["ip", "netns", "exec", ns, *args], input=stdin, capture_output=True, text=True)
-        if check and proc.returncode:
-            raise PolicyError(f"{args[0]}: {proc.stderr}")
-        return proc
-
-    yield run
+    yield netns_runner(ns)
     subprocess.run(["ip", "netns", "del", ns], check=True)
     assert [subprocess.run([tool], capture_output=True, text=True).stdout.count("cali")
             for tool in ("iptables-save", "ip6tables-save")] == root_before

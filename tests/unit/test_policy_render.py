@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from cni_calico.endpoints import default_profile
 from cni_calico.policy import layout, model, render
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup, saved_filter
+from tests.lab import netns_runner
 
 SCRATCH_NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a scratch network namespace")
 
@@ -177,13 +178,7 @@ def scratch():
     root_before = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     subprocess.run(["ip", "netns", "add", ns], check=True)
 
-    def run(args: list[str], stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["ip", "netns", "exec", ns, *args], input=stdin, capture_output=True, text=True)
-        if check and proc.returncode:
-            raise PolicyError(f"{args[0]}: {proc.stderr}")
-        return proc
-
-    yield run
+    yield netns_runner(ns)
     subprocess.run(["ip", "netns", "del", ns], check=True)
     assert subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.count("cali") == \
         root_before.count("cali")
