@@ -79,26 +79,31 @@ def random_mac() -> str:
 
 
 CLONE_NEWNET = 0x40000000
-_per_thread = threading.local()
 
 
-@contextmanager
-def host_netlink() -> Iterator[Rtnl]:
-    """This thread's netlink socket in the node's namespace, kept for the thread's next call.
+class HostNetlink:
+    """Netlink sockets in the node's namespace, one per thread, each kept for its thread's next call.
 
-    The agent's worker threads live long, so they skip making a socket per request. A socket
-    that failed other than by a kernel error reply is dropped, not reused."""
-    ipr = getattr(_per_thread, "host", None)
-    if ipr is None:
-        ipr = _per_thread.host = Rtnl()
-    try:
-        yield ipr
-    except (NetlinkError, CniError):
-        raise
-    except BaseException:
-        _per_thread.host = None
-        ipr.close()
-        raise
+    The host that runs the plugin owns one (cni_calico.host): the agent's worker threads live
+    long, so they skip making a socket per request. A socket that failed other than by a kernel
+    error reply is dropped, not reused."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextmanager
+    def __call__(self) -> Iterator[Rtnl]:
+        ipr = getattr(self._local, "socket", None)
+        if ipr is None:
+            ipr = self._local.socket = Rtnl()
+        try:
+            yield ipr
+        except (NetlinkError, CniError):
+            raise
+        except BaseException:
+            self._local.socket = None
+            ipr.close()
+            raise
 
 
 def _setns(fd: int) -> None:
@@ -193,7 +198,8 @@ def check_pod_ifname_free(netns: str, ifname: str) -> None:
             raise CniError(ADDRESS_CONFLICT, f"interface {ifname} already exists in {netns}")
 
 
-def choose_host_ifname(primary: str, alternate: str, owner: str, same_pod_name: bool) -> str:
+def choose_host_ifname(host_netlink: HostNetlink, primary: str, alternate: str, owner: str,
+                       same_pod_name: bool) -> str:
     """The host veth's name: `primary`, unless another container's veth holds it (then `alternate`).
 
     A pod-derived name is the pod's own (an existing one is a stale sandbox, replaced)."""
@@ -207,22 +213,19 @@ def choose_host_ifname(primary: str, alternate: str, owner: str, same_pod_name: 
     raise CniError(ADDRESS_CONFLICT, f"host interfaces {primary} and {alternate} both belong to other containers")
 
 
-def setup(w: Workload) -> str:
+def setup(host_netlink: HostNetlink, w: Workload) -> str:
     """Creates the veth pair and everything around it; returns the pod-side MAC."""
     try:
-        return _setup(w)
-    except NetlinkError as exc:
-        teardown_host(w.host_ifname, w.owner)
-        raise CniError(DATAPLANE_FAILURE, f"setting up {w.host_ifname} for {w.netns} failed: {exc}") from None
-    except OSError as exc:
-        teardown_host(w.host_ifname, w.owner)
+        return _setup(host_netlink, w)
+    except (NetlinkError, OSError) as exc:
+        teardown_host(host_netlink, w.host_ifname, w.owner)
         raise CniError(DATAPLANE_FAILURE, f"setting up {w.host_ifname} for {w.netns} failed: {exc}") from None
     except BaseException:
-        teardown_host(w.host_ifname, w.owner)
+        teardown_host(host_netlink, w.host_ifname, w.owner)
         raise
 
 
-def _setup(w: Workload) -> str:
+def _setup(host_netlink: HostNetlink, w: Workload) -> str:
     # (The pod's interface name was checked before IPAM; one that appeared since makes the add
     # below fail with EEXIST, reported as the same conflict.)
     with host_netlink() as host, open_netns(w.netns) as pod:
@@ -296,7 +299,7 @@ def _alias(ipr: Rtnl, index: int) -> str:
     return (link.get_attr("IFLA_IFALIAS") or "") if link is not None else ""
 
 
-def teardown_host(host_ifname: str, owner: str = "") -> bool:
+def teardown_host(host_netlink: HostNetlink, host_ifname: str, owner: str = "") -> bool:
     """Deletes the host end (the kernel drops the peer and the routes with it) — only when it is
     `owner`'s (its alias), so a DEL never takes another container's veth of the same name."""
     with host_netlink() as host:
@@ -333,7 +336,7 @@ def teardown_pod(netns: str, ifname: str) -> bool:
         return index is not None and _delete_link(pod, index, f"{ifname} in {netns}")
 
 
-def check(w: Workload) -> None:
+def check(host_netlink: HostNetlink, w: Workload) -> None:
     """Raises CniError naming the first piece of the workload's dataplane that is missing."""
     with host_netlink() as host, open_netns(w.netns) as pod:
         host_index = _index(host, w.host_ifname)

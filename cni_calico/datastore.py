@@ -1,10 +1,14 @@
-"""The only module that talks to etcd (v3, through python-etcd3's API as `pyetcd`).
+"""The datastore layer: the only module that talks to etcd (v3, through python-etcd3's API as `pyetcd`).
 
-Values are JSON objects. Every write that must not lose a race is a `commit`:
-one transaction guarded by each key's mod revision (0 = must not exist), which
-reports success instead of raising so callers re-read and retry. Every call has
-a per-RPC timeout and fails over across the configured endpoints until an
-overall deadline, then raises `DatastoreError` (CNI code 11, try again later).
+It owns its configuration (`EtcdConf`, `parse_endpoints`), its errors (`DatastoreError`: unreachable
+or gave up, try again later; `DatastoreConfigError`: the settings are wrong; `ConflictError`: a
+guarded write lost a race), the unit of work (`Txn`) and the one conflict-retry policy
+(`retry_on_conflict`, `transact`). Nothing here knows CNI, Calico's kinds or IPAM.
+
+Values are JSON objects. Every write that must not lose a race is one `Txn` committed in one
+transaction: guarded by each key's mod revision (0 = must not exist); `commit` reports success
+instead of raising, so callers re-read and retry. Every call has a per-RPC timeout and fails over
+across the configured endpoints until an overall deadline, then raises `DatastoreError`.
 """
 
 from __future__ import annotations
@@ -12,16 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TypeVar
-from urllib.parse import urlsplit
-
-from cni_calico.errors import INVALID_CONFIG, CniError, DatastoreError
-from cni_calico.netconf import EtcdConf
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,55 @@ T = TypeVar("T")
 RPC_TIMEOUT = 3.0
 DEADLINE = 10.0
 PAGE = 500
+CONFLICT_ATTEMPTS = 100  # the one bound on re-reading after lost races, everywhere
+_URL = re.compile(r"^https?://([^/\s:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?/?$")
+
+
+class DatastoreError(Exception):
+    """etcd is unreachable, timed out, refused, or kept conflicting: the caller may try again later."""
+
+    def __init__(self, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.msg}: {self.details}" if self.details else self.msg
+
+
+class DatastoreConfigError(DatastoreError):
+    """The etcd settings are wrong (a bad URL, an unreadable TLS file): retrying will not help."""
+
+
+class ConflictError(Exception):
+    """A guarded write lost a race: re-read and retry (never shown to users)."""
+
+
+class TooManyConflicts(DatastoreError):
+    """`retry_on_conflict` lost every one of its races: others keep changing the same keys."""
+
+
+@dataclass
+class EtcdConf:
+    endpoints: list[str]
+    key_file: str = ""
+    cert_file: str = ""
+    ca_cert_file: str = ""
+
+
+def parse_endpoints(text: str, source: str = "etcd_endpoints") -> list[str]:
+    """`http(s)://host:port[,…]` as a list; DatastoreConfigError naming `source` when malformed."""
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    if not urls:
+        raise DatastoreConfigError(f"{source} {text!r} names no etcd endpoint (e.g. http://127.0.0.1:2379)")
+    for url in urls:
+        if not _URL.match(url):
+            raise DatastoreConfigError(f"etcd endpoint {url!r} (from {source}) is not a URL like http://127.0.0.1:2379")
+        port = re.search(r":(\d{1,5})/?$", url)
+        if port and not 0 < int(port.group(1)) <= 65535:
+            raise DatastoreConfigError(f"etcd endpoint {url!r} (from {source}) has port {port.group(1)}: "
+                                       "a port is 1 to 65535")
+    return urls
 
 
 @dataclass
@@ -38,12 +88,63 @@ class KV:
     mod_revision: int
 
 
+@dataclass
+class Txn:
+    """A unit of work: guards, puts, deletes and create-if-absent writes, committed once by the caller.
+
+    Each part of a change (IPAM's block and handle, the plugin's endpoint) contributes its own
+    operations; `Datastore.commit` applies all of them in one etcd transaction or none."""
+
+    guards: dict[str, int] = field(default_factory=dict)  # key -> mod revision it must still have (0: absent)
+    puts: dict[str, dict] = field(default_factory=dict)
+    deletes: list[str] = field(default_factory=list)
+    if_absent: dict[str, dict] = field(default_factory=dict)  # written only where the key does not exist
+    otherwise: dict[str, dict] = field(default_factory=dict)  # written instead when a guard fails
+
+    def guard(self, key: str, mod_revision: int) -> Txn:
+        self.guards[key] = mod_revision
+        return self
+
+    def put(self, key: str, value: dict, mod_revision: int | None = None) -> Txn:
+        """Writes `value`; with `mod_revision`, only if the key still has it (0: creates it)."""
+        if mod_revision is not None:
+            self.guards[key] = mod_revision
+        self.puts[key] = value
+        return self
+
+    def delete(self, key: str, mod_revision: int | None = None) -> Txn:
+        if mod_revision is not None:
+            self.guards[key] = mod_revision
+        self.puts.pop(key, None)
+        if key not in self.deletes:
+            self.deletes.append(key)
+        return self
+
+    def put_if_absent(self, key: str, value: dict) -> Txn:
+        """Rides along a successful commit without guarding it: written only where there is none."""
+        self.if_absent[key] = value
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.puts or self.deletes or self.if_absent or self.otherwise)
+
+
+class Store(Protocol):
+    """What the layers above use; `Datastore` (etcd) and the tests' in-memory double implement it."""
+
+    def get(self, key: str) -> KV | None: ...
+    def list(self, prefix: str, keys_only: bool = False, revision: int | None = None) -> list[KV]: ...
+    def multi_get(self, keys_: list[str], prefixes: Iterable[str] = ()) -> dict[str, list[KV]]: ...
+    def commit(self, txn: Txn) -> bool: ...
+    def revision(self) -> int: ...
+
+
 def _read_file(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
-        raise CniError(INVALID_CONFIG, f"cannot read etcd {what} {path}: {exc.strerror}") from None
+        raise DatastoreConfigError(f"cannot read etcd {what} {path}: {exc.strerror}") from None
 
 
 def _warn_if_shared(path: str) -> None:
@@ -53,6 +154,10 @@ def _warn_if_shared(path: str) -> None:
         return
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         log.warning("etcd key file %s is readable by users other than its owner; chmod 600 it", path)
+
+
+def _dumps(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 class Datastore:
@@ -80,7 +185,7 @@ class Datastore:
 
     def _tls_credentials(self, conf: EtcdConf):
         if bool(conf.key_file) != bool(conf.cert_file):
-            raise CniError(INVALID_CONFIG, "etcd_key_file and etcd_cert_file must be given together")
+            raise DatastoreConfigError("etcd_key_file and etcd_cert_file must be given together")
         ca = _read_file(conf.ca_cert_file, "CA certificate file") if conf.ca_cert_file else None
         key = cert = None
         if conf.key_file:
@@ -92,6 +197,8 @@ class Datastore:
     def _client(self, index: int):
         client = self._clients.get(index)
         if client is None:
+            from urllib.parse import urlsplit
+
             url = urlsplit(self.urls[index])
             secure = url.scheme == "https"
             endpoint = self._pyetcd.Endpoint(
@@ -145,7 +252,7 @@ class Datastore:
         self._local.calls = 0
 
     def revision(self) -> int:
-        """The store's current revision: one cheap call that tells whether anything changed."""
+        """The store's current revision."""
         resp = self._call("revision", lambda c: c.get_range_response(b"/calico/", b"/calico0", count_only=True))
         return int(resp.header.revision)
 
@@ -153,9 +260,12 @@ class Datastore:
         """Every key under prefix, read in pages so a large store never makes one huge reply.
 
         With `revision`, reads that snapshot (several lists then agree with each other)."""
+        return list(self.pages(prefix, keys_only, revision))
+
+    def pages(self, prefix: str, keys_only: bool = False, revision: int | None = None) -> Iterator[KV]:
+        """`list`, one page at a time: a large listing is never all in memory as raw replies."""
         from pyetcd import utils
 
-        out: list[KV] = []
         start = prefix.encode()
         end = utils.prefix_range_end(start)
         while True:
@@ -167,42 +277,31 @@ class Datastore:
             )
             revision = resp.header.revision  # later pages read the same snapshot
             for kv in resp.kvs:
-                value = {} if keys_only else json.loads(kv.value)
-                out.append(KV(kv.key.decode(), value, kv.mod_revision))
+                yield KV(kv.key.decode(), {} if keys_only else json.loads(kv.value), kv.mod_revision)
             if not resp.more or not resp.kvs:
-                return out
+                return
             start = resp.kvs[-1].key + b"\0"
 
-    def commit(
-        self,
-        guards: dict[str, int],
-        puts: dict[str, dict] | None = None,
-        deletes: Iterable[str] = (),
-        otherwise: dict[str, dict] | None = None,
-        create_if_absent: dict[str, dict] | None = None,
-    ) -> bool:
+    def commit(self, txn: Txn) -> bool:
         """One transaction: if every guarded key still has its mod revision (0: absent), apply all.
 
-        `otherwise` is written instead when a guard fails (etcd's else branch), so "create X if
-        absent, and always write Y" is still one round trip. `create_if_absent` rides along with a
-        successful commit as a nested transaction: each key is written only if it does not exist."""
+        `txn.otherwise` is written instead when a guard fails (etcd's else branch), so "create X if
+        absent, and always write Y" is still one round trip; `txn.if_absent` rides along a
+        successful commit as a nested transaction (each key written only if it does not exist)."""
         t = self._txn
-
-        def put(k: str, v: dict):
-            return t.Put(k, json.dumps(v, separators=(",", ":")))
-
-        compare = [t.Version(k) == 0 if rev == 0 else t.Mod(k) == rev for k, rev in guards.items()]
-        success = [put(k, v) for k, v in (puts or {}).items()] + [t.Delete(k) for k in deletes]
-        for k, v in (create_if_absent or {}).items():
-            success.append(t.Txn(compare=[t.Version(k) == 0], success=[put(k, v)], failure=[]))
-        failure = [put(k, v) for k, v in (otherwise or {}).items()]
+        compare = [t.Version(k) == 0 if rev == 0 else t.Mod(k) == rev for k, rev in txn.guards.items()]
+        success = [t.Put(k, _dumps(v)) for k, v in txn.puts.items()] + [t.Delete(k) for k in txn.deletes]
+        for k, v in txn.if_absent.items():
+            success.append(t.Txn(compare=[t.Version(k) == 0], success=[t.Put(k, _dumps(v))], failure=[]))
+        failure = [t.Put(k, _dumps(v)) for k, v in txn.otherwise.items()]
         ok, _ = self._call("transaction", lambda c: c.transaction(compare=compare, success=success, failure=failure))
         return bool(ok)
 
-    def multi_get(self, keys_: list[str], prefixes: list[str] = ()) -> dict[str, list[KV]]:
+    def multi_get(self, keys_: list[str], prefixes: Iterable[str] = ()) -> dict[str, list[KV]]:
         """Several keys and prefixes read in one round trip (one snapshot): {key or prefix: [KV]}."""
         from pyetcd import utils
 
+        prefixes = list(prefixes)
         t = self._txn
         ops = [t.Get(k) for k in keys_]
         ops += [t.Get(p, utils.prefix_range_end(p.encode())) for p in prefixes]
@@ -211,12 +310,6 @@ class Datastore:
         for name, kvs in zip([*keys_, *prefixes], responses, strict=True):
             out[name] = [KV(meta.key.decode(), json.loads(value), meta.mod_revision) for value, meta in kvs]
         return out
-
-    def put(self, key: str, value: dict) -> None:
-        self._call("put", lambda c: c.put(key, json.dumps(value, separators=(",", ":"))))
-
-    def delete(self, key: str) -> bool:
-        return bool(self._call("delete", lambda c: c.delete(key)))
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -227,16 +320,28 @@ class Datastore:
         self._clients.clear()
 
 
-def retry_on_conflict(fn: Callable[[], T], what: str, attempts: int = 100) -> T:
-    """Re-runs a read-modify-commit until it wins (fn raises ConflictError when it loses)."""
-    from cni_calico.errors import ConflictError
-
+def retry_on_conflict(fn: Callable[[], T], what: str, attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Re-runs a read-modify-commit until it wins (fn raises ConflictError when it loses), at most
+    `attempts` times with a growing pause; then DatastoreError (try again later)."""
     for attempt in range(attempts):
         try:
             return fn()
         except ConflictError:
             time.sleep(min(0.001 * (attempt + 1), 0.05))
-    raise DatastoreError(f"{what}: gave up after {attempts} conflicting concurrent updates")
+    raise TooManyConflicts(f"{what}: gave up after {attempts} conflicting concurrent updates")
+
+
+def transact(store: Store, attempt: Callable[[], tuple[Txn, T]], what: str) -> T:
+    """Builds a unit of work with `attempt()` (reads, decides, returns the Txn and the outcome) and
+    commits it, re-running `attempt` after a lost race under the one retry policy."""
+
+    def once() -> T:
+        txn, outcome = attempt()
+        if txn and not store.commit(txn):
+            raise ConflictError(what)
+        return outcome
+
+    return retry_on_conflict(once, what)
 
 
 def _describe(exc: Exception | None) -> str:

@@ -1,4 +1,4 @@
-"""WorkloadEndpoint resources: built from a request, written on ADD, removed on DEL.
+"""WorkloadEndpoint resources: built from a request, contributed to the ADD's and DEL's units of work.
 
 A DEL removes the endpoint only when it still names the DEL's container: a
 stale DEL for a re-created pod must not take the live pod's record.
@@ -6,13 +6,13 @@ stale DEL for a re-created pod must not take the live pod's record.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 
 from cni_calico import keys
-from cni_calico.datastore import KV, Datastore
+from cni_calico.datastore import KV, Txn
+from cni_calico.v3 import Resource, new_resource
 
-API_VERSION = "projectcalico.org/v3"
+ADDING = "cni.projectcalico.org/adding"  # set while the ADD that wrote the endpoint is unfinished
 
 
 @dataclass
@@ -38,82 +38,66 @@ class EndpointId:
         return keys.resource("workloadendpoints", self.name, self.namespace)
 
 
-ADDING = "cni.projectcalico.org/adding"  # set while the ADD that wrote the endpoint is unfinished
-
-
 def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str],
-          labels: dict[str, str] | None = None, adding: bool = False) -> dict:
-    """`labels`: the pod's own and its namespace's (`pcns.` prefixed); the two system labels win.
-    `adding`: the record goes in with the address, before the dataplane, marked unfinished; the
-    ADD confirms it at the end. One still marked long after is a killed ADD's: `calicoctl ipam
-    check` reports its address as leaked."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    resource = {
-        "kind": "WorkloadEndpoint",
-        "apiVersion": API_VERSION,
-        "metadata": {
-            "name": eid.name,
-            "namespace": eid.namespace,
-            "creationTimestamp": now,
-            "labels": {
-                **(labels or {}),
-                "projectcalico.org/namespace": eid.namespace,
-                "projectcalico.org/orchestrator": eid.orchestrator,
-            },
-        },
-        "spec": {
-            "orchestrator": eid.orchestrator,
-            "node": eid.node,
-            "containerID": eid.container_id,
-            "pod": eid.pod,
-            "endpoint": eid.ifname,
-            "interfaceName": host_ifname,
-            "mac": mac,
-            "ipNetworks": ip_networks,
-            "profiles": profiles,
-        },
-    }
-    if adding:
-        resource["metadata"]["annotations"] = {ADDING: now}
-    return resource
+          labels: dict[str, str] | None = None) -> Resource:
+    """The endpoint as an ADD first writes it: with the address, before the dataplane, marked
+    unfinished (`confirmed` drops the mark at the end). `labels`: the pod's own and its namespace's
+    (`pcns.` prefixed); the two system labels win. One still marked long after is a killed ADD's:
+    `calicoctl ipam check` reports its address as leaked."""
+    res = new_resource("WorkloadEndpoint", eid.name, {
+        "orchestrator": eid.orchestrator,
+        "node": eid.node,
+        "containerID": eid.container_id,
+        "pod": eid.pod,
+        "endpoint": eid.ifname,
+        "interfaceName": host_ifname,
+        "mac": mac,
+        "ipNetworks": ip_networks,
+        "profiles": profiles,
+    }, namespace=eid.namespace, labels={
+        **(labels or {}),
+        "projectcalico.org/namespace": eid.namespace,
+        "projectcalico.org/orchestrator": eid.orchestrator,
+    })
+    res.metadata["annotations"] = {ADDING: res.metadata["creationTimestamp"]}
+    return res
 
 
-def unfinished_since(resource: dict) -> str:
+def confirmed(res: Resource) -> Resource:
+    """The same endpoint, its ADD finished."""
+    notes = {k: v for k, v in res.annotations.items() if k != ADDING}
+    return Resource(res.kind, {**res.metadata, "annotations": notes}, res.spec, res.other)
+
+
+def unfinished_since(value: dict) -> str:
     """The UTC time an unfinished ADD wrote this endpoint, or "" for a finished one."""
-    return str(((resource.get("metadata") or {}).get("annotations") or {}).get(ADDING) or "")
+    return Resource.from_value(value).annotations.get(ADDING, "")
 
 
-def default_profile(network: str) -> dict:
+def owner(current: KV | None) -> str | None:
+    """The container an endpoint record belongs to (None: no record)."""
+    return None if current is None else str(Resource.from_value(current.value).spec.get("containerID") or "")
+
+
+def default_profile(network: str) -> Resource:
     """The network's own profile: its endpoints carry the label `<network>` and accept traffic only
     from endpoints with that label; egress is open. Two networks are two isolated tenants."""
-    return {
-        "kind": "Profile",
-        "apiVersion": API_VERSION,
-        "metadata": {"name": network},
-        "spec": {
-            "ingress": [{"action": "Allow", "source": {"selector": f"has({network})"}}],
-            "egress": [{"action": "Allow"}],
-            "labelsToApply": {network: ""},
-        },
-    }
+    return new_resource("Profile", network, {
+        "ingress": [{"action": "Allow", "source": {"selector": f"has({network})"}}],
+        "egress": [{"action": "Allow"}],
+        "labelsToApply": {network: ""},
+    })
 
 
-def write(ds: Datastore, eid: EndpointId, resource: dict, network: str = "") -> None:
-    """Writes the endpoint, and the network's default profile when there is none, in one transaction."""
-    if not network:
-        ds.put(eid.key, resource)
-        return
-    profile_key = keys.resource("profiles", network)
-    ds.commit({profile_key: 0}, {eid.key: resource, profile_key: default_profile(network)},
-              otherwise={eid.key: resource})
+def contribute_add(txn: Txn, eid: EndpointId, res: Resource, network: str) -> None:
+    """The endpoint, and the network's default profile where there is none, into the ADD's unit of work."""
+    txn.put(eid.key, res.to_value())
+    txn.put_if_absent(keys.resource("profiles", network), default_profile(network).to_value())
 
 
-def get(ds: Datastore, eid: EndpointId) -> KV | None:
-    return ds.get(eid.key)
-
-
-def delete_if_owned(ds: Datastore, eid: EndpointId, current: KV | None) -> bool:
-    """Deletes the endpoint if it belongs to eid's container; True if it was removed."""
-    if current is None or current.value.get("spec", {}).get("containerID") != eid.container_id:
+def contribute_delete(txn: Txn, eid: EndpointId, current: KV | None) -> bool:
+    """The endpoint's removal, if it still belongs to eid's container (guarded by its revision)."""
+    if current is None or owner(current) != eid.container_id:
         return False
-    return ds.commit({eid.key: current.mod_revision}, deletes=[eid.key])
+    txn.delete(eid.key, current.mod_revision)
+    return True

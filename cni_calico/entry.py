@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None, site_packages: str = "") -> int:
     if site_packages and name != "calico":
         sys.path.append(site_packages)
     if name == "calico-ipam":
-        from ipam.plugin import main as run
+        from cni_calico.ipam_cni import main as run
     elif name == "calicoctl":
         from cni_calico.ctl.main import main as ctl
 

@@ -1,10 +1,15 @@
-"""CNI error codes and the one exception type that business code raises.
+"""CNI error codes, the CNI edge's exception, and the one place library errors become CNI codes.
 
-Only `skel` turns a `CniError` into the error JSON on stdout; everything else
-raises with a message a user can act on.
+Only `skel` turns a `CniError` into the error JSON on stdout. The layers below the CNI
+handlers raise their own errors (the datastore's, IPAM's); `cni_error` maps them, and
+`at_cni_edge` applies the mapping to a handler, so no library needs to know CNI.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 # Codes from the CNI spec (SPEC.md, "Error"), plus our own from 100 up.
 INCOMPATIBLE_VERSION = 1
@@ -38,12 +43,39 @@ class CniError(Exception):
         return f"{self.msg}: {self.details}" if self.details else self.msg
 
 
-class DatastoreError(CniError):
-    """etcd is unreachable, timed out or refused: the caller may try again later."""
+def cni_error(exc: BaseException) -> CniError | None:
+    """The CNI error a library error stands for; None for anything else (a bug: code 999)."""
+    from cni_calico.datastore import DatastoreConfigError, DatastoreError
+    from ipam.errors import AddressInUse, InvalidRequest, IpamError, PoolExhausted
 
-    def __init__(self, msg: str, details: str = "") -> None:
-        super().__init__(TRY_AGAIN_LATER, msg, details)
+    if isinstance(exc, CniError):
+        return exc
+    if isinstance(exc, DatastoreConfigError):
+        return CniError(INVALID_CONFIG, exc.msg, exc.details)
+    if isinstance(exc, DatastoreError):
+        return CniError(TRY_AGAIN_LATER, exc.msg, exc.details)
+    if isinstance(exc, IpamError):
+        code = {PoolExhausted: POOL_EXHAUSTED, AddressInUse: ADDRESS_CONFLICT, InvalidRequest: INVALID_CONFIG}
+        return CniError(code.get(type(exc), INVALID_CONFIG), exc.msg, exc.details)
+    return None
 
 
-class ConflictError(Exception):
-    """A guarded etcd write lost a race: re-read and retry (never shown to users)."""
+H = TypeVar("H", bound=Callable)
+
+
+def at_cni_edge(handler: H) -> H:
+    """`handler`, with the datastore's and IPAM's errors raised as the CNI errors they stand for."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except CniError:
+            raise
+        except Exception as exc:
+            mapped = cni_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    return wrapped  # type: ignore[return-value]

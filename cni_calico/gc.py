@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from cni_calico import keys
-from cni_calico.datastore import Datastore
+from cni_calico import endpoints, keys
+from cni_calico.datastore import Store, Txn
 from cni_calico.errors import INVALID_CONFIG, CniError
 from cni_calico.netconf import NetConf
 
@@ -32,7 +32,7 @@ def valid_container_ids(attachments: object) -> set[str]:
     return out
 
 
-def collect(ds: Datastore, conf: NetConf, node: str, valid_attachments: object) -> tuple[list[str], list[str]]:
+def collect(ds: Store, conf: NetConf, node: str, valid_attachments: object) -> tuple[list[str], list[str]]:
     """Returns (released handles, deleted endpoint keys)."""
     from ipam.store import IpamStore
 
@@ -41,11 +41,11 @@ def collect(ds: Datastore, conf: NetConf, node: str, valid_attachments: object) 
     prefix = keys.handle(f"{conf.name}.")
     released: list[str] = []
     for kv in ds.list(prefix, keys_only=True):
-        handle_id = kv.key[len(keys.handle_dir()):]
+        handle_id = keys.handle_id_of(kv.key)
         container_id = handle_id[len(conf.name) + 1:]
         if container_id in valid or not _held_on_node(store, handle_id, node):
             continue
-        freed, _ = store.release_by_handle(handle_id)
+        freed = store.release_by_handle(handle_id)
         log.info("GC released %s (%s): no valid attachment", handle_id, ", ".join(freed))
         released.append(handle_id)
     deleted: list[str] = []
@@ -53,9 +53,9 @@ def collect(ds: Datastore, conf: NetConf, node: str, valid_attachments: object) 
         spec = kv.value.get("spec", {})
         if spec.get("node") != node or conf.name not in (spec.get("profiles") or []):
             continue
-        if spec.get("containerID") in valid:
+        if endpoints.owner(kv) in valid:
             continue
-        if ds.commit({kv.key: kv.mod_revision}, deletes=[kv.key]):
+        if ds.commit(Txn().delete(kv.key, kv.mod_revision)):
             log.info("GC deleted endpoint %s: no valid attachment", kv.key)
             deleted.append(kv.key)
     return released, deleted

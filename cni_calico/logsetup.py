@@ -67,33 +67,25 @@ def setup_stderr(level: str = "warning") -> None:
     root.setLevel(LEVELS.get(level.lower(), logging.WARNING))
 
 
-_agent = False
-
-
-def agent_mode() -> None:
-    """Inside calico-node the agent's own level rules: requests' configs set only their file's level."""
-    global _agent
-    _agent = True
-
-
 _file_settings: tuple | None = None
 _file_lock = threading.Lock()  # the agent configures from several request threads
 
 
-def configure_from(conf) -> None:
-    """Applies a parsed network config's logging keys (see the module docstring)."""
+def configure_from(conf, root_level: bool = True) -> None:
+    """Applies a parsed network config's logging keys (see the module docstring); `root_level`: the
+    config's level is the process's (the plugin), not only its file's (calico-node's CNI server)."""
     configure(conf.log_level, conf.log_file_path, conf.log_file_max_size, conf.log_file_max_count,
-              conf.log_file_max_age)
+              conf.log_file_max_age, root_level)
 
 
 def configure(level: str, file_path: str, max_size_mb: float = MAX_SIZE_MB, max_count: int = MAX_COUNT,
-              max_age_days: float = MAX_AGE_DAYS) -> None:
+              max_age_days: float = MAX_AGE_DAYS, root_level: bool = True) -> None:
     """Applies `log_level` and the log file with its rotation; a changed file or rotation (the agent
     serving several configs) replaces the handler, the same one is kept."""
     global _file_handler, _file_settings
     lvl = LEVELS.get(level.lower(), logging.INFO)
     root = logging.getLogger()
-    if not _agent:
+    if root_level:
         root.setLevel(lvl)
     settings = (file_path, max_size_mb, max_count, max_age_days)
     with _file_lock:

@@ -6,10 +6,12 @@ is touched; unknown keys are tolerated, as CNI configs carry extras.
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
 from cni_calico.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
 from cni_calico.result import SUPPORTED_VERSIONS, Result
 
@@ -28,14 +30,6 @@ class IpamConf:
     ipv6_pools: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
     ip_addrs: list[str] = field(default_factory=list)  # exact addresses (the pod's ipAddrs annotation)
-
-
-@dataclass
-class EtcdConf:
-    endpoints: list[str]
-    key_file: str = ""
-    cert_file: str = ""
-    ca_cert_file: str = ""
 
 
 @dataclass
@@ -115,30 +109,23 @@ def check_version(version: object) -> str:
     return version
 
 
-def parse_etcd(conf: dict) -> EtcdConf:
-    """etcd settings from the config, falling back to Calico's environment variables."""
-    endpoints = _str(conf, "etcd_endpoints") or os.environ.get("ETCD_ENDPOINTS", "")
+def parse_etcd(conf: dict, env: Mapping[str, str]) -> EtcdConf:
+    """etcd settings from the config, falling back to Calico's variables in the request's `env`."""
+    endpoints = _str(conf, "etcd_endpoints") or env.get("ETCD_ENDPOINTS", "")
     if not endpoints:
         authority = _str(conf, "etcd_authority")  # Calico's older single host:port form
         endpoints = f"http://{authority}" if authority else ""
     if not endpoints:
         raise _fail("network config has no 'etcd_endpoints' (e.g. \"http://127.0.0.1:2379\")")
-    urls = [e.strip() for e in endpoints.split(",") if e.strip()]
-    if not urls:
-        raise _fail(f"network config field 'etcd_endpoints' {endpoints!r} names no endpoint")
-    for url in urls:
-        if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", url) and not re.match(
-            r"^https?://\[[0-9a-fA-F:]+\](:\d{1,5})?/?$", url
-        ):
-            raise _fail(f"etcd endpoint {url!r} is not a URL like http://127.0.0.1:2379")
-        port = re.search(r":(\d{1,5})/?$", url)
-        if port and not 0 < int(port.group(1)) <= 65535:
-            raise _fail(f"etcd endpoint {url!r} has port {port.group(1)}: a port is 1 to 65535")
+    try:
+        urls = parse_endpoints(endpoints, "network config field 'etcd_endpoints'")
+    except DatastoreConfigError as exc:
+        raise _fail(exc.msg) from None
     return EtcdConf(
         endpoints=urls,
-        key_file=_str(conf, "etcd_key_file") or os.environ.get("ETCD_KEY_FILE", ""),
-        cert_file=_str(conf, "etcd_cert_file") or os.environ.get("ETCD_CERT_FILE", ""),
-        ca_cert_file=_str(conf, "etcd_ca_cert_file") or os.environ.get("ETCD_CA_CERT_FILE", ""),
+        key_file=_str(conf, "etcd_key_file") or env.get("ETCD_KEY_FILE", ""),
+        cert_file=_str(conf, "etcd_cert_file") or env.get("ETCD_CERT_FILE", ""),
+        ca_cert_file=_str(conf, "etcd_ca_cert_file") or env.get("ETCD_CA_CERT_FILE", ""),
     )
 
 
@@ -161,8 +148,9 @@ def parse_ipam(conf: dict) -> IpamConf:
     )
 
 
-def parse(conf: object, need_etcd: bool = True) -> NetConf:
-    """Validates a decoded network config; raises CniError with code 1 or 7."""
+def parse(conf: object, env: Mapping[str, str] = MappingProxyType({}), need_etcd: bool = True) -> NetConf:
+    """Validates a decoded network config; raises CniError with code 1 or 7. `env`: the request's
+    environment (its ETCD_* variables are the fallback for the config's etcd keys)."""
     if not isinstance(conf, dict):
         raise _fail("network config must be a JSON object")
     version = check_version(conf.get("cniVersion"))
@@ -201,7 +189,7 @@ def parse(conf: object, need_etcd: bool = True) -> NetConf:
         name=name,
         cni_version=version,
         type=_str(conf, "type"),
-        etcd=parse_etcd(conf) if need_etcd else EtcdConf([]),
+        etcd=parse_etcd(conf, env) if need_etcd else EtcdConf([]),
         ipam=parse_ipam(conf),
         log_level=log_level,
         log_file_path=_str(conf, "log_file_path", DEFAULT_LOG_FILE),

@@ -3,22 +3,29 @@
 ADD order: validate everything local, allocate, build the dataplane, write the
 endpoint. A failure at any step undoes the ones before it, so nothing leaks.
 DEL is idempotent and never touches a re-created pod's live veth or record.
+
+The handlers take the request and the host that runs them (cni_calico.host): the plugin
+process or calico-node's CNI server. Each etcd change is one unit of work (a `Txn`) to which
+IPAM and the endpoint code both contribute: ADD costs one read, one commit (addresses, handle,
+the endpoint marked unfinished, the network's profile) and the endpoint's confirmation; DEL one
+read (endpoint and handle), the handle's blocks, and one commit.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 
-from cni_calico import logsetup, netconf, skel
-from cni_calico.errors import DATAPLANE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError
+from cni_calico import skel
+from cni_calico.errors import DATAPLANE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError, at_cni_edge
+from cni_calico.host import PluginHost
+from cni_calico.ipam_cni import CALICO_IPAM
 from cni_calico.netconf import NetConf
 from cni_calico.result import Interface, IPConfig, Result, Route
 
 log = logging.getLogger(__name__)
-
-CALICO_IPAM = "calico-ipam"
 
 
 @dataclass
@@ -26,6 +33,7 @@ class Context:
     """What every handler derives from the request, once."""
 
     req: skel.Request
+    host: PluginHost
     conf: NetConf
     node: str
     namespace: str
@@ -37,76 +45,43 @@ class Context:
 
         return EndpointId(self.node, self.req.container_id, self.req.ifname, self.namespace, self.pod)
 
+    def datastore(self):
+        ds = self.host.datastore(self.conf.etcd)
+        ds.reset_calls()
+        return ds
 
-def _context(req: skel.Request) -> Context:
+
+def _context(req: skel.Request, host: PluginHost) -> Context:
+    from cni_calico import netconf
     from cni_calico.names import host_veth_name
     from cni_calico.nodename import determine
 
-    conf = netconf.parse(req.conf)
-    logsetup.configure_from(conf)
+    conf = netconf.parse(req.conf, req.env)
+    host.configure_logging(conf)
     pod = req.args.get("K8S_POD_NAME", "")
     namespace = req.args.get("K8S_POD_NAMESPACE", "") or "default"
     host_ifname = host_veth_name(req.container_id, namespace if pod else "", pod)
-    return Context(req, conf, determine(conf), namespace, pod, host_ifname)
+    return Context(req, host, conf, determine(conf), namespace, pod, host_ifname)
 
 
-_shared: dict | None = None  # the agent keeps warm clients here; a plugin process makes one per call
-
-
-def share_datastores() -> None:
-    """Called by the agent: reuse one etcd client per etcd configuration across requests."""
-    global _shared
-    _shared = {}
-
-
-def _datastore(conf: NetConf):
-    from cni_calico.datastore import Datastore
-
-    if _shared is None:
-        ds = Datastore(conf.etcd)
-    else:
-        ident = (tuple(conf.etcd.endpoints), conf.etcd.key_file, conf.etcd.cert_file, conf.etcd.ca_cert_file)
-        ds = _shared.get(ident)
-        if ds is None:
-            ds = _shared[ident] = Datastore(conf.etcd)
-    ds.reset_calls()
-    return ds
-
-
-def _allocate(ctx: Context, ds, riders=None) -> tuple[list[str], bool]:
-    """Addresses for the workload, and whether `riders` (the endpoint) went into IPAM's transaction."""
-    if ctx.conf.ipam.type == CALICO_IPAM:
-        from ipam.plugin import assign
-
-        return assign(ctx.conf, ctx.req, ds, ctx.node, riders)
+def _delegated_addresses(ctx: Context) -> list[str]:
+    """Addresses from an IPAM plugin other than calico-ipam, as the workload's own /32 or /128."""
     from cni_calico.delegate import invoke
 
     result = invoke(ctx.conf.ipam.type, "ADD", ctx.req)
     if result is None or not result.ips:
         raise CniError(DATAPLANE_FAILURE, f"IPAM plugin {ctx.conf.ipam.type} returned no address")
-    # The address is the workload's own: /32 (or /128) whatever the IPAM's prefix.
-    return [f"{ip.address.split('/')[0]}/{32 if ip.family == 4 else 128}" for ip in result.ips], False
+    return [f"{ip.address.split('/')[0]}/{32 if ip.family == 4 else 128}" for ip in result.ips]
 
 
-def _release(ctx: Context, ds, known=None, also_delete: dict[str, int] | None = None) -> bool:
-    """Frees the container's addresses; True when `also_delete` went in the same transaction."""
-    if ctx.conf.ipam.type == CALICO_IPAM:
-        from ipam.plugin import release
-
-        return release(ctx.conf, ctx.req, ds, known, also_delete)[1]
-    from cni_calico.delegate import invoke
-
-    invoke(ctx.conf.ipam.type, "DEL", ctx.req)
-    return False
-
-
-def cmd_add(req: skel.Request) -> Result:
+def cmd_add(req: skel.Request, host: PluginHost) -> Result:
     from cni_calico import dataplane, endpoints
+    from cni_calico.datastore import Txn, transact
     from cni_calico.names import alternate_veth_name
     from cni_calico.nodename import pod_mtu
 
     started = time.monotonic()
-    ctx = _context(req)
+    ctx = _context(req, host)
     labels: dict[str, str] = {}
     if ctx.conf.kubeconfig or ctx.conf.policy_type == "k8s":
         from cni_calico.kube import apply_pod
@@ -117,39 +92,55 @@ def cmd_add(req: skel.Request) -> Result:
 
         find(ctx.conf.ipam.type, req.path)  # a missing IPAM plugin fails before anything is done
     dataplane.check_pod_ifname_free(req.netns, req.ifname)
-    ctx.host_ifname = dataplane.choose_host_ifname(ctx.host_ifname, alternate_veth_name(req.container_id),
+    ctx.host_ifname = dataplane.choose_host_ifname(host.netlink, ctx.host_ifname, alternate_veth_name(req.container_id),
                                                    req.container_id, bool(ctx.pod))
-    ds = _datastore(ctx.conf)
+    ds = ctx.datastore()
     eid = ctx.endpoint_id()
     mac = dataplane.random_mac()
+    network = ctx.conf.name
 
-    def endpoint(addresses: list[str], adding: bool) -> dict:
-        return endpoints.build(eid, ctx.host_ifname, mac, addresses, [ctx.conf.name], labels, adding=adding)
+    def endpoint(addresses: list[str]):
+        return endpoints.build(eid, ctx.host_ifname, mac, addresses, [network], labels)
 
-    def endpoint_riders(addresses: list[str]):
-        from cni_calico import keys
-        from ipam.store import Riders
+    # The endpoint goes in with the addresses, marked unfinished: calico-node programs the pod's
+    # policy before its veth exists, and an ADD killed after this commit leaves a record that
+    # `calicoctl ipam check` recognises (still unfinished long after) and DEL or GC remove.
+    if ctx.conf.ipam.type == CALICO_IPAM:
+        from cni_calico.ipam_cni import assign_args
+        from ipam.assign import Assigner
 
-        resource = endpoint(addresses, adding=True)
-        profile = {keys.resource("profiles", ctx.conf.name): endpoints.default_profile(ctx.conf.name)}
-        return Riders(puts={eid.key: resource}, create_if_absent=profile)
+        with Assigner(ds, assign_args(ctx.conf, req, ctx.node, host)) as assigner:
 
-    # The endpoint record rides in IPAM's transaction, marked unfinished: calico-node programs the
-    # pod's policy before its veth exists, and an ADD killed after this commit leaves a record
-    # that `calicoctl ipam check` recognises (still unfinished long after) and DEL or GC remove.
-    addresses, endpoint_written = _allocate(ctx, ds, endpoint_riders)
+            def attempt():
+                txn = Txn()
+                claim = assigner.prepare(txn)
+                written = endpoint(claim.cidrs)
+                endpoints.contribute_add(txn, eid, written, network)
+                return txn, (claim, written)
+
+            claim, written = transact(ds, attempt, f"assigning an address for {eid.name}")
+            assigner.committed(claim)
+        addresses = claim.cidrs
+    else:
+        addresses = _delegated_addresses(ctx)
+        written = endpoint(addresses)
+        try:
+            txn = Txn()
+            endpoints.contribute_add(txn, eid, written, network)
+            ds.commit(txn)
+        except BaseException:
+            _release(ctx, ds)
+            raise
     workload = dataplane.Workload(
         req.netns, ctx.host_ifname, req.ifname, addresses, pod_mtu(ctx.conf), ctx.conf.allow_ip_forwarding, mac,
         owner=req.container_id, same_pod_name=bool(ctx.pod),
     )
     try:
         _fault_point(req, "after-ipam")
-        if not endpoint_written:  # another IPAM plugin, a repeated ADD, or the pod's ipAddrs
-            endpoints.write(ds, eid, endpoint(addresses, adding=True), network=ctx.conf.name)
         _fault_point(req, "after-endpoint")
-        dataplane.setup(workload)
+        dataplane.setup(host.netlink, workload)
         _fault_point(req, "after-dataplane")
-        endpoints.write(ds, eid, endpoint(addresses, adding=False))
+        ds.commit(Txn().put(eid.key, endpoints.confirmed(written).to_value()))
     except BaseException:
         _undo_add(ctx, ds, workload, eid)
         raise
@@ -171,14 +162,44 @@ def _fault_point(req: skel.Request, name: str) -> None:
         raise CniError(DATAPLANE_FAILURE, f"injected failure at {name} (CNI_CALICO_FAIL_AT)")
 
 
+def _release(ctx: Context, ds, read: dict | None = None) -> list[str]:
+    """Frees the container's addresses and removes its endpoint (if still its own) in one unit of
+    work. `read`: the endpoint and handle as the caller already read them (first attempt only)."""
+    from cni_calico import endpoints, keys
+    from cni_calico.datastore import Txn, transact
+    from cni_calico.names import handle_id
+
+    eid = ctx.endpoint_id()
+    handle_key = keys.handle(handle_id(ctx.conf.name, ctx.req.container_id))
+    calico_ipam = ctx.conf.ipam.type == CALICO_IPAM
+    if not calico_ipam:
+        from cni_calico.delegate import invoke
+
+        invoke(ctx.conf.ipam.type, "DEL", ctx.req)
+    first = [read]
+
+    def attempt():
+        from ipam.store import Handle, IpamStore
+
+        got = first.pop() if first and first[0] is not None else ds.multi_get([eid.key, handle_key])
+        first.clear()
+        txn = Txn()
+        freed: list[str] = []
+        if calico_ipam and got[handle_key]:
+            freed = IpamStore(ds).prepare_release(Handle.from_kv(got[handle_key][0]), txn)
+        endpoints.contribute_delete(txn, eid, got[eid.key][0] if got[eid.key] else None)
+        return txn, freed
+
+    return transact(ds, attempt, f"releasing {eid.name}")
+
+
 def _undo_add(ctx: Context, ds, workload, eid) -> None:
-    """Best effort, each step on its own: one failing must not stop the others."""
-    from cni_calico import dataplane, endpoints
+    """Best effort, each step on its own: one failing must not stop the other."""
+    from cni_calico import dataplane
 
     for what, step in (
-        ("host veth", lambda: dataplane.teardown_host(workload.host_ifname, workload.owner)),
-        ("endpoint", lambda: endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))),
-        ("address", lambda: _release(ctx, ds)),
+        ("host veth", lambda: dataplane.teardown_host(ctx.host.netlink, workload.host_ifname, workload.owner)),
+        ("endpoint and address", lambda: _release(ctx, ds)),
     ):
         try:
             step()
@@ -186,26 +207,27 @@ def _undo_add(ctx: Context, ds, workload, eid) -> None:
             log.error("rolling back ADD of %s: removing the %s failed: %s", ctx.req.container_id, what, exc)
 
 
-def cmd_del(req: skel.Request) -> None:
+def cmd_del(req: skel.Request, host: PluginHost) -> None:
     from cni_calico import dataplane, endpoints, keys
     from cni_calico.names import alternate_veth_name, handle_id
 
     started = time.monotonic()
-    ctx = _context(req)
-    ds = _datastore(ctx.conf)
+    ctx = _context(req, host)
+    ds = ctx.datastore()
     eid = ctx.endpoint_id()
     handle_key = keys.handle(handle_id(ctx.conf.name, req.container_id))
     read = ds.multi_get([eid.key, handle_key])  # the endpoint and the handle in one round trip
     current = read[eid.key][0] if read[eid.key] else None
-    owner = current.value.get("spec", {}).get("containerID") if current else None
+    owner = endpoints.owner(current)
 
     def teardown() -> None:
         # The pod's own end goes with its namespace; the host end only when no newer
         # sandbox of the same pod (same veth name) owns the endpoint now.
         dataplane.teardown_pod(req.netns, req.ifname)
         if owner in (None, req.container_id):
-            dataplane.teardown_host(ctx.host_ifname, req.container_id) or (
-                not ctx.pod and dataplane.teardown_host(alternate_veth_name(req.container_id), req.container_id))
+            dataplane.teardown_host(host.netlink, ctx.host_ifname, req.container_id) or (
+                not ctx.pod and dataplane.teardown_host(host.netlink, alternate_veth_name(req.container_id),
+                                                        req.container_id))
         else:
             log.info("DEL for %s: endpoint now belongs to %s, leaving its veth alone", req.container_id, owner)
 
@@ -214,37 +236,33 @@ def cmd_del(req: skel.Request) -> None:
     # `replace` its /32 route onto its own veth, which the old veth's removal does not touch.
     links = dataplane.Background(teardown)
     try:
-        known = None
-        if read[handle_key]:
-            from ipam.store import Handle
-
-            kv = read[handle_key][0]
-            known = Handle(kv.key[len(keys.handle_dir()):], dict(kv.value.get("block") or {}), kv.mod_revision)
-        mine = {eid.key: current.mod_revision} if current is not None and owner == req.container_id else {}
-        gone = _release(ctx, ds, known, mine) if (known or ctx.conf.ipam.type != CALICO_IPAM) else False
-        if mine and not gone:
-            endpoints.delete_if_owned(ds, eid, endpoints.get(ds, eid))
+        if read[handle_key] or read[eid.key] or ctx.conf.ipam.type != CALICO_IPAM:
+            _release(ctx, ds, read)
     finally:
         links.join()
-    freed = ",".join((current.value.get("spec") or {}).get("ipNetworks") or []) if mine else ""
+    freed = ",".join((current.value.get("spec") or {}).get("ipNetworks") or []) if owner == req.container_id else ""
     log.info("DEL container=%s pod=%s/%s address=%s etcd_round_trips=%d took %.0f ms", req.container_id,
              ctx.namespace, ctx.pod or "-", freed or "-", ds.calls(), (time.monotonic() - started) * 1000)
 
 
-def cmd_check(req: skel.Request) -> None:
+def cmd_check(req: skel.Request, host: PluginHost) -> None:
     from cni_calico import dataplane, endpoints
+    from cni_calico.v3 import Resource
 
     started = time.monotonic()
-    ctx = _context(req)
-    ds = _datastore(ctx.conf)
-    current = endpoints.get(ds, ctx.endpoint_id())
-    if current is None or current.value.get("spec", {}).get("containerID") != req.container_id:
+    ctx = _context(req, host)
+    ds = ctx.datastore()
+    eid = ctx.endpoint_id()
+    current = ds.get(eid.key)
+    if endpoints.owner(current) != req.container_id:
         raise CniError(DATAPLANE_FAILURE, f"no workload endpoint for container {req.container_id}")
-    addresses = list(current.value["spec"].get("ipNetworks") or [])
+    spec = Resource.from_value(current.value).spec  # type: ignore[union-attr]
+    addresses = list(spec.get("ipNetworks") or [])
     if ctx.conf.ipam.type == CALICO_IPAM:
-        from ipam.plugin import owned
+        from cni_calico.names import handle_id
+        from ipam.store import IpamStore
 
-        held = set(owned(ctx.conf, req, ds))
+        held = {a.ip for a in IpamStore(ds).ips_by_handle(handle_id(ctx.conf.name, req.container_id))}
         for cidr in addresses:
             if cidr.split("/")[0] not in held:
                 raise CniError(DATAPLANE_FAILURE, f"address {cidr} is no longer allocated to {req.container_id}")
@@ -252,18 +270,18 @@ def cmd_check(req: skel.Request) -> None:
         expected = {ip.address.split("/")[0] for ip in ctx.conf.prev_result.ips}
         if expected != {a.split("/")[0] for a in addresses}:
             raise CniError(DATAPLANE_FAILURE, f"addresses {sorted(expected)} of prevResult differ from {addresses}")
-    host_ifname = current.value["spec"].get("interfaceName") or ctx.host_ifname
-    dataplane.check(dataplane.Workload(req.netns, host_ifname, req.ifname, addresses))
+    host_ifname = spec.get("interfaceName") or ctx.host_ifname
+    dataplane.check(host.netlink, dataplane.Workload(req.netns, host_ifname, req.ifname, addresses))
     log.info("CHECK container=%s pod=%s/%s address=%s interface=%s took %.0f ms", req.container_id, ctx.namespace,
              ctx.pod or "-", ",".join(addresses), ctx.host_ifname, (time.monotonic() - started) * 1000)
 
 
-def cmd_status(req: skel.Request) -> None:
-    conf = netconf.parse(req.conf)
-    logsetup.configure_from(conf)
-    from cni_calico.datastore import Datastore
-    from cni_calico.errors import DatastoreError
+def cmd_status(req: skel.Request, host: PluginHost) -> None:
+    from cni_calico import netconf
+    from cni_calico.datastore import Datastore, DatastoreError
 
+    conf = netconf.parse(req.conf, req.env)
+    host.configure_logging(conf)
     try:
         ds = Datastore(conf.etcd, deadline=5.0)
         if conf.ipam.type == CALICO_IPAM:
@@ -275,17 +293,24 @@ def cmd_status(req: skel.Request) -> None:
         raise CniError(PLUGIN_NOT_AVAILABLE, exc.msg, exc.details) from None
 
 
-def cmd_gc(req: skel.Request) -> None:
+def cmd_gc(req: skel.Request, host: PluginHost) -> None:
     """Releases this network's allocations and endpoints on this node that no valid attachment holds."""
     from cni_calico.gc import collect
 
-    ctx = _context(req)
-    collect(_datastore(ctx.conf), ctx.conf, ctx.node, req.conf.get("cni.dev/valid-attachments"))
+    ctx = _context(req, host)
+    collect(ctx.datastore(), ctx.conf, ctx.node, req.conf.get("cni.dev/valid-attachments"))
 
 
-HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+COMMANDS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+
+
+def handlers(host: PluginHost) -> dict[str, skel.Handler]:
+    """The CNI handlers as `host` runs them, with library errors mapped to CNI codes."""
+    return {name: at_cni_edge(functools.partial(fn, host=host)) for name, fn in COMMANDS.items()}
 
 
 def main(stdin: bytes | None = None) -> int:
+    from cni_calico import logsetup
+
     logsetup.setup_stderr()
-    return skel.run(HANDLERS, stdin=stdin)
+    return skel.run(handlers(PluginHost()), stdin=stdin)

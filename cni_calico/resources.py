@@ -19,9 +19,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from cni_calico import v3
+from cni_calico.v3 import ALLOWED_USES, API_VERSION, DEFAULT_BLOCK_SIZE, ENCAP_MODES
+
 log = logging.getLogger(__name__)
 
-API_VERSION = "projectcalico.org/v3"
 TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec"})
 METADATA = frozenset({"name", "namespace", "resourceVersion", "uid", "creationTimestamp", "labels", "annotations"})
 STORED_METADATA = ("name", "namespace", "uid", "creationTimestamp", "labels", "annotations")
@@ -121,8 +123,8 @@ class Resource:
         return {"apiVersion": API_VERSION, "kind": self.kind.name, "metadata": dict(self.metadata), "spec": self.spec}
 
     def to_stored(self) -> dict:
-        meta = {k: self.metadata[k] for k in STORED_METADATA if self.metadata.get(k) not in (None, "", {})}
-        return {"kind": self.kind.name, "apiVersion": API_VERSION, "metadata": meta, "spec": self.spec}
+        meta = {k: self.metadata[k] for k in STORED_METADATA if k in self.metadata}
+        return v3.Resource(self.kind.name, meta, self.spec).to_value()
 
 
 KINDS: dict[str, Kind] = {}
@@ -204,10 +206,7 @@ def selector_errors(field: str, value: object) -> list[FieldError]:
 
 # --- IPPool -----------------------------------------------------------------------------------
 
-ENCAP_MODES = ("Always", "CrossSubnet", "Never")
-ALLOWED_USES = ("Workload", "Tunnel", "LoadBalancer")
-BLOCK_SIZES = {4: (20, 32), 6: (116, 128)}
-DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+BLOCK_SIZES = v3.BLOCK_SIZE_RANGE
 LINK_LOCAL = {4: "169.254.0.0/16", 6: "fe80::/10"}
 _POOL_TYPES: dict[str, tuple[type, str]] = {
     "cidr": (str, "a string"), "blockSize": (int, "an integer"), "ipipMode": (str, "a string"),

@@ -4,6 +4,8 @@ A block is a CIDR of a pool, affine to one node. `allocations[i]` is the index
 into `attributes` of whoever holds ordinal i (None: free); `unallocated` is
 the free ordinals in the order they will be handed out. A release appends to
 its end, so an address just freed is the last to be reused (Calico's FIFO).
+Fields of the stored block this module does not use are kept (`other`) and
+written back as read, so rewriting a block real Calico wrote loses nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FIELDS = frozenset({"cidr", "affinity", "strictAffinity", "allocations", "unallocated", "attributes", "deleted"})
 
 
 def network(cidr: str) -> IPNetwork:
@@ -31,6 +34,7 @@ class Block:
     unallocated: list[int]
     attributes: list[dict] = field(default_factory=list)
     strict_affinity: bool = False
+    other: dict = field(default_factory=dict)  # stored fields this module does not use, kept as read
 
     @classmethod
     def new(cls, cidr: str, node: str | None) -> Block:
@@ -51,6 +55,7 @@ class Block:
             unallocated=list(data["unallocated"]),
             attributes=list(data.get("attributes") or []),
             strict_affinity=bool(data.get("strictAffinity", False)),
+            other={k: v for k, v in data.items() if k not in _FIELDS},
         )
 
     def to_dict(self) -> dict:
@@ -62,6 +67,7 @@ class Block:
             "unallocated": self.unallocated,
             "attributes": self.attributes,
             "deleted": False,
+            **self.other,
         }
 
     @property

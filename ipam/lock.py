@@ -1,31 +1,31 @@
-"""A per-node host lock around IPAM, as Calico takes: parallel ADDs on one node queue
-instead of retrying each other's etcd transactions into the ground."""
+"""The node's IPAM files: a per-node host lock around assignment, as Calico takes (parallel ADDs on
+one node queue instead of retrying each other's etcd transactions into the ground), and the hint
+naming the blocks the node's last assignments used (read in the same round trip as the pools)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
 WAIT = 8.0  # seconds to queue for the lock; a healthy holder keeps it for milliseconds
+HINTED_BLOCKS = 8
 
 
-def run_dir() -> str:
-    return os.environ.get("CALICO_RUN_DIR", "/var/run/calico")
-
-
-def node_file(node: str, suffix: str, directory: str | None = None) -> str:
+def node_file(node: str, suffix: str, directory: str) -> str:
     """`<run dir>/ipam-<node>.<suffix>`: the node's IPAM files beside calico-node's."""
-    return os.path.join(directory or run_dir(), f"ipam-{node}.{suffix}")
+    return os.path.join(directory, f"ipam-{node}.{suffix}")
 
 
 @contextlib.contextmanager
-def node_lock(node: str, directory: str | None = None) -> Iterator[None]:
+def node_lock(node: str, directory: str) -> Iterator[None]:
     path = node_file(node, "lock", directory)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -57,3 +57,24 @@ def _acquire(fd: int, wait: float) -> bool:
                 return False
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
+
+
+def read_hint(node: str, directory: str) -> list[str]:
+    """Blocks the node's last assignments used: only a hint (a listed block is read, not trusted)."""
+    try:
+        with open(node_file(node, "blocks", directory)) as f:
+            hint = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [c for c in hint if isinstance(c, str)][:HINTED_BLOCKS] if isinstance(hint, list) else []
+
+
+def write_hint(node: str, directory: str, blocks: list[str]) -> None:
+    path = node_file(node, "blocks", directory)
+    try:
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w") as f:
+            json.dump(blocks[-HINTED_BLOCKS:], f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write the block hint %s: %s", path, exc)

@@ -1,65 +1,46 @@
-"""IP pools as IPAM sees them, and the choice of pools for one request (pure logic)."""
+"""The choice of IP pools for one request (pure): named pools, or every enabled pool selecting the node."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
-from cni_calico.errors import INVALID_CONFIG, CniError
+from cni_calico.v3 import ALL, IPPool
 from ipam.allocator import network
+from ipam.errors import InvalidRequest
 
-DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
-
-
-@dataclass
-class Pool:
-    name: str
-    cidr: str
-    block_size: int
-    disabled: bool = False
-    node_selector: str = "all()"
-    ipip_mode: str = "Never"  # Always | CrossSubnet | Never
-    vxlan_mode: str = "Never"
-    disable_bgp_export: bool = False
-
-    @property
-    def family(self) -> int:
-        return network(self.cidr).version
-
-    def contains(self, cidr: str) -> bool:
-        inner, outer = network(cidr), network(self.cidr)
-        return inner.version == outer.version and inner.subnet_of(outer)
+log = logging.getLogger(__name__)
 
 
-def pool_from_resource(resource: dict) -> Pool:
-    spec = resource.get("spec") or {}
-    cidr = str(network(spec["cidr"]))
-    family = network(cidr).version
-    return Pool(
-        name=resource["metadata"]["name"],
-        cidr=cidr,
-        block_size=int(spec.get("blockSize") or DEFAULT_BLOCK_SIZE[family]),
-        disabled=spec.get("disabled") in (True, "true", "True"),
-        node_selector=str(spec.get("nodeSelector") or "all()"),
-        ipip_mode=str(spec.get("ipipMode") or "Never"),
-        vxlan_mode=str(spec.get("vxlanMode") or "Never"),
-        disable_bgp_export=spec.get("disableBGPExport") in (True, "true"),
-    )
+def parse_pools(values: list[tuple[str, dict]]) -> list[IPPool]:
+    """Pools from (key, stored value) pairs; a malformed one is logged and left out."""
+    out = []
+    for key, value in values:
+        try:
+            out.append(IPPool.from_value(value))
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("ignoring malformed IPPool at %s: %s", key, exc)
+    return out
 
 
 def node_selected(selector: str, labels: dict[str, str]) -> bool:
     """A pool's nodeSelector in Calico's selector language; one that does not parse selects no node,
     so a pool is never used by mistake."""
-    if selector.strip() in ("", "all()"):
+    if selector.strip() in ("", ALL):
         return True  # the common case, without loading the selector parser on the plugin's hot path
     from cni_calico.selector import SelectorError, matches
 
     try:
-        return matches(selector or "all()", labels)
+        return matches(selector or ALL, labels)
     except SelectorError:
         return False
 
 
-def select_pools(pools: list[Pool], requested: list[str], family: int, node_labels: dict[str, str]) -> list[Pool]:
+def selects_by_label(pools: list[IPPool]) -> bool:
+    """Whether choosing among these pools needs the node's labels (a read the common path skips)."""
+    return any(p.node_selector.strip() not in ("", ALL, "!all()") for p in pools)
+
+
+def select_pools(pools: list[IPPool], requested: list[str], family: int, node_labels: dict[str, str]) -> list[IPPool]:
     """Pools named (by name or CIDR) in `requested`, else every enabled pool selecting this node."""
     same_family = [p for p in pools if p.family == family]
     if requested:
@@ -68,9 +49,9 @@ def select_pools(pools: list[Pool], requested: list[str], family: int, node_labe
             match = [p for p in same_family if want in (p.name, p.cidr) or _same_cidr(want, p.cidr)]
             if not match:
                 known = ", ".join(f"{p.name} ({p.cidr})" for p in same_family) or "none"
-                raise CniError(INVALID_CONFIG, f"requested IPv{family} pool {want!r} does not exist", f"pools: {known}")
+                raise InvalidRequest(f"requested IPv{family} pool {want!r} does not exist", f"pools: {known}")
             if match[0].disabled:
-                raise CniError(INVALID_CONFIG, f"requested IPv{family} pool {want!r} is disabled")
+                raise InvalidRequest(f"requested IPv{family} pool {want!r} is disabled")
             chosen.append(match[0])
         return chosen
     return [p for p in same_family if not p.disabled and node_selected(p.node_selector, node_labels)]

@@ -1,6 +1,21 @@
 """Fixtures over tests/lab.py: a real etcd per session (wiped per test), nodes and pods per test.
 
 Everything is torn down in the fixtures' finalisers, also when a test fails.
+Helpers belong in tests/lab.py (or tests/integration/helpers.py, cluster.py);
+this file defines fixtures only.
+
+Fixtures:
+    lab          (session) the `Lab`; CALICO_RUN_DIR points at a fresh temporary directory.
+    etcd_server  (session) the lab's one etcd on loopback.
+    etcd         the session's etcd, emptied of /calico before and after each test.
+    node         a fresh node namespace with `etcd` bridged in; removed after the test.
+    tls_etcd     (module) an etcd of the module's own that takes mutual TLS only, with pool tls-pool.
+    tls_node     a fresh node namespace with `tls_etcd` bridged in; removed after the test.
+    make_pod     a factory: each call makes a pod namespace; all are removed after the test.
+    pool         pool1 = 10.60.0.0/24 (blocks of /26) in `etcd`; the value is its CIDR.
+    conf         a factory: conf(**kw) is `netconf(etcd, **kw)`, the plugin's network config.
+
+Hook: pytest_collection_modifyitems skips the integration tests when etcd, ip, socat or ping is missing.
 """
 
 from __future__ import annotations
@@ -11,8 +26,6 @@ import shutil
 import pytest
 
 from tests.lab import Certs, Etcd, Lab, add_pool, netconf
-
-NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root (CI runs as root)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,16 +56,12 @@ def etcd(etcd_server) -> Etcd:
     etcd_server.wipe()
 
 
-def _fresh_node(lab: Lab, etcd: Etcd):
-    ns = lab.node(etcd)
-    yield ns
-    _remove(lab, ns)
-
-
 @pytest.fixture
 def node(lab, etcd):
     """A fresh node namespace with etcd bridged in; removed after the test."""
-    yield from _fresh_node(lab, etcd)
+    ns = lab.node(etcd)
+    yield ns
+    lab.remove_netns(ns)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +76,9 @@ def tls_etcd(lab, tmp_path_factory):
 @pytest.fixture
 def tls_node(lab, tls_etcd):
     """A fresh node namespace with the TLS etcd bridged in."""
-    yield from _fresh_node(lab, tls_etcd)
+    ns = lab.node(tls_etcd)
+    yield ns
+    lab.remove_netns(ns)
 
 
 @pytest.fixture
@@ -81,7 +92,7 @@ def make_pod(lab):
 
     yield make
     for ns in made:
-        _remove(lab, ns)
+        lab.remove_netns(ns)
 
 
 @pytest.fixture
@@ -97,16 +108,3 @@ def conf(etcd):
 
     return make
 
-
-def _remove(lab: Lab, ns: str) -> None:
-    from tests.lab import sh
-
-    # Stop what runs inside (the etcd bridge) before the namespace goes.
-    for proc in list(lab.procs):
-        if proc.args and ns in proc.args and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            lab.procs.remove(proc)
-    sh("ip", "netns", "del", ns, check=False)
-    if ns in lab.namespaces:
-        lab.namespaces.remove(ns)

@@ -9,6 +9,75 @@ A node namespace cannot reach the host's loopback, so etcd is bridged in: a
 socat in the host serves a Unix socket that forwards to etcd, and a socat in
 each node listens on the node's 127.0.0.1:<port> and forwards to that socket.
 The plugin's config therefore says `http://127.0.0.1:<port>` everywhere.
+
+Safety rules the lab keeps
+--------------------------
+* Unique prefix: every namespace is `<prefix><role><n>`, the prefix `cc<pid><3 hex>-` unless given,
+  so two labs (or a lab and the machine's own namespaces) never collide; its files live in one fresh
+  temporary directory, `Lab.workdir`.
+* Everything is removed in `close()` (also on leaving `with Lab() as lab:`, and after failures):
+  calico-nodes and their BIRD killed, other processes killed, etcds stopped, namespaces deleted,
+  the workdir deleted. Parts are registered before they start, so a failed start is cleaned up too.
+  Processes are stopped by PID, never by name.
+* Loopback only: etcd listens on 127.0.0.1 (clients and peers), its bridge on a Unix socket in the
+  workdir and on 127.0.0.1 inside each node; every link, address, route and sysctl is made inside
+  the lab's own namespaces, never in the host's.
+
+What it offers
+--------------
+Constants: REPO (the checkout), NETNS_DIR (/var/run/netns), REFERENCE_CNI_DIR (reference plugins).
+
+Helpers:
+    sh(*cmd, check=True)                subprocess.run, text output captured; raises on failure unless check=False.
+    etcdctl(endpoints, *args)           etcdctl (API v3) against comma-separated client URLs.
+    wait_for(predicate, timeout, what)  polls until predicate() is truthy and returns it; else TimeoutError.
+    port_open(port, netns=None)         True when 127.0.0.1:port accepts TCP (inside `netns` when given).
+    free_port()                         a free TCP port on 127.0.0.1.
+    plugin_dir()                        where calico, calico-ipam, calico-node live: $CNI_CALICO_BIN, else .venv/bin.
+    netns_runner(ns)                    a policy Runner (cni_calico.policy.iptables) running each command in `ns`.
+    pool(name, cidr, ...)               an IPPool resource (projectcalico.org/v3) as a dict.
+    add_pool(etcd, name, cidr, ...)     writes that pool into etcd (ipip= / vxlan= Always|CrossSubnet).
+    netconf(etcd, name=, node=, ...)    the plugin's network config against `etcd`, extra keys merged in.
+
+etcd:
+    EtcdData     get_json / put_json / keys / wipe through ctl(); shared by Etcd and EtcdCluster.
+    Etcd         one member on loopback with its own data dir and bridge socket: url, start(), stop(), ctl().
+    Certs        a throw-away CA, server (127.0.0.1) and client certificates: ca, key(), cert(), *_args().
+    EtcdMember   one member of an EtcdCluster: kill(), freeze() / thaw() (SIGSTOP / SIGCONT), running.
+    EtcdCluster  members as one cluster: url (all), live (running), start(), wait_healthy(), leader(), stop().
+
+Processes and results:
+    CalicoNode   calico-node (and its BIRD) in a node: env, start(), stop(graceful=), bird_pid(), log(), birdc().
+    PluginRun    one plugin run: rc, out (stdout parsed as JSON), stdout, stderr, seconds.
+
+Lab (prefix=None), owner of everything above that it makes; by purpose:
+  lifecycle
+    close()                             removes everything (see the rules); `with Lab() as lab:` calls it.
+    prefix, workdir                     the unique name prefix and the lab's temporary directory.
+    namespaces, procs, etcds, calico_nodes  what close() will remove.
+  etcd
+    etcd(tls=None)                      a started Etcd (mutual TLS with `Certs`), registered with the lab.
+    etcd_cluster(size=3)                a started, healthy EtcdCluster of `size` members.
+    bridge_etcd(ns, etcd)               etcd reachable at 127.0.0.1:<etcd.port> inside `ns`.
+    bridge_etcd_cluster(ns, cluster)    every member bridged into `ns` on its own port.
+  namespaces / nodes
+    netns(role)                         a namespace `<prefix><role><n>` with lo up.
+    node(etcd=None, index=1)            a node: uplink, default routes (v4 and v6), forwarding on, etcd bridged.
+    switch()                            the nodes' L2 segment: a bridge on SWITCH_NET / SWITCH_NET6 in a namespace.
+    cluster_node(switch, index, etcd=None)  a node on the switch at SWITCH_NET.<index>.
+    pod()                               an empty pod namespace.
+    remove_netns(ns)                    deletes `ns` now, first killing the lab's processes inside it.
+    netns_path(ns)                      /var/run/netns/<ns>, what CNI_NETNS takes.
+  calico-node
+    calico_node(ns, etcd, name, **env)  a started CalicoNode in `ns` (env overrides its settings).
+  plugin runs
+    run_plugin(node, command, conf, container_id, netns, ...)  a plugin in `node` with the CNI env -> PluginRun.
+    in_ns(ns, *cmd)                     a command inside `ns` (check=False by default).
+  pings / links / routes
+    ping_once(ns, address)              one ping (-6 for IPv6) from `ns`; True when it answers.
+    ping(ns, address, within=0.0)       ping, retried for `within` seconds (policy is eventual).
+    links(ns)                           interface names in `ns`.
+    routes(ns)                          IPv4 routes in `ns`.
 """
 
 from __future__ import annotations
@@ -74,7 +143,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _port_open(port: int, netns: str | None = None) -> bool:
+def port_open(port: int, netns: str | None = None) -> bool:
+    """True when something accepts TCP on 127.0.0.1:`port` (inside namespace `netns` when given)."""
     if netns:
         probe = f"echo > /dev/tcp/127.0.0.1/{port}"
         return sh("ip", "netns", "exec", netns, "bash", "-c", probe, check=False).returncode == 0
@@ -134,7 +204,7 @@ class Etcd(EtcdData):
             ],
             stdout=log, stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: _port_open(self.port), 20, f"etcd on {self.url}")
+        wait_for(lambda: port_open(self.port), 20, f"etcd on {self.url}")
         self.socket_path = str(self.workdir / f"etcd-{self.port}.sock")
         if self.bridge is not None and self.bridge.poll() is None:
             return self  # a restarted etcd keeps its bridge
@@ -228,7 +298,7 @@ class EtcdMember(Etcd):
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for(lambda: _port_open(self.port), 20, f"etcd member {self.name} on {self.url}")
+        wait_for(lambda: port_open(self.port), 20, f"etcd member {self.name} on {self.url}")
         self.socket_path = str(self.workdir / f"etcd-{self.port}.sock")
         if self.bridge is None or self.bridge.poll() is not None:
             self.bridge = subprocess.Popen(
@@ -494,7 +564,7 @@ class Lab:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.procs.append(proc)
-        wait_for(lambda: _port_open(etcd.port, ns), 10, f"the etcd bridge in {ns}")
+        wait_for(lambda: port_open(etcd.port, ns), 10, f"the etcd bridge in {ns}")
 
     def etcd_cluster(self, size: int = 3) -> EtcdCluster:
         """A `size`-member etcd cluster on loopback, every member with its own bridge socket."""
@@ -515,6 +585,18 @@ class Lab:
 
     def pod(self) -> str:
         return self.netns("pod")
+
+    def remove_netns(self, ns: str) -> None:
+        """Deletes namespace `ns` now (not at `close()`), first killing the lab's processes inside it."""
+        # Stop what runs inside (the etcd bridge) before the namespace goes.
+        for proc in list(self.procs):
+            if proc.args and ns in proc.args and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                self.procs.remove(proc)
+        sh("ip", "netns", "del", ns, check=False)
+        if ns in self.namespaces:
+            self.namespaces.remove(ns)
 
     @staticmethod
     def netns_path(ns: str) -> str:

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from cni_calico import keys
-from cni_calico.netconf import EtcdConf
+from cni_calico.datastore import (
+    ConflictError,
+    DatastoreConfigError,
+    EtcdConf,
+    TooManyConflicts,
+    Txn,
+    parse_endpoints,
+    retry_on_conflict,
+)
 from cni_calico.resources import (
     AlreadyExists,
     DoesNotExist,
@@ -35,6 +40,7 @@ from cni_calico.resources import (
     ValidationError,
     from_stored,
 )
+from cni_calico.v3 import API_VERSION, new_uid, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +49,7 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DATASTORE = "etcdv3"
 RPC_TIMEOUT = 2.0  # per call; an unanswering endpoint costs this much at most
 DEADLINE = 6.0  # all endpoints, all retries: start-up plus this stays under 10 s
-API_VERSION = "projectcalico.org/v3"
 SPEC_FIELDS = ("datastoreType", "etcdEndpoints", "etcdKeyFile", "etcdCertFile", "etcdCACertFile")
-UPDATE_ATTEMPTS = 5
-_URL = re.compile(r"^https?://([^/\s:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?/?$")
 
 
 class ConfigError(Exception):
@@ -115,10 +118,10 @@ def _build(source: str, datastore: str, endpoints: str, key: str, cert: str, ca:
         raise ConfigError(
             f"datastore type {datastore!r} (from {source}) is not supported: this calicoctl supports {DATASTORE} only"
         )
-    urls = [u.strip() for u in endpoints.split(",") if u.strip()]
-    for url in urls:
-        if not _URL.match(url):
-            raise ConfigError(f"etcd endpoint {url!r} (from {source}) is not a URL like http://127.0.0.1:2379")
+    try:
+        urls = parse_endpoints(endpoints, source)
+    except DatastoreConfigError as exc:
+        raise ConfigError(exc.msg) from None
     if bool(key) != bool(cert):
         raise ConfigError(f"etcd key file and certificate file must be given together (from {source})")
     log.debug("datastore from %s: %s", source, urls)
@@ -168,26 +171,39 @@ class ResourceStore:
         errors = res.kind.check_create(res, self.list(res.kind, res.namespace))
         if errors:
             raise ValidationError(res.ident, errors)
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        meta = {**res.metadata, "uid": str(uuid.uuid4()), "creationTimestamp": now}
-        new = Resource(res.kind, meta, res.spec)
-        if not self.ds.commit({self.key(res): 0}, {self.key(res): self.value(new)}):
+        new = Resource(res.kind, {**res.metadata, "uid": new_uid(), "creationTimestamp": timestamp()}, res.spec)
+        if not self.ds.commit(Txn().put(self.key(res), self.value(new), 0)):
             raise AlreadyExists(res.ident)
         return new
 
-    def replace(self, res: Resource) -> Resource:
-        for _ in range(UPDATE_ATTEMPTS):
+    def _guarded(self, res: Resource, change, what: str) -> Resource:
+        """Runs `change(current) -> (txn, outcome)` under the one retry policy; a write naming a
+        resourceVersion is not retried (the user's view is out of date)."""
+
+        def once() -> Resource:
             current = self._current(res)
+            txn, outcome = change(current)
+            if not self.ds.commit(txn):
+                if res.resource_version:
+                    raise UpdateConflict(res.ident, "the resource was modified concurrently; get it again and retry")
+                raise ConflictError(res.ident)
+            return outcome
+
+        try:
+            return retry_on_conflict(once, f"{what} {res.ident}")
+        except TooManyConflicts as exc:
+            raise UpdateConflict(res.ident, exc.msg) from None
+
+    def replace(self, res: Resource) -> Resource:
+        def change(current: Resource):
             errors = res.kind.check_update(current, res)
             if errors:
                 raise ValidationError(res.ident, errors)
             kept = {k: current.metadata[k] for k in ("uid", "creationTimestamp") if k in current.metadata}
             new = Resource(res.kind, {**res.metadata, **kept}, res.spec)
-            if self.ds.commit({self.key(res): int(current.resource_version)}, {self.key(res): self.value(new)}):
-                return new
-            if res.resource_version:
-                raise UpdateConflict(res.ident, "the resource was modified concurrently; get it again and retry")
-        raise UpdateConflict(res.ident, f"gave up after {UPDATE_ATTEMPTS} concurrent modifications")
+            return Txn().put(self.key(res), self.value(new), int(current.resource_version)), new
+
+        return self._guarded(res, change, "replacing")
 
     def apply(self, res: Resource) -> Resource:
         if self.ds.get(self.key(res)) is None:
@@ -198,13 +214,8 @@ class ResourceStore:
         return self.replace(res)
 
     def delete(self, res: Resource) -> Resource:
-        for _ in range(UPDATE_ATTEMPTS):
-            current = self._current(res)
-            if self.ds.commit({self.key(res): int(current.resource_version)}, deletes=[self.key(res)]):
-                return current
-            if res.resource_version:
-                raise UpdateConflict(res.ident, "the resource was modified concurrently; get it again and retry")
-        raise UpdateConflict(res.ident, f"gave up after {UPDATE_ATTEMPTS} concurrent modifications")
+        return self._guarded(res, lambda current: (
+            Txn().delete(self.key(res), int(current.resource_version)), current), "deleting")
 
     def current(self, res: Resource) -> Resource:
         """The stored resource; DoesNotExist, or UpdateConflict when res carries a stale resourceVersion."""

@@ -13,7 +13,6 @@ the handle's revision, which `ipam release --from-report` re-checks.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import logging
@@ -23,6 +22,7 @@ from cni_calico import __version__, keys
 from cni_calico.ctl.kinds.bgp import NODE
 from cni_calico.ctl.kinds.workload import WORKLOADENDPOINT
 from cni_calico.resources import IPPOOL, Resource, from_stored
+from cni_calico.v3 import timestamp
 from ipam.allocator import Block
 from ipam.store import Handle
 
@@ -74,9 +74,7 @@ def load(ds) -> Snapshot:
         return ds.list(prefix, revision=revision)
 
     blocks = [Block.from_dict(kv.value) for f in (4, 6) for kv in listing(keys.block_dir(f))]
-    prefix = keys.handle_dir()
-    handles = [Handle(kv.key[len(prefix):], dict(kv.value.get("block") or {}), kv.mod_revision)
-               for kv in listing(prefix)]
+    handles = [Handle.from_kv(kv) for kv in listing(keys.handle_dir())]
     weps, nodes, pools = ([from_stored(kind, kv.value, kv.mod_revision)
                            for kv in listing(keys.resource_dir(kind.plural))]
                           for kind in (WORKLOADENDPOINT, NODE, IPPOOL))
@@ -213,7 +211,7 @@ def report(snap: Snapshot, found: Findings) -> dict:
     return {
         "version": __version__,
         "revision": snap.revision,
-        "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated": timestamp(),
         "orphans": [{k: v for k, v in asdict(a).items() if k != "owners"} for a in found.orphans],
         "leakedHandles": [{"handle": h.handle_id, "revision": h.mod_revision} for h in found.leaked_handles],
         "endpointProblems": found.endpoint_problems,

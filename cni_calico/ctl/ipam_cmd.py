@@ -18,7 +18,9 @@ import logging
 from cni_calico import __version__, keys
 from cni_calico.ctl import CommandError, config, ipam_check, output
 from cni_calico.ctl.kinds.workload import WORKLOADENDPOINT
+from cni_calico.datastore import Txn, transact
 from cni_calico.resources import Resource, from_stored
+from cni_calico.v3 import IPAM_CONFIG_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,10 @@ def run_show(args: argparse.Namespace) -> int:
             return _show_ip(ds, _address(args.ip))
         if args.show_configuration:
             kv = ds.get(keys.ipam_config())
-            value = kv.value if kv else {}
-            rows = [["StrictAffinity", str(bool(value.get("strict_affinity", False))).lower()],
-                    ["AutoAllocateBlocks", str(bool(value.get("auto_allocate_blocks", True))).lower()],
-                    ["MaxBlocksPerHost", str(int(value.get("max_blocks_per_host") or 0))]]
+            value = {**IPAM_CONFIG_DEFAULTS, **(kv.value if kv else {})}
+            rows = [["StrictAffinity", str(bool(value["strict_affinity"])).lower()],
+                    ["AutoAllocateBlocks", str(bool(value["auto_allocate_blocks"])).lower()],
+                    ["MaxBlocksPerHost", str(int(value["max_blocks_per_host"] or 0))]]
             print(output.box(["PROPERTY", "VALUE"], rows), end="")
             return 0
         snap = ipam_check.load(ds)
@@ -246,7 +248,7 @@ def _still_leaked(ds, store, orphan: dict) -> str:
     for wep in holders:
         key = keys.resource(WORKLOADENDPOINT.plural, wep.name, wep.namespace)
         rev = int(wep.metadata.get("resourceVersion") or 0)
-        if rev and ds.commit({key: rev}, deletes=[key]):
+        if rev and ds.commit(Txn().delete(key, rev)):
             print(f"  {ip}: deleted the abandoned endpoint {wep.ident}")
     return ""
 
@@ -268,15 +270,14 @@ def run_configure(args: argparse.Namespace) -> int:
         raise CommandError("at least one configuration option must be specified (--strictaffinity, "
                            "--max-blocks-per-host)")
     ds = _connect(args)
+
+    def attempt() -> tuple[Txn, None]:
+        kv = ds.get(keys.ipam_config())
+        value = {**IPAM_CONFIG_DEFAULTS, **(kv.value if kv else {}), **changes}
+        return Txn().put(keys.ipam_config(), value, kv.mod_revision if kv else 0), None
+
     try:
-        for _ in range(config.UPDATE_ATTEMPTS):
-            kv = ds.get(keys.ipam_config())
-            value = {"strict_affinity": False, "auto_allocate_blocks": True, "max_blocks_per_host": 0,
-                     **(kv.value if kv else {}), **changes}
-            if ds.commit({keys.ipam_config(): kv.mod_revision if kv else 0}, {keys.ipam_config(): value}):
-                break
-        else:
-            raise CommandError("the IPAM configuration kept changing concurrently; try again")
+        transact(ds, attempt, "updating the IPAM configuration")
     finally:
         ds.close()
     for key, label in (("strict_affinity", "StrictAffinity"), ("max_blocks_per_host", "MaxBlocksPerHost")):

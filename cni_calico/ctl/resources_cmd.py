@@ -16,8 +16,8 @@ import os
 import sys
 
 from cni_calico.ctl import cleanup, config, output
-from cni_calico.ctl.kinds.bgp import BGPCONFIGURATION, DEFAULT_ASN, NODE
-from cni_calico.errors import CniError
+from cni_calico.ctl.kinds.bgp import BGPCONFIGURATION, NODE
+from cni_calico.datastore import DatastoreError
 from cni_calico.resources import (
     AlreadyExists,
     DocumentError,
@@ -30,6 +30,7 @@ from cni_calico.resources import (
     lookup,
     validate,
 )
+from cni_calico.v3 import DEFAULT_AS
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def run_write(args: argparse.Namespace) -> int:
                 done += 1
             except ResourceError as exc:
                 failed.append((res, exc))
-            except CniError as exc:  # etcd gone: the rest would only wait for it too
+            except DatastoreError as exc:  # etcd gone: the rest would only wait for it too
                 failed.append((res, exc))
                 break
     finally:
@@ -176,7 +177,7 @@ def run_get(args: argparse.Namespace) -> int:
             (missing if current is None else found).append(current or res)
         if args.output == "wide" and any(r.kind is NODE for r in found):
             default = store.get(Resource(BGPCONFIGURATION, {"name": "default"}, {}))
-            context["asnumber"] = (default.spec.get("asNumber") if default else None) or DEFAULT_ASN
+            context["asnumber"] = (default.spec.get("asNumber") if default else None) or DEFAULT_AS
     finally:
         ds.close()
     sys.stdout.write(output.render(found, args.output, listed, args.all_namespaces, context))

@@ -13,8 +13,7 @@ import os
 import threading
 import time
 
-from cni_calico.datastore import Datastore
-from cni_calico.errors import DatastoreError
+from cni_calico.datastore import Datastore, DatastoreError
 from cni_calico.node import birdconf, model, startup
 from cni_calico.node.bird import Bird, BirdError
 from cni_calico.node.config import NodeConfig

@@ -29,7 +29,7 @@ MAX_WORKERS = 128
 # What ADD/DEL/CHECK import on first use (~200 ms: pyroute2, grpc): loaded before the socket
 # exists, so the first pod is as fast as the next (until then, plugins work in-process).
 WARM = ("cni_calico.dataplane", "cni_calico.endpoints", "cni_calico.datastore", "cni_calico.nodename",
-        "cni_calico.names", "cni_calico.keys", "ipam.plugin", "ipam.store")
+        "cni_calico.names", "cni_calico.keys", "cni_calico.netconf", "ipam.assign", "ipam.store")
 
 
 class CniServer:
@@ -42,13 +42,12 @@ class CniServer:
         self.workers = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="cni")
         import importlib
 
-        from cni_calico import logsetup, plugin
+        from cni_calico import plugin
+        from cni_calico.host import AgentHost
 
         for module in WARM:
             importlib.import_module(module)
-        logsetup.agent_mode()
-        plugin.share_datastores()
-        self.handlers = plugin.HANDLERS
+        self.handlers = plugin.handlers(AgentHost(run_dir))
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)

@@ -11,13 +11,13 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
 from cni_calico.names import is_valid_nodename
-from cni_calico.netconf import EtcdConf
+from cni_calico.v3 import DEFAULT_BLOCK_SIZE
 
 MODES = ("always", "cross-subnet", "never")
 BACKENDS = ("bird", "none", "vxlan")
 DEFAULT_POOL_V4 = "192.168.0.0/16"
-DEFAULT_AS = 64512
 
 
 class NodeConfigError(ValueError):
@@ -120,19 +120,16 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
             ipaddress.IPv6Network(pool6)
         except ValueError as exc:
             raise NodeConfigError(f"CALICO_IPV6POOL_CIDR={pool6!r}: {exc}") from None
-    block6 = env.get("CALICO_IPV6POOL_BLOCK_SIZE", "122").strip() or "122"
+    block6 = env.get("CALICO_IPV6POOL_BLOCK_SIZE", "").strip() or str(DEFAULT_BLOCK_SIZE[6])
     if not block6.isdigit() or not 116 <= int(block6) <= 128:
         raise NodeConfigError(f"CALICO_IPV6POOL_BLOCK_SIZE={block6!r} must be 116 to 128")
     endpoints = env.get("ETCD_ENDPOINTS", "").strip()
     if not endpoints:
         raise NodeConfigError("ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379)")
-    from cni_calico.errors import CniError
-    from cni_calico.netconf import parse_etcd
-
     try:
-        etcd = parse_etcd({"etcd_endpoints": endpoints})
-    except CniError as exc:
-        raise NodeConfigError(f"ETCD_ENDPOINTS: {exc.msg}") from None
+        urls = parse_endpoints(endpoints, "ETCD_ENDPOINTS")
+    except DatastoreConfigError as exc:
+        raise NodeConfigError(exc.msg) from None
     backend = env.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower() or "bird"
     if backend not in BACKENDS:
         raise NodeConfigError(f"CALICO_NETWORKING_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
@@ -144,7 +141,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
     ipip, vxlan = _mode(env, "CALICO_IPV4POOL_IPIP"), _mode(env, "CALICO_IPV4POOL_VXLAN")
     if ipip != "never" and vxlan != "never":
         raise NodeConfigError("CALICO_IPV4POOL_IPIP and CALICO_IPV4POOL_VXLAN cannot both be enabled")
-    block = env.get("CALICO_IPV4POOL_BLOCK_SIZE", "26").strip() or "26"
+    block = env.get("CALICO_IPV4POOL_BLOCK_SIZE", "").strip() or str(DEFAULT_BLOCK_SIZE[4])
     if not block.isdigit() or not 20 <= int(block) <= 32:
         raise NodeConfigError(f"CALICO_IPV4POOL_BLOCK_SIZE={block!r} must be 20 to 32")
     asn = env.get("AS", "").strip()
@@ -157,7 +154,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         ip_autodetection=_autodetect_method(env, "IP_AUTODETECTION_METHOD"),
         ip6=ip6,
         ip6_autodetection=_autodetect_method(env, "IP6_AUTODETECTION_METHOD"),
-        etcd=EtcdConf(etcd.endpoints, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
+        etcd=EtcdConf(urls, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
                       env.get("ETCD_CA_CERT_FILE", "")),
         backend=backend,
         pool_cidr=pool,

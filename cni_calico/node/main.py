@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
 
         return serve(cfg.run_dir)
     log = logging.getLogger("calico-node")
-    from cni_calico.errors import CniError
+    from cni_calico.datastore import DatastoreError
     from cni_calico.node.agent import Agent
     from cni_calico.node.autodetect import AutodetectError
 
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
         agent.start()
-    except (AutodetectError, CniError) as exc:
+    except (AutodetectError, DatastoreError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     log.info("calico-node running")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cni_calico.node.model import NodeInfo, PeerInfo, Snapshot
+from cni_calico.node.model import Snapshot
+from cni_calico.v3 import BGPPeer, Node
 
 MESH, GLOBAL, NODE = "node-to-node mesh", "global", "node specific"
 PREFIX = {MESH: "Mesh", GLOBAL: "Global", NODE: "Node"}
@@ -34,13 +35,13 @@ def _selects(selector: str, labels: dict[str, str]) -> bool:
     return matches(selector or "all()", labels)
 
 
-def _applies_to(peer: PeerInfo, node: NodeInfo) -> bool:
+def _applies_to(peer: BGPPeer, node: Node) -> bool:
     if peer.node:
         return peer.node == node.name
     return _selects(peer.node_selector, node.labels)
 
 
-def _address(node: NodeInfo, family: int) -> str:
+def _address(node: Node, family: int) -> str:
     return node.ipv4 if family == 4 else node.ipv6
 
 

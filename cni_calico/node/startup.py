@@ -2,39 +2,31 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 
 from cni_calico import keys
-from cni_calico.datastore import Datastore
+from cni_calico.datastore import Store, Txn, transact
 from cni_calico.node.config import NodeConfig
+from cni_calico.v3 import DEFAULT_POOL_NAMES, Resource, new_resource, pool_spec
 
 log = logging.getLogger(__name__)
 
-API = "projectcalico.org/v3"
+MODES = {"always": "Always", "cross-subnet": "CrossSubnet"}
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def register_node(ds: Datastore, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str = "",
-                  extra_spec: dict | None = None) -> dict:
-    """Creates or updates our Node resource, keeping what operators set (labels, reflector ID)."""
+def register_node(ds: Store, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str = "") -> Resource:
+    """Creates or updates our Node resource, keeping what operators set (labels, reflector ID) and
+    every field we do not manage."""
     key = keys.resource("nodes", cfg.nodename)
-    while True:
+
+    def attempt() -> tuple[Txn, Resource]:
         current = ds.get(key)
-        node = current.value if current else {
-            "kind": "Node", "apiVersion": API,
-            "metadata": {"name": cfg.nodename, "creationTimestamp": _now()}, "spec": {},
-        }
-        meta = node.setdefault("metadata", {})
-        labels = meta.setdefault("labels", {})
+        node = Resource.from_value(current.value) if current else new_resource("Node", cfg.nodename, {})
+        labels = node.metadata.setdefault("labels", {})
         labels.update(cfg.labels)
         labels.setdefault("kubernetes.io/hostname", cfg.nodename)
-        spec = node.setdefault("spec", {})
-        bgp = spec.setdefault("bgp", {})
+        bgp = node.spec.setdefault("bgp", {})
         if ipv4_cidr:
             bgp["ipv4Address"] = ipv4_cidr
         if ipv6_cidr:
@@ -45,10 +37,27 @@ def register_node(ds: Datastore, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str
             bgp["asNumber"] = cfg.as_number
         if cfg.rr_cluster_id:
             bgp["routeReflectorClusterID"] = cfg.rr_cluster_id
-        spec.update(extra_spec or {})
-        if ds.commit({key: current.mod_revision if current else 0}, {key: node}):
-            log.info("registered node %s with address %s", cfg.nodename, ipv4_cidr or "(none)")
-            return node
+        return Txn().put(key, node.to_value(), current.mod_revision if current else 0), node
+
+    node = transact(ds, attempt, f"registering node {cfg.nodename}")
+    log.info("registered node %s with address %s", cfg.nodename, ipv4_cidr or "(none)")
+    return node
+
+
+def update_node(ds: Store, name: str, spec: dict | None = None, bgp: dict | None = None) -> bool:
+    """Sets fields of a registered Node's spec (and spec.bgp), keeping the rest; False if it is gone."""
+    key = keys.resource("nodes", name)
+
+    def attempt() -> tuple[Txn, bool]:
+        current = ds.get(key)
+        if current is None:
+            return Txn(), False
+        node = Resource.from_value(current.value)
+        node.spec.update(spec or {})
+        node.spec.setdefault("bgp", {}).update(bgp or {})
+        return Txn().put(key, node.to_value(), current.mod_revision), True
+
+    return transact(ds, attempt, f"updating node {name}")
 
 
 def write_file(path: str, text: str) -> None:
@@ -60,34 +69,27 @@ def write_file(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def ensure_default_pool(ds: Datastore, cfg: NodeConfig) -> str:
+def ensure_default_pool(ds: Store, cfg: NodeConfig) -> str:
     """Creates `default-ipv4-ippool` unless NO_DEFAULT_POOLS or some IPv4 pool exists (and
-    `default-ipv6-ippool` from CALICO_IPV6POOL_CIDR likewise)."""
+    `default-ipv6-ippool` from CALICO_IPV6POOL_CIDR likewise); returns the IPv4 pool's name if made."""
     if cfg.no_default_pools:
         return ""
-    existing = ds.list(keys.resource_dir("ippools"))
-    if cfg.pool6_cidr and not any(":" in (kv.value.get("spec") or {}).get("cidr", "") for kv in existing):
-        name6 = "default-ipv6-ippool"
-        pool6 = {"kind": "IPPool", "apiVersion": API, "metadata": {"name": name6, "creationTimestamp": _now()},
-                 "spec": {"cidr": cfg.pool6_cidr, "blockSize": cfg.pool6_block_size, "ipipMode": "Never",
-                          "vxlanMode": "Never", "natOutgoing": False, "nodeSelector": "all()"}}
-        ds.commit({keys.resource("ippools", name6): 0}, {keys.resource("ippools", name6): pool6})
-    if any(":" not in (kv.value.get("spec") or {}).get("cidr", ":") for kv in existing):
+    from ipam.store import IpamStore
+
+    existing = {p.family for p in IpamStore(ds).pools()}
+    if cfg.pool6_cidr and 6 not in existing:
+        _create_pool(ds, DEFAULT_POOL_NAMES[6], pool_spec(cfg.pool6_cidr, cfg.pool6_block_size))
+    if 4 in existing:
         return ""
-    name = "default-ipv4-ippool"
-    pool = {
-        "kind": "IPPool", "apiVersion": API,
-        "metadata": {"name": name, "creationTimestamp": _now()},
-        "spec": {
-            "cidr": cfg.pool_cidr,
-            "blockSize": cfg.pool_block_size,
-            "ipipMode": {"always": "Always", "cross-subnet": "CrossSubnet"}.get(cfg.pool_ipip, "Never"),
-            "vxlanMode": {"always": "Always", "cross-subnet": "CrossSubnet"}.get(cfg.pool_vxlan, "Never"),
-            "natOutgoing": cfg.pool_nat_outgoing,
-            "nodeSelector": "all()",
-        },
-    }
-    if ds.commit({keys.resource("ippools", name): 0}, {keys.resource("ippools", name): pool}):
+    spec = pool_spec(cfg.pool_cidr, cfg.pool_block_size, MODES.get(cfg.pool_ipip, "Never"),
+                     MODES.get(cfg.pool_vxlan, "Never"), cfg.pool_nat_outgoing)
+    if _create_pool(ds, DEFAULT_POOL_NAMES[4], spec):
         log.info("created the default pool %s", cfg.pool_cidr)
-        return name
+        return DEFAULT_POOL_NAMES[4]
     return ""
+
+
+def _create_pool(ds: Store, name: str, spec: dict) -> bool:
+    """Creates the pool unless one of that name exists (another node may be creating it too)."""
+    key = keys.resource("ippools", name)
+    return ds.commit(Txn().put(key, new_resource("IPPool", name, spec).to_value(), 0))

@@ -14,10 +14,10 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
-from cni_calico import keys
-from cni_calico.datastore import Datastore
+from cni_calico.datastore import Store
 from cni_calico.node.config import NodeConfig
 from cni_calico.node.model import Snapshot
+from cni_calico.node.startup import update_node, write_file
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def tunnel_mtu(uplink_mtu: int, snap: Snapshot) -> int:
 class Tunnels:
     """Applies the VXLAN plan on this node; IPIP is planned only (this kernel has no ipip driver)."""
 
-    def __init__(self, ds: Datastore, cfg: NodeConfig, my_cidr: str) -> None:
+    def __init__(self, ds: Store, cfg: NodeConfig, my_cidr: str) -> None:
         self.ds = ds
         self.cfg = cfg
         self.my_cidr = my_cidr
@@ -129,7 +129,7 @@ class Tunnels:
         node = snap.nodes[me]
         if not (node.vxlan_addr and node.vxlan_mac):
             addr = self._allocate_tunnel_address(pools, "vxlan-tunnel-addr")
-            self._update_node({"ipv4VXLANTunnelAddr": addr, "vxlanTunnelMACAddr": tunnel_mac(me)})
+            update_node(self.ds, me, {"ipv4VXLANTunnelAddr": addr, "vxlanTunnelMACAddr": tunnel_mac(me)})
             return  # the Node update moves etcd's revision: the next sync programs the rest
         index = self._ensure_device(ipr, node.vxlan_addr, node.vxlan_mac, uplink_mtu - VXLAN_OVERHEAD)
         self._apply(ipr, index, plan_vxlan(snap, me, self.my_cidr))
@@ -150,13 +150,10 @@ class Tunnels:
                     self.ipip_warned = True
                 return
         me = self.cfg.nodename
-        node_key = keys.resource("nodes", me)
-        current = self.ds.get(node_key)
-        bgp = ((current.value.get("spec") or {}).get("bgp") or {}) if current else {}
-        address = bgp.get("ipv4IPIPTunnelAddr")
+        address = snap.nodes[me].ipip_addr
         if not address:
             address = self._allocate_tunnel_address(pools, "ipip-tunnel-addr")
-            self._update_node({}, bgp_extra={"ipv4IPIPTunnelAddr": address})
+            update_node(self.ds, me, bgp={"ipv4IPIPTunnelAddr": address})
         index = found[0]
         ipr.link("set", index=index, mtu=uplink_mtu - IPIP_OVERHEAD, state="up")
         if address not in {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}:
@@ -175,8 +172,6 @@ class Tunnels:
     def _write_mtu(self, mtu: int) -> None:
         import os
 
-        from cni_calico.node.startup import write_file
-
         path = os.path.join(self.cfg.lib_dir, "mtu")
         try:
             with open(path) as f:
@@ -188,22 +183,14 @@ class Tunnels:
 
     def _allocate_tunnel_address(self, pools, kind: str) -> str:
         """An address from the node's own block for the tunnel device (handle `<kind>-<node>`)."""
-        from ipam.store import IpamStore
+        from ipam.assign import AssignArgs, auto_assign
 
         me = self.cfg.nodename
-        got = IpamStore(self.ds).auto_assign(f"{kind}-{me}", {"node": me, "type": kind}, me, pools)
+        args = AssignArgs(f"{kind}-{me}", me, self.cfg.run_dir, {"node": me, "type": kind},
+                          ipv4_pools=[p.cidr for p in pools])
+        got = auto_assign(self.ds, args).assignments[0]
         log.info("%s of %s: %s", kind, me, got.ip)
         return got.ip
-
-    def _update_node(self, spec_extra: dict, bgp_extra: dict | None = None) -> None:
-        key = keys.resource("nodes", self.cfg.nodename)
-        current = self.ds.get(key)
-        if current is None:
-            return
-        spec = current.value.setdefault("spec", {})
-        spec.update(spec_extra)
-        spec.setdefault("bgp", {}).update(bgp_extra or {})
-        self.ds.commit({key: current.mod_revision}, {key: current.value})
 
     def _ensure_device(self, ipr, address: str, mac: str, mtu: int) -> int:
         found = ipr.link_lookup(ifname=VXLAN_DEVICE)

@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 
 from cni_calico.policy.scope import NAMESPACE_LABEL, NS_NAME_LABEL, NS_PREFIX, applies_to, scoped_selector
 from cni_calico.selector import SelectorError, parse
+from cni_calico.v3 import ICMP_PROTOCOL_VERSION, PORT_PROTOCOLS, RULE_ACTIONS, RULE_PROTOCOLS
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("Allow", "Deny", "Pass", "Log")
-PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmpv6", "sctp": "sctp", "udplite": "udplite"}
-PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "6", "17", "132", "136"})
-ICMP_PROTOCOLS = {4: frozenset({"icmp", "1"}), 6: frozenset({"icmpv6", "58"})}
+# The v3 schema's names (cni_calico.v3), as this parser spells them: lower case, numbers as strings.
+ACTIONS = RULE_ACTIONS
+PROTOCOLS = {p.lower(): p.lower() for p in RULE_PROTOCOLS}
+LOWER_PORT_PROTOCOLS = frozenset(str(p).lower() for p in PORT_PROTOCOLS)
+ICMP_PROTOCOLS = {v: frozenset(str(p).lower() for p, pv in ICMP_PROTOCOL_VERSION.items() if pv == v) for v in (4, 6)}
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ def rule_from_dict(data: object, namespace: str = "") -> Rule:
         why = "protocol and notProtocol are equal"
     elif (rule.icmp or rule.not_icmp) and rule.protocol not in ICMP_PROTOCOLS[4] | ICMP_PROTOCOLS[6]:
         why = "icmp fields need protocol ICMP or ICMPv6"
-    elif any((e.ports or e.not_ports) for e in (source, destination)) and rule.protocol not in PORT_PROTOCOLS:
+    elif any((e.ports or e.not_ports) for e in (source, destination)) and rule.protocol not in LOWER_PORT_PROTOCOLS:
         why = "ports need protocol TCP, UDP, SCTP or UDPLite"
     elif not (families := _families(data.get("ipVersion"), rule)):
         why = "its ipVersion, protocol and nets leave no IP version"

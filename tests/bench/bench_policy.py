@@ -25,9 +25,8 @@ import subprocess
 import sys
 import time
 
-from cni_calico.datastore import Datastore
+from cni_calico.datastore import Datastore, EtcdConf, Txn
 from cni_calico.endpoints import default_profile
-from cni_calico.netconf import EtcdConf
 from cni_calico.policy.iptables import Dataplane
 from cni_calico.policy.sync import PolicySync
 from tests.lab import REPO, Lab, add_pool, netconf, netns_runner
@@ -70,11 +69,15 @@ def policy(j: int, port: int) -> dict:
                          "selector": "role == 'db'", "ports": [5432]}}, {"action": "Pass"}]}}
 
 
+def put(ds: Datastore, key: str, value: dict) -> None:
+    ds.commit(Txn().put(key, value))
+
+
 def write_synthetic(ds: Datastore, endpoints: int, policies: int) -> None:
-    ds.put(f"{RES}/profiles/k8s", default_profile("k8s"))
+    put(ds, f"{RES}/profiles/k8s", default_profile("k8s").to_value())
     for i in range(endpoints):
         name = f"{NODE}-cni-bench{i:05d}-eth0"
-        ds.put(f"{RES}/workloadendpoints/default/{name}", {
+        put(ds, f"{RES}/workloadendpoints/default/{name}", {
             "kind": "WorkloadEndpoint", "apiVersion": "projectcalico.org/v3",
             "metadata": {"name": name, "namespace": "default", "labels": {
                 "projectcalico.org/namespace": "default", "app": f"app-{i % 25}", "role": ("fe", "be", "db")[i % 3]}},
@@ -82,7 +85,7 @@ def write_synthetic(ds: Datastore, endpoints: int, policies: int) -> None:
                      "ipNetworks": [f"10.100.{i // 250}.{i % 250 + 1}/32"],
                      "profiles": ["k8s"], "containerID": f"bench{i:05d}"}})
     for j in range(policies):
-        ds.put(f"{RES}/networkpolicies/default/pol-{j:03d}", policy(j, 8000 + j))
+        put(ds, f"{RES}/networkpolicies/default/pol-{j:03d}", policy(j, 8000 + j))
 
 
 def scale(lab: Lab, ds: Datastore, ns: str, rounds: int) -> dict:
@@ -98,7 +101,7 @@ def scale(lab: Lab, ds: Datastore, ns: str, rounds: int) -> dict:
 
     measure("cold")
     for r in range(rounds):
-        ds.put(f"{RES}/networkpolicies/default/pol-000", policy(0, 20000 + r))
+        put(ds, f"{RES}/networkpolicies/default/pol-000", policy(0, 20000 + r))
         measure("one_policy_changed")
         measure("unchanged")
         sync.dataplane.forget()
@@ -139,7 +142,7 @@ def latency(lab: Lab, etcd, ds: Datastore, ns: str, rounds: int) -> dict:
                                   "9000", want], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert probe.stdout.readline().strip() == "ready"
         started = time.monotonic()
-        ds.put(f"{RES}/networkpolicies/default/bench-gate", {**gate, "spec": {**gate["spec"], "ingress": rules}})
+        put(ds, f"{RES}/networkpolicies/default/bench-gate", {**gate, "spec": {**gate["spec"], "ingress": rules}})
         probe.stdin.write("go\n")
         probe.stdin.flush()
         line = probe.stdout.readline().strip()

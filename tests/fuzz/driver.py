@@ -38,13 +38,15 @@ from tests.lab import REPO
 
 
 def _handlers(plugin: str):
-    if plugin == "calico-ipam":
-        from ipam import plugin as ipam
+    from cni_calico.host import PluginHost
 
-        return {"ADD": ipam.cmd_add, "DEL": ipam.cmd_del, "CHECK": ipam.cmd_check}
+    if plugin == "calico-ipam":
+        from cni_calico import ipam_cni
+
+        return ipam_cni.handlers(PluginHost())
     from cni_calico import plugin as calico
 
-    return calico.HANDLERS
+    return calico.handlers(PluginHost())
 
 
 def serve(rpc_timeout: float, deadline: float) -> int:

@@ -46,9 +46,14 @@ class Cluster:
     def conf(self, name: str, **extra) -> dict:
         return netconf(self.etcd, name=self.network, node=name, **extra)
 
-    def add_pod(self, name: str, **extra) -> tuple[str, str]:
+    def pod(self) -> str:
+        """A pod namespace (no plugin run) that `close()` removes with the cluster."""
         pod = self.lab.pod()
         self._made.append(pod)
+        return pod
+
+    def add_pod(self, name: str, **extra) -> tuple[str, str]:
+        pod = self.pod()
         cid = f"{name}x{len(self.pods):03d}".ljust(20, "0")
         run = Lab.run_plugin(self.ns[name], "ADD", self.conf(name, **extra), cid, Lab.netns_path(pod))
         assert run.rc == 0, run.stdout + run.stderr[-1000:]
@@ -104,18 +109,14 @@ class Cluster:
 
     def remove_node_ns(self, name: str) -> None:
         self.calico[name].stop(graceful=False)
-        from tests.conftest import _remove
-
-        _remove(self.lab, self.ns[name])
+        self.lab.remove_netns(self.ns[name])
 
     def close(self) -> None:
-        from tests.conftest import _remove
-
         for node in self.calico.values():
             node.stop(graceful=False)
             if node in self.lab.calico_nodes:
                 self.lab.calico_nodes.remove(node)
         for ns in reversed(self._made):
             if ns in self.lab.namespaces:
-                _remove(self.lab, ns)
+                self.lab.remove_netns(ns)
         sh("true")

@@ -44,8 +44,7 @@ def test_requests_go_through_the_agent(one_node, lab, etcd):
     sock = c.calico["node1"].run_dir / "cni.sock"
     wait_for(sock.exists, 20, "the agent's CNI socket")
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
-    pod = lab.pod()
-    c._made.append(pod)
+    pod = c.pod()
     conf = c.conf("node1")
     add = Lab.run_plugin(c.ns["node1"], "ADD", conf, "agent00000000001", Lab.netns_path(pod), extra_env=_env(c))
     assert add.rc == 0, add.stdout + add.stderr
@@ -87,8 +86,7 @@ def test_falls_back_when_the_agent_is_gone_or_of_another_build(one_node, lab, et
     c.calico["node1"].proc.send_signal(signal.SIGKILL)
     c.calico["node1"].proc.wait()
     assert sock.exists()
-    pod = lab.pod()
-    c._made.append(pod)
+    pod = c.pod()
     before = _served(c)
     add = Lab.run_plugin(c.ns["node1"], "ADD", c.conf("node1"), "fall00000000001", Lab.netns_path(pod),
                          extra_env=_env(c))
@@ -101,8 +99,7 @@ def test_falls_back_when_the_agent_is_gone_or_of_another_build(one_node, lab, et
 def test_parallel_adds_through_the_agent(one_node, lab, etcd):
     c = one_node
     wait_for((c.calico["node1"].run_dir / "cni.sock").exists, 20, "the agent's CNI socket")
-    pods = [lab.pod() for _ in range(30)]
-    c._made.extend(pods)
+    pods = [c.pod() for _ in range(30)]
     cids = [f"burst{i:03d}".ljust(20, "0") for i in range(30)]
     conf = c.conf("node1")
 
@@ -158,8 +155,7 @@ def test_cni_server_process_is_restarted_and_dies_with_calico_node(one_node, lab
     os.kill(server, signal.SIGKILL)
     wait_for(lambda: _cni_servers(node.proc.pid) not in ([], [server]), 10, "calico-node to start its CNI server again")
     assert "starting it again" in node.log()
-    pod = lab.pod()
-    c._made.append(pod)
+    pod = c.pod()
     before = _served(c)
 
     def served_by_agent() -> bool:

@@ -229,9 +229,7 @@ def test_delete_node_releases_its_ipam_and_endpoints(lab, node, make_pod, pool, 
             delete(node, conf(), cid, pod)
         assert run(etcd, "delete", "node", "node1").returncode == 1  # gone
     finally:
-        from tests.conftest import _remove
-
-        _remove(lab, other)
+        lab.remove_netns(other)
 
 
 def test_delete_pool_refused_while_in_use_unless_forced(node, make_pod, pool, conf, etcd):

@@ -23,7 +23,7 @@ import subprocess
 import pytest
 
 from tests.integration.helpers import ENDPOINTS, HANDLES, allocated, assert_nothing_left
-from tests.lab import REFERENCE_CNI_DIR, REPO, Lab, PluginRun, _port_open, plugin_dir, wait_for
+from tests.lab import REFERENCE_CNI_DIR, REPO, Lab, PluginRun, plugin_dir, port_open, wait_for
 
 EXAMPLE = REPO / "examples" / "10-calico.conflist"
 HOST_PORT, POD_PORT = 8080, 80
@@ -202,7 +202,7 @@ def test_chain_add_check_del(lab, node, make_pod, pool, etcd, version):
             ["ip", "netns", "exec", pod, "socat", f"TCP-LISTEN:{POD_PORT},reuseaddr,fork", "SYSTEM:echo hello-pod"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: _port_open(POD_PORT, pod), 10, "the server in the pod")
+        wait_for(lambda: port_open(POD_PORT, pod), 10, "the server in the pod")
         node_ip = _node_address(lab, node)
         reply = lab.in_ns(node, "socat", "-u", "-T", "5", f"TCP:{node_ip}:{HOST_PORT},connect-timeout=5", "STDOUT")
         assert reply.stdout.strip() == "hello-pod", (reply.returncode, reply.stdout, reply.stderr, nat)

@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import _remove
 from tests.integration.helpers import allocated, assert_nothing_left
 from tests.lab import Lab, add_pool
 
@@ -63,7 +62,7 @@ def test_borrowing_and_strict_affinity(lab, etcd, make_pod, conf):
         assert len(allocated(etcd)) == 2
     finally:
         for ns in (node1, node2):
-            _remove(lab, ns)
+            lab.remove_netns(ns)
 
 
 def test_pool_choice(lab, node, make_pod, conf, etcd):
@@ -101,4 +100,4 @@ def test_two_nodes_in_parallel_never_share_an_address(per_node, lab, etcd, make_
         assert sorted(a.split("/")[0] for a in addresses) == sorted(allocated(etcd))
     finally:
         for ns in nodes:
-            _remove(lab, ns)
+            lab.remove_netns(ns)

@@ -228,9 +228,7 @@ def _kernel_has_ipip(lab) -> bool:
     try:
         return lab.in_ns(ns, "ip", "link", "add", "probe0", "type", "ipip").returncode == 0
     finally:
-        from tests.conftest import _remove
-
-        _remove(lab, ns)
+        lab.remove_netns(ns)
 
 
 def test_ipip_pool_goes_through_tunl0(cluster, etcd, lab):

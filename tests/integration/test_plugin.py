@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cni_calico.result import SUPPORTED_VERSIONS
 from tests.integration.helpers import ENDPOINTS, HANDLES, assert_nothing_left
-from tests.lab import Lab
+from tests.lab import Lab, etcdctl
 
 
 def _cid(version: str, i: int) -> str:
@@ -140,16 +142,18 @@ def test_repeat_add_returns_same_address(lab, node, make_pod, pool, conf, etcd):
     pod = make_pod()
     first = Lab.run_plugin(node, "ADD", conf(), "rep000000001", Lab.netns_path(pod))
     assert first.rc == 0
-    from cni_calico import netconf as nc
-    from cni_calico.datastore import Datastore
-    from cni_calico.netconf import EtcdConf
-    from cni_calico.skel import Request
-    from ipam.plugin import assign
+    from cni_calico.datastore import Datastore, EtcdConf
+    from ipam.assign import AssignArgs, auto_assign
 
-    # The IPAM layer asked again for the same container hands back the same address.
+    # The IPAM library asked again for the same handle hands back the same address, writing nothing.
+    def revision() -> int:
+        return json.loads(etcdctl(etcd.url, "get", "/calico", "--prefix", "--limit=1", "-w", "json").stdout)[
+            "header"]["revision"]
+
     ds = Datastore(EtcdConf([etcd.url]))
-    again, wrote = assign(nc.parse(conf()), Request("ADD", container_id="rep000000001"), ds, "node1")
+    before = revision()
+    again = auto_assign(ds, AssignArgs("net1.rep000000001", "node1", str(lab.workdir)))
     ds.close()
-    assert again == [first.out["ips"][0]["address"]] and wrote is False
+    assert again.cidrs == [first.out["ips"][0]["address"]] and revision() == before
     assert Lab.run_plugin(node, "DEL", conf(), "rep000000001", Lab.netns_path(pod)).rc == 0
     assert_nothing_left(lab, node, etcd)

@@ -41,8 +41,7 @@ def cluster(lab, etcd):
 
 def add_pod(cluster: Cluster, node: str, network: str = "k8s", namespace: str = "", pod: str = "") -> tuple[str, str]:
     """A pod of ``network`` on ``node`` (in Kubernetes namespace ``namespace`` when given); (netns, address)."""
-    ns = cluster.lab.pod()
-    cluster._made.append(ns)
+    ns = cluster.pod()
     cid = f"{node}y{len(cluster.pods):03d}".ljust(20, "0")
     args = f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod or cid}" if namespace else ""
     run = Lab.run_plugin(cluster.ns[node], "ADD", netconf(cluster.etcd, name=network, node=node), cid,

@@ -57,8 +57,7 @@ def start(cluster: Cluster, v4: str, v6: str, count: int = 2) -> None:
 
 def add_pod(cluster: Cluster, node: str, network: str = "k8s") -> tuple[str, str, str]:
     """A dual-stack pod of ``network`` on ``node``: (netns, IPv4 address, IPv6 address)."""
-    ns = cluster.lab.pod()
-    cluster._made.append(ns)
+    ns = cluster.pod()
     cid = f"{node}z{len(cluster.pods):03d}".ljust(20, "0")
     run = Lab.run_plugin(cluster.ns[node], "ADD", netconf(cluster.etcd, name=network, node=node, ipam=DUAL), cid,
                          Lab.netns_path(ns))

@@ -23,7 +23,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import pytest
 
-from tests.conftest import _remove
 from tests.fuzz.driver import Driver
 from tests.integration.helpers import ENDPOINTS, HANDLES, allocated, assert_nothing_left
 from tests.lab import EtcdCluster, EtcdMember, Lab, add_pool, netconf, plugin_dir
@@ -176,5 +175,5 @@ def test_one_member_down_loses_no_add_two_down_fail_cleanly_and_quorum_heals(lab
         record_property("etcd_failover", json.dumps(figures))
     finally:
         for ns in made:
-            _remove(lab, ns)
+            lab.remove_netns(ns)
         cluster.stop()

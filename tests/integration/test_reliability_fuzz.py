@@ -26,10 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from cni_calico.datastore import Datastore
-from cni_calico.netconf import EtcdConf
+from cni_calico.datastore import Datastore, EtcdConf
 from cni_calico.versions import SUPPORTED_VERSIONS
-from tests.conftest import _remove
 from tests.fuzz.cases import POOL, POOL_CIDR, Case, Sandbox, cases
 from tests.fuzz.driver import Driver
 from tests.integration.helpers import ENDPOINTS, HANDLES, allocated
@@ -118,7 +116,7 @@ def fuzz_node(lab, etcd, tmp_path):
     finally:
         ds.close()
         for ns in [*pods, node]:
-            _remove(lab, ns)
+            lab.remove_netns(ns)
 
 
 def _leftovers(lab: Lab, node: str, ds: Datastore, keep: str = "") -> list[str]:
@@ -318,15 +316,16 @@ def test_found_an_etcd_port_out_of_range_is_a_config_error():
 
     for url in ("http://h:99999", "http://127.0.0.1:0", "http://[::1]:65536/"):
         with pytest.raises(CniError) as err:
-            parse_etcd({"etcd_endpoints": url})
+            parse_etcd({"etcd_endpoints": url}, {})
         assert err.value.code == 7 and "port" in err.value.msg
-    assert parse_etcd({"etcd_endpoints": "http://127.0.0.1:65535"}).endpoints == ["http://127.0.0.1:65535"]
+    assert parse_etcd({"etcd_endpoints": "http://127.0.0.1:65535"}, {}).endpoints == ["http://127.0.0.1:65535"]
 
 
 def test_found_an_ifname_is_measured_in_bytes():
     from cni_calico import plugin, skel
+    from cni_calico.host import PluginHost
 
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/nonexistent", "CNI_PATH": "/nonexistent",
            "CNI_IFNAME": "\u00e9" * 8}  # 8 characters, 16 bytes: the kernel answered ERANGE (code 999 then)
-    status, out = skel.execute(plugin.HANDLERS, env, b'{"cniVersion": "1.0.0", "name": "n"}')
+    status, out = skel.execute(plugin.handlers(PluginHost()), env, b'{"cniVersion": "1.0.0", "name": "n"}')
     assert status == 1 and json.loads(out)["code"] == 4 and "15 bytes" in json.loads(out)["msg"]

@@ -15,7 +15,6 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import _remove
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import ENDPOINTS, HANDLES, allocated
 from tests.lab import Lab, add_pool, wait_for
@@ -53,7 +52,7 @@ def test_rebooted_node_ends_with_no_stale_allocation_and_no_duplicate_route(lab,
         # --- the reboot: the node and its pods vanish; same name, new namespace, calico-node again -----
         cluster.remove_node_ns("node1")
         for _, pod, _, _ in old:
-            _remove(lab, pod)
+            lab.remove_netns(pod)
         # The kernel destroys a namespace once its last process is gone, asynchronously: the old
         # switch port goes with it.
         wait_for(lambda: "p1" not in lab.links(cluster.switch), 30, "node1's old switch port to go")

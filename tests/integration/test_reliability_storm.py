@@ -37,7 +37,6 @@ import pytest
 
 from cni_calico.endpoints import unfinished_since
 from cni_calico.names import host_veth_name
-from tests.conftest import _remove
 from tests.fuzz.driver import Driver, DriverError
 from tests.integration.helpers import ENDPOINTS, HANDLES, allocated, assert_nothing_left
 from tests.lab import Lab, add_pool, netconf, plugin_dir, sh
@@ -299,7 +298,7 @@ def test_storm_with_kills_loses_nothing_and_leaks_nothing(lab, etcd, tmp_path, r
         assert [d.stdout + d.stderr[-300:] for d in dels if d.rc != 0] == []
         for j in killed:  # the runtime discards a failed sandbox: its namespace goes
             if j.node_index == gc_node:
-                _remove(lab, j.pod)
+                lab.remove_netns(j.pod)
         for i in range(NODES):  # GC everywhere: a no-op where DEL already cleaned
             valid = [{"containerID": j.cid, "ifname": "eth0"} for j in live if j.node_index == i]
             gc_conf = {**json.loads(confs[i]), "cniVersion": "1.1.0", "cni.dev/valid-attachments": valid}
@@ -350,7 +349,7 @@ def test_storm_with_kills_loses_nothing_and_leaks_nothing(lab, etcd, tmp_path, r
         record_property("storm", json.dumps(figures))
     finally:
         for ns in [*pods, *nodes]:
-            _remove(lab, ns)
+            lab.remove_netns(ns)
 
 
 # --- one ADD killed right after its IPAM commit, deterministically ----------------------------

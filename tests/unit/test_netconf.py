@@ -251,22 +251,24 @@ def test_etcd_endpoints_without_any_url_is_code_7(endpoints):
     assert error(conf(etcd_endpoints=endpoints)).code == 7
 
 
-def test_etcd_endpoints_from_environment(monkeypatch):
-    monkeypatch.setenv("ETCD_ENDPOINTS", "http://10.1.1.1:2379,http://10.1.1.2:2379")
-    monkeypatch.setenv("ETCD_CA_CERT_FILE", "/etc/calico/ca.pem")
-    parsed = netconf.parse(conf(etcd_endpoints=...))
+def test_etcd_endpoints_from_the_requests_environment_not_the_process(monkeypatch):
+    env = {"ETCD_ENDPOINTS": "http://10.1.1.1:2379,http://10.1.1.2:2379", "ETCD_CA_CERT_FILE": "/etc/calico/ca.pem"}
+    parsed = netconf.parse(conf(etcd_endpoints=...), env)
     assert parsed.etcd.endpoints == ["http://10.1.1.1:2379", "http://10.1.1.2:2379"]
     assert parsed.etcd.ca_cert_file == "/etc/calico/ca.pem"
+    # The process's own environment (calico-node's, when its CNI server runs the request) is not read.
+    monkeypatch.setenv("ETCD_ENDPOINTS", "http://10.9.9.9:2379")
+    with pytest.raises(CniError):
+        netconf.parse(conf(etcd_endpoints=...), {})
 
 
-def test_config_endpoints_win_over_environment(monkeypatch):
-    monkeypatch.setenv("ETCD_ENDPOINTS", "http://10.1.1.1:2379")
-    assert netconf.parse(conf()).etcd.endpoints == ["http://127.0.0.1:2379"]
+def test_config_endpoints_win_over_environment():
+    assert netconf.parse(conf(), {"ETCD_ENDPOINTS": "http://10.1.1.1:2379"}).etcd.endpoints == ["http://127.0.0.1:2379"]
 
 
-def test_invalid_endpoint_from_environment_is_code_7(monkeypatch):
-    monkeypatch.setenv("ETCD_ENDPOINTS", "10.1.1.1:2379")
-    assert error(conf(etcd_endpoints=...)).code == 7
+def test_invalid_endpoint_from_environment_is_code_7():
+    err = error(conf(etcd_endpoints=...), env={"ETCD_ENDPOINTS": "10.1.1.1:2379"})
+    assert err.code == 7 and "10.1.1.1:2379" in err.msg
 
 
 def test_etcd_authority_is_the_old_form():

@@ -6,10 +6,10 @@ import pytest
 
 from cni_calico.node import birdconf
 from cni_calico.node.config import NodeConfigError, from_env
-from cni_calico.node.model import NodeInfo, PeerInfo, Snapshot
+from cni_calico.node.model import Snapshot
 from cni_calico.node.peers import peerings
 from cni_calico.node.tunnels import IPIP_DEVICE, plan_ipip, plan_vxlan, tunnel_mac, tunnel_mtu
-from ipam.pools import Pool
+from cni_calico.v3 import BGPPeer, IPPool, Node
 
 
 def snap(nodes, pools=None, blocks=None, mesh=True, peers=None) -> Snapshot:
@@ -19,14 +19,14 @@ def snap(nodes, pools=None, blocks=None, mesh=True, peers=None) -> Snapshot:
         mesh=mesh,
         default_asn=64512,
         peers=peers or [],
-        pools=pools or [Pool("p", "10.0.0.0/16", 26)],
+        pools=pools or [IPPool("p", "10.0.0.0/16", 26)],
         blocks=blocks or {},
     )
 
 
-N1 = NodeInfo("n1", "192.168.0.1", "192.168.0.1/24")
-N2 = NodeInfo("n2", "192.168.0.2", "192.168.0.2/24", asn=65001)
-N3 = NodeInfo("n3", "192.168.1.3", "192.168.1.3/24", labels={"rack": "b"})
+N1 = Node("n1", "192.168.0.1", "192.168.0.1/24")
+N2 = Node("n2", "192.168.0.2", "192.168.0.2/24", asn=65001)
+N3 = Node("n3", "192.168.1.3", "192.168.1.3/24", labels={"rack": "b"})
 
 
 def test_mesh_peers_every_other_node_with_its_as():
@@ -39,9 +39,9 @@ def test_mesh_peers_every_other_node_with_its_as():
 
 def test_mesh_off_and_explicit_peers():
     peers = [
-        PeerInfo("tor", peer_ip="10.1.1.1", asn=65100),  # global
-        PeerInfo("only-n2", node="n2", peer_ip="10.1.1.2", asn=65200),
-        PeerInfo("rack-b", node_selector="rack == 'b'", peer_ip="10.1.1.3", asn=65300),
+        BGPPeer("tor", peer_ip="10.1.1.1", asn=65100),  # global
+        BGPPeer("only-n2", node="n2", peer_ip="10.1.1.2", asn=65200),
+        BGPPeer("rack-b", node_selector="rack == 'b'", peer_ip="10.1.1.3", asn=65300),
     ]
     s = snap([N1, N2, N3], mesh=False, peers=peers)
     assert [(p.name, p.kind) for p in peerings(s, "n1")] == [("Global_10_1_1_1", "global")]
@@ -50,8 +50,8 @@ def test_mesh_off_and_explicit_peers():
 
 
 def test_route_reflector_is_symmetric_and_marks_clients():
-    rr = NodeInfo("n1", "192.168.0.1", "192.168.0.1/24", rr_cluster_id="224.0.0.1", labels={"rr": "true"})
-    peers = [PeerInfo("to-rr", node_selector="all()", peer_selector="rr == 'true'")]
+    rr = Node("n1", "192.168.0.1", "192.168.0.1/24", rr_cluster_id="224.0.0.1", labels={"rr": "true"})
+    peers = [BGPPeer("to-rr", node_selector="all()", peer_selector="rr == 'true'")]
     s = snap([rr, N2, N3], mesh=False, peers=peers)
     on_rr = peerings(s, "n1")
     assert [(p.ip, p.rr_client) for p in on_rr] == [("192.168.0.2", True), ("192.168.1.3", True)]
@@ -62,7 +62,7 @@ def test_route_reflector_is_symmetric_and_marks_clients():
 
 def test_bird_config_exports_aggregates_not_their_slash32s():
     s = snap([N1, N2], blocks={"10.0.0.0/26": "n1", "10.0.0.64/26": "n2"},
-             pools=[Pool("p", "10.0.0.0/16", 26), Pool("other", "10.9.0.0/16", 26, disable_bgp_export=True)])
+             pools=[IPPool("p", "10.0.0.0/16", 26), IPPool("other", "10.9.0.0/16", 26, disable_bgp_export=True)])
     text = birdconf.render(s, "n1")
     assert "route 10.0.0.0/26 blackhole;" in text and "10.0.0.64/26 blackhole" not in text
     assert 'if proto = "blocks" && net ~ [ 10.0.0.0/26 ] then accept;' in text
@@ -80,7 +80,7 @@ def test_bird_config_without_blocks_has_no_empty_sets():
 
 
 def test_vxlan_pools_are_not_bgp_and_cross_subnet_filters_kernel_routes():
-    pools = [Pool("vx", "10.1.0.0/16", 26, vxlan_mode="Always"), Pool("cs", "10.2.0.0/16", 26,
+    pools = [IPPool("vx", "10.1.0.0/16", 26, vxlan_mode="Always"), IPPool("cs", "10.2.0.0/16", 26,
                                                                         vxlan_mode="CrossSubnet")]
     s = snap([N1, N2], pools=pools, blocks={"10.1.0.0/26": "n1"})
     text = birdconf.render(s, "n1", "192.168.0.0/24")
@@ -89,9 +89,9 @@ def test_vxlan_pools_are_not_bgp_and_cross_subnet_filters_kernel_routes():
 
 
 def test_vxlan_plan_always_and_cross_subnet():
-    n2 = NodeInfo("n2", "192.168.0.2", "192.168.0.2/24", vxlan_addr="10.1.0.65", vxlan_mac=tunnel_mac("n2"))
-    n3 = NodeInfo("n3", "192.168.1.3", "192.168.1.3/24", vxlan_addr="10.2.0.129", vxlan_mac=tunnel_mac("n3"))
-    pools = [Pool("vx", "10.1.0.0/16", 26, vxlan_mode="Always"), Pool("cs", "10.2.0.0/16", 26,
+    n2 = Node("n2", "192.168.0.2", "192.168.0.2/24", vxlan_addr="10.1.0.65", vxlan_mac=tunnel_mac("n2"))
+    n3 = Node("n3", "192.168.1.3", "192.168.1.3/24", vxlan_addr="10.2.0.129", vxlan_mac=tunnel_mac("n3"))
+    pools = [IPPool("vx", "10.1.0.0/16", 26, vxlan_mode="Always"), IPPool("cs", "10.2.0.0/16", 26,
                                                                         vxlan_mode="CrossSubnet")]
     blocks = {"10.1.0.0/26": "n1", "10.1.0.64/26": "n2", "10.2.0.0/26": "n2", "10.2.0.128/26": "n3"}
     plan = plan_vxlan(snap([N1, n2, n3], pools=pools, blocks=blocks), "n1", "192.168.0.1/24")
@@ -101,17 +101,17 @@ def test_vxlan_plan_always_and_cross_subnet():
 
 
 def test_ipip_plan_routes_to_node_addresses_over_tunl0():
-    pools = [Pool("ip", "10.3.0.0/16", 26, ipip_mode="Always"), Pool("plain", "10.4.0.0/16", 26)]
+    pools = [IPPool("ip", "10.3.0.0/16", 26, ipip_mode="Always"), IPPool("plain", "10.4.0.0/16", 26)]
     blocks = {"10.3.0.0/26": "n1", "10.3.0.64/26": "n2", "10.4.0.0/26": "n2"}
     plan = plan_ipip(snap([N1, N2], pools=pools, blocks=blocks), "n1", "192.168.0.1/24")
     assert [(r.dst, r.via, r.device) for r in plan.routes] == [("10.3.0.64/26", "192.168.0.2", IPIP_DEVICE)]
-    cross = [Pool("ip", "10.3.0.0/16", 26, ipip_mode="CrossSubnet")]
+    cross = [IPPool("ip", "10.3.0.0/16", 26, ipip_mode="CrossSubnet")]
     assert plan_ipip(snap([N1, N2], pools=cross, blocks=blocks), "n1", "192.168.0.1/24").routes == []
 
 
 def test_tunnel_mtu_and_mac():
-    assert tunnel_mtu(1500, snap([N1], pools=[Pool("vx", "10.1.0.0/16", 26, vxlan_mode="Always")])) == 1450
-    assert tunnel_mtu(1500, snap([N1], pools=[Pool("ip", "10.1.0.0/16", 26, ipip_mode="Always")])) == 1480
+    assert tunnel_mtu(1500, snap([N1], pools=[IPPool("vx", "10.1.0.0/16", 26, vxlan_mode="Always")])) == 1450
+    assert tunnel_mtu(1500, snap([N1], pools=[IPPool("ip", "10.1.0.0/16", 26, ipip_mode="Always")])) == 1480
     assert tunnel_mtu(1500, snap([N1])) == 1500
     mac = tunnel_mac("n1")
     assert mac == tunnel_mac("n1") != tunnel_mac("n2")
@@ -156,10 +156,10 @@ def test_classic_environment():
 
 
 def test_ipv6_sessions_blackholes_and_filters():
-    n1 = NodeInfo("n1", "192.168.0.1", "192.168.0.1/24", ipv6="fd00::1", ipv6_cidr="fd00::1/64")
-    n2 = NodeInfo("n2", "192.168.0.2", "192.168.0.2/24", ipv6="fd00::2", ipv6_cidr="fd00::2/64")
-    n3 = NodeInfo("n3", "192.168.0.3", "192.168.0.3/24")  # IPv4 only
-    s = snap([n1, n2, n3], pools=[Pool("p", "10.0.0.0/16", 26), Pool("p6", "fd00:10::/64", 122)],
+    n1 = Node("n1", "192.168.0.1", "192.168.0.1/24", ipv6="fd00::1", ipv6_cidr="fd00::1/64")
+    n2 = Node("n2", "192.168.0.2", "192.168.0.2/24", ipv6="fd00::2", ipv6_cidr="fd00::2/64")
+    n3 = Node("n3", "192.168.0.3", "192.168.0.3/24")  # IPv4 only
+    s = snap([n1, n2, n3], pools=[IPPool("p", "10.0.0.0/16", 26), IPPool("p6", "fd00:10::/64", 122)],
              blocks={"10.0.0.0/26": "n1", "fd00:10::/122": "n1"})
     assert [p.name for p in peerings(s, "n1", 6)] == ["Mesh_fd00__2"]
     assert [p.name for p in peerings(s, "n1", 4)] == ["Mesh_192_168_0_2", "Mesh_192_168_0_3"]

@@ -7,12 +7,12 @@ import subprocess
 
 import pytest
 
-from cni_calico.datastore import KV
+from cni_calico.datastore import DatastoreError
 from cni_calico.endpoints import default_profile
-from cni_calico.errors import DatastoreError
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup
 from cni_calico.policy.layout import JUMP, IpSet, Ruleset, set_name
 from cni_calico.policy.sync import PolicySync
+from tests.memstore import MemStore
 
 
 class Fake:
@@ -134,26 +134,9 @@ def test_cleanup_removes_only_what_is_ours():
 # --- the sync component over a fake datastore ---------------------------------------------------------
 
 
-class FakeStore:
-    def __init__(self, resources: dict[str, dict]) -> None:
-        self.resources, self.revision_, self.fail = resources, 1, False
-
-    def put(self, key: str, value: dict) -> None:
-        self.resources[key] = value
-        self.revision_ += 1
-
-    def revision(self) -> int:
-        return self.revision_
-
-    def list(self, prefix: str, keys_only: bool = False, revision: int | None = None) -> list[KV]:
-        if self.fail:
-            raise DatastoreError("etcd is away")
-        return [KV(k, v, hash(str(v)) % 1000) for k, v in sorted(self.resources.items()) if k.startswith(prefix)]
-
-
 def test_sync_skips_rendering_when_nothing_it_reads_changed_and_propagates_etcd_errors():
     res = "/calico/resources/v3/projectcalico.org"
-    store = FakeStore({f"{res}/profiles/k8s": default_profile("k8s"), f"{res}/workloadendpoints/default/w": {
+    store = MemStore({f"{res}/profiles/k8s": default_profile("k8s").to_value(), f"{res}/workloadendpoints/default/w": {
         "metadata": {"name": "w", "namespace": "default"},
         "spec": {"node": "n1", "interfaceName": "cali1", "ipNetworks": ["10.0.0.1/32"], "profiles": ["k8s"]}}})
     fake = Fake()

@@ -17,10 +17,11 @@ from cni_calico.policy import layout, model, render
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup, saved_filter
 from cni_calico.policy.sync import PolicySync
 from tests.lab import netns_runner
-from tests.unit.test_policy_dataplane import Fake, FakeStore
+from tests.memstore import MemStore
+from tests.unit.test_policy_dataplane import Fake
 from tests.unit.test_policy_render import policy as random_policy
 
-PROFILES = {n: model.profile_from_resource(default_profile(n)) for n in ("k8s", "tenant-b")}
+PROFILES = {n: model.profile_from_resource(default_profile(n).to_value()) for n in ("k8s", "tenant-b")}
 
 
 def wep(name: str, node: str, iface: str, ips: list[str], profiles=("k8s",), **labels) -> dict:
@@ -140,7 +141,7 @@ def test_the_ipv6_dataplane_uses_ip6tables_and_inet6_sets_only():
 
 def test_one_sync_programs_both_families_and_a_v6_failure_leaves_v4_applied():
     res = "/calico/resources/v3/projectcalico.org"
-    store = FakeStore({f"{res}/profiles/k8s": default_profile("k8s"), f"{res}/workloadendpoints/default/w": {
+    store = MemStore({f"{res}/profiles/k8s": default_profile("k8s").to_value(), f"{res}/workloadendpoints/default/w": {
         "metadata": {"name": "w", "namespace": "default"}, "spec": {
             "node": "n1", "interfaceName": "cali1", "ipNetworks": ["10.0.0.1/32", "fd00::1/128"],
             "profiles": ["k8s"]}}})

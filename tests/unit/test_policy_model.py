@@ -132,7 +132,7 @@ def test_policy_selector_and_order():
 
 
 def test_effective_labels():
-    prof = model.profile_from_resource(default_profile("tenant-a"))
+    prof = model.profile_from_resource(default_profile("tenant-a").to_value())
     other = model.profile_from_resource({"metadata": {"name": "o"}, "spec": {"labelsToApply": {"tier": "p",
                                                                                                "role": "p"}}})
     ep = model.endpoint_from_resource({

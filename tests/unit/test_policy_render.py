@@ -25,7 +25,7 @@ def wep(name: str, node: str, iface: str, ip: str, profiles=("k8s",), ns: str = 
             "spec": {"node": node, "interfaceName": iface, "ipNetworks": [f"{ip}/32"], "profiles": list(profiles)}}
 
 
-PROFILES = {n: model.profile_from_resource(default_profile(n)) for n in ("k8s", "tenant-b")}
+PROFILES = {n: model.profile_from_resource(default_profile(n).to_value()) for n in ("k8s", "tenant-b")}
 ENDPOINTS = model.with_effective_labels([model.endpoint_from_resource(w) for w in (
     wep("a", "n1", "cali0000000001", "10.0.0.1", role="db"),
     wep("b", "n1", "cali0000000002", "10.0.0.2", role="fe"),

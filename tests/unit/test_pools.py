@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cni_calico.errors import CniError
-from ipam.pools import DEFAULT_BLOCK_SIZE, Pool, node_selected, pool_from_resource, select_pools
+from cni_calico.v3 import DEFAULT_BLOCK_SIZE, IPPool
+from ipam.errors import InvalidRequest
+from ipam.pools import node_selected, select_pools
 
 
 def resource(name: str, cidr: str, **spec) -> dict:
@@ -21,21 +22,21 @@ def resource(name: str, cidr: str, **spec) -> dict:
 
 
 def test_v4_pool_defaults():
-    pool = pool_from_resource(resource("default-ipv4-ippool", "10.60.0.0/16"))
-    assert pool == Pool("default-ipv4-ippool", "10.60.0.0/16", 26, disabled=False, node_selector="all()")
+    pool = IPPool.from_value(resource("default-ipv4-ippool", "10.60.0.0/16"))
+    assert pool == IPPool("default-ipv4-ippool", "10.60.0.0/16", 26, disabled=False, node_selector="all()")
     assert pool.family == 4
     assert DEFAULT_BLOCK_SIZE == {4: 26, 6: 122}
 
 
 def test_v6_pool_defaults():
-    pool = pool_from_resource(resource("default-ipv6-ippool", "fd00:10::/64"))
+    pool = IPPool.from_value(resource("default-ipv6-ippool", "fd00:10::/64"))
     assert pool.block_size == 122
     assert pool.family == 6
     assert pool.cidr == "fd00:10::/64"
 
 
 def test_pool_fields():
-    pool = pool_from_resource(
+    pool = IPPool.from_value(
         resource("p", "10.70.0.5/24", blockSize=28, disabled=True, nodeSelector="rack == 'a'", ipipMode="Always")
     )
     assert pool.cidr == "10.70.0.0/24"  # host bits dropped
@@ -46,24 +47,24 @@ def test_pool_fields():
 
 @pytest.mark.parametrize("selector", ["", None])
 def test_empty_node_selector_means_all(selector):
-    assert pool_from_resource(resource("p", "10.0.0.0/16", nodeSelector=selector)).node_selector == "all()"
+    assert IPPool.from_value(resource("p", "10.0.0.0/16", nodeSelector=selector)).node_selector == "all()"
 
 
 @pytest.mark.parametrize(
     "bad", [{"metadata": {"name": "p"}, "spec": {}}, {"metadata": {"name": "p"}}, {"spec": {"cidr": "10.0.0.0/8"}}]
 )
 def test_resource_without_cidr_or_name_raises(bad):
-    with pytest.raises((KeyError, TypeError)):
-        pool_from_resource(bad)
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        IPPool.from_value(bad)
 
 
 def test_resource_with_junk_cidr_raises():
     with pytest.raises(ValueError):
-        pool_from_resource(resource("p", "10.0.0.0/33"))
+        IPPool.from_value(resource("p", "10.0.0.0/33"))
 
 
 def test_pool_contains():
-    pool = Pool("p", "10.60.0.0/16", 26)
+    pool = IPPool("p", "10.60.0.0/16", 26)
     assert pool.contains("10.60.3.64/26")
     assert pool.contains("10.60.0.0/16")
     assert not pool.contains("10.61.0.0/26")
@@ -74,15 +75,15 @@ def test_pool_contains():
 # --- select_pools -------------------------------------------------------------------------------------
 
 POOLS = [
-    Pool("pool-a", "10.60.0.0/16", 26),
-    Pool("pool-b", "10.70.0.0/16", 26, node_selector="rack == 'b'"),
-    Pool("pool-off", "10.80.0.0/16", 26, disabled=True),
-    Pool("pool-v6", "fd00:60::/64", 122),
-    Pool("pool-v6-off", "fd00:70::/64", 122, disabled=True),
+    IPPool("pool-a", "10.60.0.0/16", 26),
+    IPPool("pool-b", "10.70.0.0/16", 26, node_selector="rack == 'b'"),
+    IPPool("pool-off", "10.80.0.0/16", 26, disabled=True),
+    IPPool("pool-v6", "fd00:60::/64", 122),
+    IPPool("pool-v6-off", "fd00:70::/64", 122, disabled=True),
 ]
 
 
-def names(pools: list[Pool]) -> list[str]:
+def names(pools: list[IPPool]) -> list[str]:
     return [p.name for p in pools]
 
 
@@ -107,32 +108,30 @@ def test_requested_pool_ignores_node_selector():
     "want,family",
     [("pool-x", 4), ("10.99.0.0/16", 4), ("10.60.0.0/24", 4), ("pool-v6", 4), ("pool-a", 6), ("junk/cidr", 4)],
 )
-def test_unknown_requested_pool_is_code_7_and_named(want, family):
-    with pytest.raises(CniError) as info:
+def test_unknown_requested_pool_is_an_invalid_request_naming_it(want, family):
+    with pytest.raises(InvalidRequest) as info:
         select_pools(POOLS, [want], family, {})
-    assert info.value.code == 7
     assert repr(want) in info.value.msg
     assert f"IPv{family}" in info.value.msg
 
 
 def test_unknown_pool_error_lists_the_known_ones():
-    with pytest.raises(CniError) as info:
+    with pytest.raises(InvalidRequest) as info:
         select_pools(POOLS, ["pool-a", "missing"], 4, {})
     assert "pool-a (10.60.0.0/16)" in info.value.details
     assert "pool-v6" not in info.value.details
 
 
 def test_unknown_pool_with_no_pools_at_all():
-    with pytest.raises(CniError) as info:
+    with pytest.raises(InvalidRequest) as info:
         select_pools([], ["pool-a"], 4, {})
-    assert info.value.code == 7 and "none" in info.value.details
+    assert "none" in info.value.details
 
 
 @pytest.mark.parametrize("want,family", [("pool-off", 4), ("10.80.0.0/16", 4), ("pool-v6-off", 6)])
 def test_disabled_requested_pool_is_an_error(want, family):
-    with pytest.raises(CniError) as info:
+    with pytest.raises(InvalidRequest) as info:
         select_pools(POOLS, [want], family, {})
-    assert info.value.code == 7
     assert "disabled" in info.value.msg and repr(want) in info.value.msg
 
 
@@ -144,9 +143,9 @@ def test_no_request_gives_enabled_pools_of_the_family_selecting_the_node():
 
 
 def test_no_request_and_no_usable_pool_is_empty():
-    assert select_pools([Pool("off", "10.0.0.0/8", 26, disabled=True)], [], 4, {}) == []
+    assert select_pools([IPPool("off", "10.0.0.0/8", 26, disabled=True)], [], 4, {}) == []
     assert select_pools(POOLS, [], 4, {}) != []
-    assert select_pools([Pool("v6", "fd00::/64", 122)], [], 4, {}) == []
+    assert select_pools([IPPool("v6", "fd00::/64", 122)], [], 4, {}) == []
 
 
 # --- node_selected -------------------------------------------------------------------------------------

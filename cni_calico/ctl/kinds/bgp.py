@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
+from cni_calico.v3 import DEFAULT_AS
 
-DEFAULT_ASN = 64512
 LOG_LEVELS = ("Debug", "Info", "Warning", "Error", "Fatal")
 SOURCE_ADDRESSES = ("UseNodeIP", "None")
 BIND_MODES = ("None", "NodeIP")
@@ -64,7 +64,7 @@ def _node_asn(res: Resource, ctx: Mapping) -> str:
     bgp = res.spec.get("bgp")
     if not isinstance(bgp, dict):
         return ""
-    return str(bgp["asNumber"]) if bgp.get("asNumber") else f"({ctx.get('asnumber', DEFAULT_ASN)})"
+    return str(bgp["asNumber"]) if bgp.get("asNumber") else f"({ctx.get('asnumber', DEFAULT_AS)})"
 
 
 NODE = register(Kind(

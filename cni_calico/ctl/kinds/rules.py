@@ -16,15 +16,11 @@ from __future__ import annotations
 
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, selector_errors
+from cni_calico.v3 import ENTITY_FIELDS, ICMP_FIELDS, PORT_PROTOCOLS, RULE_FIELDS
+from cni_calico.v3 import ICMP_PROTOCOL_VERSION as ICMP_VERSION
+from cni_calico.v3 import RULE_ACTIONS as ACTIONS
+from cni_calico.v3 import RULE_PROTOCOLS as PROTOCOLS
 
-ACTIONS = ("Allow", "Deny", "Pass", "Log")
-PROTOCOLS = ("TCP", "UDP", "ICMP", "ICMPv6", "SCTP", "UDPLite")
-PORT_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP", "UDPLite", 6, 17, 132, 136})
-ICMP_VERSION = {"ICMP": 4, 1: 4, "ICMPv6": 6, 58: 6}
-RULE_FIELDS = frozenset({"action", "protocol", "notProtocol", "icmp", "notICMP", "ipVersion", "source",
-                         "destination", "metadata"})
-ENTITY_FIELDS = frozenset({"nets", "notNets", "selector", "notSelector", "namespaceSelector", "ports", "notPorts"})
-ICMP_FIELDS = frozenset({"type", "code"})
 UNCHECKED = "<invalid>"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from cni_calico import keys
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register
+from cni_calico.v3 import IPAM_CONFIG_DEFAULTS, IPAM_CONFIG_FIELDS
 
 WEP_FIELDS = frozenset({"orchestrator", "workload", "node", "containerID", "pod", "endpoint", "interfaceName",
                         "mac", "ipNetworks", "ipNATs", "ipv4Gateway", "ipv6Gateway", "profiles", "ports",
@@ -48,9 +49,8 @@ WORKLOADENDPOINT = register(Kind(
 
 # --- IPAMConfig --------------------------------------------------------------------------------
 
-IPAM_FIELDS = {"strictAffinity": "strict_affinity", "autoAllocateBlocks": "auto_allocate_blocks",
-               "maxBlocksPerHost": "max_blocks_per_host"}
-IPAM_DEFAULTS = {"strictAffinity": False, "autoAllocateBlocks": True, "maxBlocksPerHost": 0}
+IPAM_FIELDS = IPAM_CONFIG_FIELDS
+IPAM_DEFAULTS = {key: IPAM_CONFIG_DEFAULTS[stored] for key, stored in IPAM_FIELDS.items()}
 MAX_BLOCKS = 2**31 - 1
 
 

@@ -1,0 +1,223 @@
+"""Address assignment as a unit of work: `Assigner.prepare` reads, chooses addresses and contributes
+the block, handle and affinity writes to the caller's `Txn`; the caller adds its own writes (the
+endpoint) and commits once (cni_calico.datastore.transact re-runs `prepare` after a lost race).
+
+The common path is one read (pools, the node's affinities, the handle, and the blocks the node's
+last assignments used, named by a hint file) and the caller's one commit. Both families of a
+dual-stack request go in that one transaction: all or nothing. A handle that already holds an
+address of a family (a repeated ADD) keeps it: the same addresses come back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from cni_calico import keys
+from cni_calico.datastore import Store, Txn, transact
+from cni_calico.v3 import IPPool
+from ipam.allocator import Block, block_cidrs, network
+from ipam.errors import AddressInUse, InvalidRequest, PoolExhausted
+from ipam.lock import node_lock, read_hint, write_hint
+from ipam.pools import parse_pools, select_pools, selects_by_label
+from ipam.store import Assignment, Handle, IpamStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AssignArgs:
+    """What one workload (or tunnel device) asks of IPAM, as libcalico-go's AutoAssignArgs."""
+
+    handle_id: str
+    node: str
+    run_dir: str  # where the node's IPAM lock and block hint live (calico-node's run dir)
+    attrs: dict[str, str] = field(default_factory=dict)  # stored with each allocation
+    num_ipv4: int = 1  # 0 or 1
+    num_ipv6: int = 0  # 0 or 1
+    ipv4_pools: list[str] = field(default_factory=list)  # names or CIDRs; []: every enabled pool selecting the node
+    ipv6_pools: list[str] = field(default_factory=list)
+    ips: list[str] = field(default_factory=list)  # exact addresses: these and no others (at most one per family)
+
+    def families(self) -> list[int]:
+        exact = {network(ip).version for ip in self.ips}
+        if exact:
+            return sorted(exact)
+        for n in (self.num_ipv4, self.num_ipv6):
+            if n not in (0, 1):
+                raise InvalidRequest(f"IPAM assigns 0 or 1 address per family, not {n}")
+        return [f for f, n in ((4, self.num_ipv4), (6, self.num_ipv6)) if n]
+
+
+@dataclass
+class Claim:
+    """The outcome of one `prepare`: the addresses, in family order, and the blocks they came from."""
+
+    assignments: list[Assignment]
+
+    @property
+    def cidrs(self) -> list[str]:
+        return [a.cidr for a in self.assignments]
+
+
+class Assigner:
+    """One assignment for one handle. Use as a context manager: it holds the node's IPAM lock, so no
+    other assignment of this node moves the blocks between `prepare`'s read and the commit."""
+
+    def __init__(self, ds: Store, args: AssignArgs) -> None:
+        self.ds, self.args = ds, args
+        self.store = IpamStore(ds)
+        self.families = args.families()
+        if not self.families:
+            raise InvalidRequest("IPAM was asked for no address: both families are off")
+        self._lock = node_lock(args.node, args.run_dir)
+        self._hinted: list[str] = []
+        self._seen: set[str] = set()  # hinted blocks that still exist
+        self.attempts = 0  # prepare calls: one more than the races lost
+
+    def __enter__(self) -> Assigner:
+        self._lock.__enter__()
+        self._hinted = read_hint(self.args.node, self.args.run_dir)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    def prepare(self, txn: Txn) -> Claim:
+        """One attempt: reads, chooses, and contributes the writes to `txn` (nothing is written)."""
+        self.attempts += 1
+        args = self.args
+        handle_key = keys.handle(args.handle_id)
+        pools_dir = keys.resource_dir("ippools")
+        prefixes = [pools_dir] + [keys.affinity_dir(args.node, f) for f in self.families]
+        read = self.ds.multi_get([handle_key, *(keys.block(c) for c in self._hinted)], prefixes)
+        blocks = {c: (Block.from_dict(kvs[0].value), kvs[0].mod_revision)
+                  for c in self._hinted if (kvs := read[keys.block(c)])}
+        self._seen = set(blocks)
+        pools = parse_pools([(kv.key, kv.value) for kv in read[pools_dir]])
+        labels = self.store.node_labels(args.node) if selects_by_label(pools) else {}
+        handle = Handle.from_kv(read[handle_key][0]) if read[handle_key] else Handle(args.handle_id)
+        txn.guard(handle_key, handle.mod_revision)
+        held = self._held(handle, blocks)
+        changed: dict[str, tuple[Block, int, bool]] = {}  # cidr -> (block, mod revision, newly claimed)
+        out: list[Assignment] = []
+        for family in self.families:
+            if family in held:
+                out.append(held[family])
+                continue
+            requested = args.ipv4_pools if family == 4 else args.ipv6_pools
+            chosen = select_pools(pools, requested, family, labels)
+            exact = [ip for ip in args.ips if network(ip).version == family]
+            if exact:
+                got = self._assign_exact(exact[0], chosen, blocks, changed)
+            else:
+                affine = [keys.cidr_from_block_key(kv.key) for kv in read[keys.affinity_dir(args.node, family)]]
+                got = self._assign_auto(chosen, family, affine, blocks, changed)
+            handle.count(got.block, 1)
+            out.append(got)
+        for cidr, (block, rev, new) in changed.items():
+            txn.put(keys.block(cidr), block.to_dict(), rev)
+            if new:
+                txn.put(keys.affinity(args.node, cidr), {"state": "confirmed", "deleted": False}, 0)
+        if changed:
+            txn.put(handle_key, handle.to_dict())
+        return Claim(out)
+
+    def committed(self, claim: Claim) -> None:
+        """After the caller's commit: the blocks used become the hint for the node's next ADDs."""
+        log.debug("assigned %s to %s (%d conflicts)", claim.cidrs, self.args.handle_id, self.attempts - 1)
+        used = {a.block for a in claim.assignments}
+        if used and not used <= self._seen:
+            write_hint(self.args.node, self.args.run_dir, sorted(used | self._seen))
+
+    # --- pieces ----------------------------------------------------------------------
+
+    def _held(self, handle: Handle, blocks: dict[str, tuple[Block, int]]) -> dict[int, Assignment]:
+        """What a handle already in etcd holds, per family (a repeated ADD gets the same addresses)."""
+        if not handle.mod_revision or not handle.blocks:
+            return {}
+        missing = [c for c in handle.blocks if c not in blocks]
+        blocks.update(self.store.get_blocks(missing))
+        out: dict[int, Assignment] = {}
+        for cidr in handle.blocks:
+            if cidr in blocks:
+                for ip in blocks[cidr][0].ips_for_handle(handle.handle_id):
+                    out.setdefault(network(ip).version, Assignment(ip, cidr))
+        return out
+
+    def _block(self, cidr: str, blocks: dict[str, tuple[Block, int]],
+               changed: dict[str, tuple[Block, int, bool]]) -> tuple[Block, int, bool] | None:
+        if cidr in changed:
+            return changed[cidr]
+        if cidr not in blocks:
+            got = self.store.get_block(cidr)
+            if got is None:
+                return None
+            blocks[cidr] = got
+        return (*blocks[cidr], False)
+
+    def _take(self, entry: tuple[Block, int, bool], changed: dict, ip: str = "") -> Assignment:
+        block = entry[0]
+        if ip:
+            block.assign_ip(ip, self.args.handle_id, self.args.attrs)
+        else:
+            (ip,) = block.assign(1, self.args.handle_id, self.args.attrs)
+        changed[block.cidr] = entry
+        return Assignment(ip, block.cidr)
+
+    def _assign_auto(self, pools: list[IPPool], family: int, affine: list[str], blocks: dict,
+                     changed: dict) -> Assignment:
+        if not pools:
+            raise PoolExhausted(f"no enabled IP pool to assign an IPv{family} address from (create one with calicoctl)")
+        for cidr in affine:
+            if not any(p.contains(cidr) for p in pools):
+                continue
+            entry = self._block(cidr, blocks, changed)
+            if entry is not None and entry[0].free:
+                return self._take(entry, changed)
+        claimed = self._claim_block(pools, family)
+        if claimed is not None:
+            return self._take((claimed, 0, True), changed)
+        if not self.store.strict_affinity():
+            for kv in self.ds.list(keys.block_dir(family)):
+                block = Block.from_dict(kv.value)
+                if block.free and not block.strict_affinity and any(p.contains(block.cidr) for p in pools):
+                    log.info("borrowing an address from block %s (affine to %s)", block.cidr, block.node)
+                    return self._take((block, kv.mod_revision, False), changed)
+        names = ", ".join(f"{p.name} ({p.cidr})" for p in pools)
+        raise PoolExhausted(f"no free IPv{family} address: pool {names} is exhausted")
+
+    def _claim_block(self, pools: list[IPPool], family: int) -> Block | None:
+        """A fresh block from the first pool with an unused block CIDR (not yet in etcd)."""
+        taken = {keys.cidr_from_block_key(kv.key) for kv in self.ds.list(keys.block_dir(family), keys_only=True)}
+        for pool in pools:
+            for cidr in block_cidrs(pool.cidr, max(pool.block_size, network(pool.cidr).prefixlen)):
+                if cidr not in taken:
+                    log.info("claiming block %s of pool %s for node %s", cidr, pool.name, self.args.node)
+                    return Block.new(cidr, self.args.node)
+        return None
+
+    def _assign_exact(self, ip: str, pools: list[IPPool], blocks: dict, changed: dict) -> Assignment:
+        """A requested address: it must lie in a usable pool and be free (or already be this handle's)."""
+        pool = next((p for p in pools if p.contains(ip)), None)
+        if pool is None:
+            raise InvalidRequest(f"requested address {ip} is outside every usable pool")
+        cidr = str(network(f"{ip}/{pool.block_size}"))
+        entry = self._block(cidr, blocks, changed) or (Block.new(cidr, self.args.node), 0, True)
+        holder = entry[0].handle_of(entry[0].ordinal_of(ip))
+        if holder is not None:
+            raise AddressInUse(f"requested address {ip} is already in use")
+        return self._take(entry, changed, ip)
+
+
+def auto_assign(ds: Store, args: AssignArgs) -> Claim:
+    """Assigns and commits on its own (a caller with nothing to add to the transaction)."""
+    with Assigner(ds, args) as assigner:
+
+        def attempt() -> tuple[Txn, Claim]:
+            txn = Txn()
+            return txn, assigner.prepare(txn)
+
+        claim = transact(ds, attempt, f"assigning an address for {args.handle_id}")
+        assigner.committed(claim)
+        return claim
