@@ -58,6 +58,18 @@ class TooManyConflicts(DatastoreError):
     """`retry_on_conflict` lost every one of its races: others keep changing the same keys."""
 
 
+class WatchLost(DatastoreError):
+    """A watch stream ended (the member went away, or cancelled it): reconnect, or read afresh."""
+
+
+class Compacted(WatchLost):
+    """The revision a watch asked for is older than etcd keeps: only a fresh read can catch up."""
+
+    def __init__(self, msg: str, revision: int = 0) -> None:
+        super().__init__(msg)
+        self.revision = revision
+
+
 @dataclass
 class EtcdConf:
     endpoints: list[str]
@@ -86,6 +98,19 @@ class KV:
     key: str
     value: dict
     mod_revision: int
+
+
+@dataclass
+class WatchEvent:
+    """One change, as an etcd watch reports it: a put (value) or a delete (value None)."""
+
+    key: str
+    value: dict | None
+    mod_revision: int
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
 
 
 @dataclass
@@ -311,6 +336,14 @@ class Datastore:
             out[name] = [KV(meta.key.decode(), json.loads(value), meta.mod_revision) for value, meta in kvs]
         return out
 
+    def watch(self, prefixes: list[str], start_revision: int) -> Watch:
+        """Every change under `prefixes` from `start_revision` on, in revision order (see `Watch`).
+
+        One watcher covers the range from the lowest prefix to the end of the highest, so the
+        changes of every prefix come in one ordered stream: keys between them arrive too, and
+        the caller skips what it does not want."""
+        return Watch(self, min(prefixes), max(prefixes), start_revision)
+
     def close(self) -> None:
         for client in self._clients.values():
             try:
@@ -318,6 +351,115 @@ class Datastore:
             except Exception:  # noqa: BLE001 - closing a dead channel must not mask the real outcome
                 pass
         self._clients.clear()
+
+
+# HTTP/2 pings on the watch's channel: a member that stops answering (frozen, cut off) fails the
+# stream within ~keepalive time + timeout, rather than leaving a silent watch. etcd refuses pings
+# more often than every 5 s (--grpc-keepalive-min-time).
+WATCH_KEEPALIVE = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
+                   ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+
+
+class Watch:
+    """A watch of a key range from a revision on, on one etcd member (the first that accepts, from
+    the datastore's current one). Responses are queued by the client's thread and taken by the
+    caller's with `get`; a stream that fails raises WatchLost there (Compacted when the revision
+    is gone), once, and the watch is over: the caller starts a new one from `revision` + 1.
+
+    `revision` is the revision up to which the member has delivered every change (its response
+    headers), so a new watch from `revision + 1` misses nothing and repeats nothing; `member_id`
+    says which member it was."""
+
+    def __init__(self, ds: Datastore, first: str, last_prefix: str, start_revision: int) -> None:
+        import queue
+
+        from pyetcd import events, exceptions
+
+        self._queue: queue.Queue = queue.Queue()
+        self._exceptions, self._events = exceptions, events
+        self.revision = start_revision - 1
+        self.member_id = 0
+        self.url = ""
+        self._client = None
+        self._ids: list[int] = []
+        last: Exception | None = None
+        for attempt in range(len(ds.urls)):
+            index = (ds._current + attempt) % len(ds.urls)
+            try:
+                self._start(ds, index, first, last_prefix, start_revision)
+                ds._current = index
+                return
+            except exceptions.RevisionCompactedError as exc:
+                self.cancel()
+                raise Compacted(f"etcd has compacted revision {start_revision}", exc.compacted_revision) from None
+            except Exception as exc:  # noqa: BLE001 - any failure to start: try the next member
+                last = exc
+                self.cancel()
+        raise WatchLost(f"cannot watch etcd at {', '.join(ds.urls)}", _describe(last))
+
+    def _start(self, ds: Datastore, index: int, first: str, last_prefix: str, start_revision: int) -> None:
+        from urllib.parse import urlsplit
+
+        from pyetcd import utils
+
+        url = urlsplit(ds.urls[index])
+        secure = url.scheme == "https"
+        endpoint = ds._pyetcd.Endpoint(url.hostname, url.port or 2379, secure=secure,
+                                       creds=ds._creds if secure else None, time_retry=0, opts=WATCH_KEEPALIVE)
+        self._client = ds._pyetcd.MultiEndpointEtcd3Client(endpoints=[endpoint], timeout=ds.rpc_timeout)
+        self.url = ds.urls[index]
+        end = utils.prefix_range_end(last_prefix.encode())
+        self._ids.append(self._client.add_watch_callback(first, self._queue.put, range_end=end,
+                                                         start_revision=start_revision))
+
+    def get(self, timeout: float | None = None) -> list[WatchEvent] | None:
+        """The events of every response queued now (waiting up to `timeout` for the first); None
+        when nothing came. Raises WatchLost (or Compacted) when the stream is over."""
+        import queue
+
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        out: list[WatchEvent] = []
+        item = first
+        while True:
+            self._take(item, out)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return out
+
+    def _take(self, response, out: list[WatchEvent]) -> None:
+        if isinstance(response, self._exceptions.RevisionCompactedError):
+            raise Compacted(f"etcd compacted the watched revisions (now {response.compacted_revision})",
+                            response.compacted_revision)
+        if isinstance(response, WatchLost):
+            raise response
+        if isinstance(response, BaseException):
+            raise WatchLost(f"the watch on etcd at {self.url} ended", _describe(response))  # type: ignore[arg-type]
+        header = response.header
+        self.member_id = self.member_id or int(header.member_id)
+        for event in response.events:
+            deleted = isinstance(event, self._events.DeleteEvent)
+            out.append(WatchEvent(event.key.decode(), None if deleted else json.loads(event.value), event.mod_revision))
+        self.revision = max(self.revision, int(header.revision))
+
+    def cancel(self) -> None:
+        """Ends the watch; a later `get` raises WatchLost (as for a stream that broke)."""
+        self._queue.put(WatchLost(f"the watch on etcd at {self.url} was cancelled"))
+        if self._client is not None:
+            for watch_id in self._ids:
+                try:
+                    self._client.cancel_watch(watch_id)
+                except Exception:  # noqa: BLE001 - the stream may already be gone
+                    pass
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._client = None
+        self._ids = []
 
 
 def retry_on_conflict(fn: Callable[[], T], what: str, attempts: int = CONFLICT_ATTEMPTS) -> T:

@@ -1,8 +1,11 @@
 """calico-node's composition root: start-up, then keep BIRD, tunnel routes and policy rules in step with etcd.
 
-The loop asks etcd for its revision a few times a second and rebuilds the
-node's view only when it moved. When etcd is away the node keeps the last
-good configuration (routing goes on) and resyncs as soon as etcd answers.
+One snapshot of etcd, then a watch (cni_calico.node.syncer): each change goes to the view that wants
+it, the routing view (nodes, pools, peers, BGP configuration, affinities: BIRD's config and the
+tunnel routes) or the policy component (endpoints, profiles, policies: chains and ipsets), and
+after each batch of changes only the views that changed are programmed. Every refresh interval
+the policy rules in the kernel are checked and what someone else changed is put back. When etcd is
+away the node keeps the last good configuration (routing goes on) and resyncs when etcd answers.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import threading
 import time
 
 from cni_calico.datastore import Datastore, DatastoreError
-from cni_calico.node import birdconf, model, startup
+from cni_calico.node import birdconf, startup
 from cni_calico.node.bird import Bird, BirdError
 from cni_calico.node.config import NodeConfig
+from cni_calico.node.model import Routing
+from cni_calico.node.syncer import Syncer
 
 log = logging.getLogger(__name__)
 
-POLL = 0.2
+TICK = 1.0  # the longest the loop waits for etcd before it looks after BIRD and the CNI server
+RETRY = 1.0
 START_TIMEOUT = 60.0
 
 
@@ -32,11 +38,13 @@ class Agent:
         self.stop_event = threading.Event()
         self.ipv4_cidr = ""
         self.ipv6_cidr = ""
-        self.last_revision: int | None = None
         self.etcd_ok = True
         self.tunnels = None
         self.cni_server = None
         self.policy = None  # cni_calico.policy.sync.PolicySync, made in start()
+        self.routing = Routing()
+        self.routing_dirty = True
+        self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
 
@@ -102,8 +110,9 @@ class Agent:
             self.cni_server.start()
         from cni_calico.policy.sync import PolicySync
 
-        self.policy = PolicySync(self.ds, self.cfg.nodename)
-        self.policy.watch_links()
+        self.policy = PolicySync(self.cfg.nodename)
+        self.syncer.resync()
+        self.sync_once(0.0)
 
     def _enable_forwarding(self) -> None:
         """A vRouter forwards: IPv4 always, IPv6 when the node has an IPv6 address (as Felix does)."""
@@ -118,47 +127,68 @@ class Agent:
 
     # --- the loop ---------------------------------------------------------------------
 
-    def sync_once(self) -> bool:
-        """Rebuilds BIRD's config and the tunnel routes if etcd moved; True when it did."""
-        revision = self.ds.revision()
-        if revision == self.last_revision:
-            return False
-        snap = model.load(self.ds)
+    def reset(self) -> None:
+        """A fresh snapshot follows: start the views again (the kernel keeps its state until the flush)."""
+        self.routing = Routing()
+        self.routing_dirty = True
+        if self.policy is not None:
+            self.policy.reset()
+
+    def update(self, key: str, value: dict | None) -> None:
+        """One change from etcd, to whichever view wants it (endpoint changes never reach routing)."""
+        if self.policy is not None and self.policy.wants(key):
+            self.policy.update(key, value)
+        elif Routing.wants(key):
+            self.routing_dirty = self.routing.update(key, value) or self.routing_dirty
+
+    def sync_once(self, timeout: float = 0.0) -> int:
+        """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""
+        came = self.syncer.poll(timeout)
+        if self.routing_dirty:
+            self.routing_dirty = False
+            self._apply_routing()
+        if self.policy is not None:
+            self.policy.flush()
+        return came
+
+    def _apply_routing(self) -> None:
+        self.routing.revision = self.syncer.revision
+        snap = self.routing.snapshot()
         me = self.cfg.nodename
         if me not in snap.nodes:
             log.warning("node %s is no longer registered: withdrawing its routes", me)
             if self.bird:
                 self.bird.stop(graceful=False)
                 self.bird.config = ""
-            self.last_revision = revision
-            return True
+            return
         if self.bird and snap.nodes[me].ipv4:
             subnet = str(ipaddress.IPv4Interface(self.ipv4_cidr).network) if self.ipv4_cidr else ""
             self.bird.apply(birdconf.render(snap, me, subnet))
         if self.tunnels is not None:
             self.tunnels.sync(snap)
-        if self.policy is not None:
-            self.policy.sync()
-        self.last_revision = revision
-        return True
 
     def run(self) -> None:
+        next_repair = time.monotonic() + self.cfg.refresh_interval
         while not self.stop_event.is_set():
             try:
-                self.sync_once()
+                self.sync_once(TICK)
                 if not self.etcd_ok:
-                    log.info("etcd is back; resynced")
+                    log.info("etcd is back; in sync at revision %d", self.syncer.revision)
                 self.etcd_ok = True
+                if self.policy is not None and time.monotonic() >= next_repair:
+                    next_repair = time.monotonic() + self.cfg.refresh_interval
+                    self.policy.repair()
             except DatastoreError as exc:
                 if self.etcd_ok:
                     log.warning("etcd unavailable, keeping the last configuration: %s", exc.msg)
                 self.etcd_ok = False
+                self.stop_event.wait(RETRY)
             except BirdError as exc:
                 log.error("%s", exc)
-            except Exception:  # noqa: BLE001 - one bad sync must not take the node's routing down
-                log.exception("sync failed; retrying")
-                self.last_revision = None
-                self.stop_event.wait(1.0)
+            except Exception:  # noqa: BLE001 - one bad update must not take the node's routing down
+                log.exception("sync failed; reading a fresh snapshot")
+                self.syncer._need_snapshot = True
+                self.stop_event.wait(RETRY)
             if self.cni_server is not None:
                 self.cni_server.ensure_running()
             if self.bird:
@@ -166,7 +196,6 @@ class Agent:
                     self.bird.ensure_running()
                 except BirdError as exc:
                     log.error("%s", exc)
-            self.stop_event.wait(POLL)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -178,9 +207,10 @@ class Agent:
         # Brought up to date first, so a stopped node still admits every endpoint etcd knows of.
         if self.policy is not None and self.etcd_ok:
             try:
-                self.policy.sync()
+                self.sync_once(0.0)
             except Exception as exc:  # noqa: BLE001 - stopping goes on; the rules stay as they were
                 log.warning("final policy sync failed, rules left as they were: %s", exc)
+        self.syncer.close()
         if self.bird:
             self.bird.stop(graceful=True)
         self.ds.close()

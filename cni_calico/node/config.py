@@ -18,6 +18,7 @@ from cni_calico.v3 import DEFAULT_BLOCK_SIZE
 MODES = ("always", "cross-subnet", "never")
 BACKENDS = ("bird", "none", "vxlan")
 DEFAULT_POOL_V4 = "192.168.0.0/16"
+DEFAULT_REFRESH = 90.0  # Felix's iptablesRefreshInterval
 
 
 class NodeConfigError(ValueError):
@@ -48,6 +49,7 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     rr_cluster_id: str = ""
     cni_server: bool = True  # serve CNI requests on $CALICO_RUN_DIR/cni.sock (the fast path)
+    refresh_interval: float = DEFAULT_REFRESH  # seconds between checks that the kernel's rules are as programmed
 
     @property
     def nodename_file(self) -> str:
@@ -148,6 +150,13 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
     if asn and (not asn.isdigit() or not 1 <= int(asn) <= 4294967295):
         raise NodeConfigError(f"AS={asn!r} is not an AS number (1 to 4294967295)")
     level = env.get("CALICO_NODE_LOG_LEVEL", env.get("LOG_LEVEL", "info")).lower()
+    refresh = env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip() or str(DEFAULT_REFRESH)
+    try:
+        refresh_interval = float(refresh)
+    except ValueError:
+        refresh_interval = 0.0
+    if not 0.5 <= refresh_interval <= 86400:
+        raise NodeConfigError(f"FELIX_IPTABLESREFRESHINTERVAL={refresh!r} must be seconds from 0.5 to 86400")
     return NodeConfig(
         nodename=nodename,
         ip=ip,
@@ -173,4 +182,5 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         labels=_labels(env.get("CALICO_NODE_LABELS", "")),
         rr_cluster_id=env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID", "").strip(),
         cni_server=env.get("CALICO_CNI_SERVER", "true").strip().lower() not in ("false", "0", "no", "off"),
+        refresh_interval=refresh_interval,
     )

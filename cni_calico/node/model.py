@@ -1,6 +1,6 @@
 """What calico-node's routing needs from etcd (BIRD's config, tunnel routes): the cluster's nodes,
-pools, peers, BGP configuration and block affinities, as one consistent snapshot (pure records +
-one loader)."""
+pools, peers, BGP configuration and block affinities (pure). `Routing` keeps them up to date change by
+change; `Snapshot` is the view that birdconf, peers and tunnels render from."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from cni_calico import keys
-from cni_calico.datastore import Store
 from cni_calico.v3 import DEFAULT_AS, BGPConfiguration, BGPPeer, IPPool, Node
-from ipam.pools import parse_pools
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +30,59 @@ class Snapshot:
         return next((p for p in self.pools if p.contains(cidr)), None)
 
 
-def load(ds: Store) -> Snapshot:
-    revision = ds.revision()
+class Routing:
+    """The routing view, kept up to date by watched changes: `update` says whether routing changed."""
 
-    def listing(plural: str):
-        return ds.list(keys.resource_dir(plural), revision=revision)
+    PLURALS = ("nodes", "ippools", "bgppeers", "bgpconfigurations")
 
-    nodes = {}
-    for kv in listing("nodes"):
-        node = Node.from_value(kv.value)
-        nodes[node.name] = node
-    default = BGPConfiguration("default")
-    for kv in listing("bgpconfigurations"):
-        config = BGPConfiguration.from_value(kv.value)
-        if config.name == "default":
-            default = config
-    peers = [BGPPeer.from_value(kv.value) for kv in listing("bgppeers")]
-    pools = parse_pools([(kv.key, kv.value) for kv in listing("ippools")])
-    blocks = {}
-    for kv in ds.list(keys.host_dir(), keys_only=True, revision=revision):
-        affinity = keys.parse_affinity(kv.key)
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.pools: dict[str, IPPool] = {}
+        self.peers: dict[str, BGPPeer] = {}
+        self.config = BGPConfiguration("default")
+        self.blocks: dict[str, str] = {}
+        self.revision = 0
+
+    @classmethod
+    def wants(cls, key: str) -> bool:
+        parsed = keys.parse_resource(key)
+        return (parsed is not None and parsed.plural in cls.PLURALS) or keys.parse_affinity(key) is not None
+
+    def update(self, key: str, value: dict | None) -> bool:
+        affinity = keys.parse_affinity(key)
         if affinity is not None:
-            blocks[affinity[1]] = affinity[0]
-    return Snapshot(revision, nodes, default.mesh, default.asn or DEFAULT_AS, peers, pools, blocks)
+            node, cidr = affinity
+            if value is None:
+                return self.blocks.pop(cidr, None) is not None
+            changed = self.blocks.get(cidr) != node
+            self.blocks[cidr] = node
+            return changed
+        parsed = keys.parse_resource(key)
+        if parsed is None or parsed.plural not in self.PLURALS:
+            return False
+        kind, table = {"nodes": (Node, self.nodes), "ippools": (IPPool, self.pools), "bgppeers": (BGPPeer, self.peers),
+                       "bgpconfigurations": (BGPConfiguration, None)}[parsed.plural]
+        record = None
+        if value is not None:
+            try:
+                record = kind.from_value(value)
+            except (KeyError, ValueError, TypeError) as exc:  # as if absent: a value no Calico tool writes
+                log.warning("ignoring malformed %s %s: %s", parsed.plural, parsed.name, exc)
+        if table is not None:
+            return _put(table, parsed.name, record)
+        if parsed.name != "default":
+            return False  # node.<name> BGPConfigurations: nothing of theirs is rendered
+        old, self.config = self.config, record or BGPConfiguration("default")
+        return old != self.config
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.revision, dict(self.nodes), self.config.mesh, self.config.asn or DEFAULT_AS,
+                        list(self.peers.values()), list(self.pools.values()), dict(self.blocks))
+
+
+def _put(table: dict, name: str, record) -> bool:
+    if record is None:
+        return table.pop(name, None) is not None
+    changed = table.get(name) != record
+    table[name] = record
+    return changed

@@ -121,8 +121,48 @@ def _ipset_script(wanted: dict[str, IpSet], have: dict[str, IpSet | None], famil
     return lines
 
 
+def canonical(rule: str) -> str:
+    """A rule as text that compares equal however iptables-save prints it: it names protocols
+    (`-p 47` comes back as `-p gre`) and quotes the LOG prefix; here both become numbers, unquoted."""
+    import socket
+
+    parts = rule.replace('"', "").split()
+    for i, part in enumerate(parts[:-1]):
+        if part == "-p" and not parts[i + 1].isdigit():
+            try:
+                parts[i + 1] = str(socket.getprotobyname(parts[i + 1]))
+            except OSError:
+                pass
+    return " ".join(parts)
+
+
+def saved_sets(run: Runner = _run, family: Family = V4) -> dict[str, IpSet]:
+    """Every set of ours in the kernel with its members (``ipset save``)."""
+    kinds: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for line in run(["ipset", "save"]).stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1].startswith(family.set_prefix):
+            if parts[0] == "create":
+                kinds[parts[1]] = parts[2]
+                members.setdefault(parts[1], [])
+            elif parts[0] == "add":
+                members.setdefault(parts[1], []).append(_normal(parts[2], family))
+    return {name: IpSet(kinds.get(name, "hash:ip"), tuple(sorted(m))) for name, m in members.items()}
+
+
+def _normal(member: str, family: Family) -> str:
+    """ipset prints a hash:net member of the full length as a bare address (and /128 for IPv6)."""
+    import ipaddress
+
+    net = ipaddress.ip_network(member, strict=False)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen and "/" not in member else str(net)
+
+
 class Dataplane:
-    """One family's kernel side: what is programmed, and how to move it to a new Ruleset of that family."""
+    """One family's kernel side: what is programmed, and how to move it to a new Ruleset of that family
+    (`apply`, a whole desired state) or by a calculator's changes (`apply_changes`); `repair` puts
+    back what someone else changed."""
 
     def __init__(self, run: Runner = _run, version: int = 4) -> None:
         self.run, self.family = run, FAMILIES[version]
@@ -130,6 +170,7 @@ class Dataplane:
         self.sets: dict[str, IpSet | None] = {}
         self.restore: list[str] = []
         self.writes = 0  # iptables-restore transactions made (for tests and benchmarks)
+        self.set_calls = 0  # ipset invocations made
 
     @property
     def programmed(self) -> bool:
@@ -155,10 +196,7 @@ class Dataplane:
             self.restore = self.restore or restore_command(self.run, self.family)
             lines = saved_filter(self.run, self.family)
             old_chains = dict.fromkeys(cali_chains(lines), ())
-            forward = [line for line in lines if line.startswith("-A FORWARD ")]
-            ours = foreign_jumps(lines)
-            if not (forward and forward[0] in ours and len(ours) == 1 and f"-j {FORWARD_CHAIN}" in forward[0]):
-                jump = ["-D" + line[2:] for line in ours] + [f"-I FORWARD 1 {JUMP}"]
+            jump = self._jump_fix(lines)
             self.sets = dict.fromkeys(ipsets(self.run, self.family))
             write = dict(ruleset.chains)
         else:
@@ -170,20 +208,121 @@ class Dataplane:
         if not (write or remove or jump or set_lines or stale_sets):
             return False
         if set_lines:
-            self.run(["ipset", "restore"], "\n".join(set_lines) + "\n")
+            self._ipset(set_lines)
             self.sets.update(ruleset.ipsets)
         if write or remove or jump:
             self.run(self.restore, restore_text(write, remove, jump))
             self.writes += 1
         self.chains = dict(ruleset.chains)
-        for name in stale_sets:
-            if self.run(["ipset", "destroy", name], check=False).returncode == 0:
-                del self.sets[name]
-            else:
-                log.warning("ipset %s is still in use; will try again", name)
+        self._destroy(stale_sets)
         log.info("policy applied (IPv%d): %d chains written, %d removed, %d ipset changes", self.family.version,
                  len(write), len(remove), len(set_lines))
         return True
+
+    def _jump_fix(self, lines: list[str]) -> list[str]:
+        """The FORWARD jump's repair: nothing when ours is FORWARD's first rule and the only one."""
+        forward = [line for line in lines if line.startswith("-A FORWARD ")]
+        ours = foreign_jumps(lines)
+        if forward and forward[0] in ours and len(ours) == 1 and f"-j {FORWARD_CHAIN}" in forward[0]:
+            return []
+        return ["-D" + line[2:] for line in ours] + [f"-I FORWARD 1 {JUMP}"]
+
+    def _ipset(self, lines: list[str]) -> None:
+        self.run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
+        self.set_calls += 1
+
+    def _destroy(self, names) -> None:
+        for name in names:
+            if self.run(["ipset", "destroy", name], check=False).returncode == 0:
+                self.sets.pop(name, None)
+            else:
+                log.warning("ipset %s is still in use; will try again", name)
+
+    def apply_changes(self, changes) -> bool:
+        """Applies a cni_calico.policy.calc.Changes of this family (the dataplane must be programmed:
+        the first apply after start or after a failure is a whole `apply`). Sets are created and
+        filled before the rules that name them, and emptied and destroyed after the rules that
+        stopped naming them, so no step opens a gap."""
+        if self.chains is None:
+            raise PolicyError(f"IPv{self.family.version} dataplane not programmed: apply a whole ruleset first")
+        if not changes:
+            return False
+        try:
+            f = self.family
+            early = []
+            for name, ipset in changes.created.items():
+                early += [f"create {name} {ipset.kind} family {f.ipset_family} maxelem {MAXELEM}", f"flush {name}"]
+                early += [f"add {name} {m}" for m in ipset.members]
+            for name, members in changes.added.items():
+                early += [f"add {name} {m}" for m in sorted(members)]
+            if early:
+                self._ipset(early)
+            self.sets.update({n: None for n in [*changes.created, *changes.added, *changes.deleted]})
+            write = {c: rules for c, rules in changes.chains.items() if rules is not None}
+            remove = [c for c, rules in changes.chains.items() if rules is None]
+            if write or remove:
+                self.run(self.restore, restore_text(write, remove))
+                self.writes += 1
+                self.chains.update(write)
+                for c in remove:
+                    self.chains.pop(c, None)
+            late = [f"del {name} {m}" for name, members in changes.deleted.items() for m in sorted(members)]
+            if late:
+                self._ipset(late)
+            self._destroy(sorted(changes.destroyed))
+        except Exception:
+            self.chains = None
+            raise
+        log.debug("policy changes applied (IPv%d): %d chains, %d sets made, %d added to, %d removed from, "
+                  "%d destroyed", self.family.version, len(changes.chains), len(changes.created),
+                  len(changes.added), len(changes.deleted), len(changes.destroyed))
+        return True
+
+    def repair(self, ruleset: Ruleset) -> list[str]:
+        """Compares the kernel with ``ruleset`` (the whole desired state) and puts back whatever
+        differs: a flushed or deleted chain, a lost jump, a deleted set or member, a stale chain or
+        set of ours. Returns what was repaired (logged, one line each)."""
+        lines = saved_filter(self.run, self.family)
+        kernel_chains: dict[str, list[str]] = {c: [] for c in cali_chains(lines)}
+        for line in lines:
+            parts = line.split(" ", 2)
+            if parts[0] == "-A" and parts[1] in kernel_chains:
+                kernel_chains[parts[1]].append(parts[2] if len(parts) > 2 else "")
+        kernel_sets = saved_sets(self.run, self.family)
+        repaired = []
+        write = {c: rules for c, rules in ruleset.chains.items()
+                 if [canonical(r) for r in kernel_chains.get(c, ["<none>"])] != [canonical(r) for r in rules]}
+        remove = [c for c in kernel_chains if c not in ruleset.chains]
+        jump = self._jump_fix(lines)
+        repaired += [f"chain {c}" for c in write] + [f"stale chain {c}" for c in remove] + (["FORWARD jump"] if jump
+                                                                                              else [])
+        set_lines = []
+        for name, ipset in ruleset.ipsets.items():
+            have = kernel_sets.get(name)
+            if have is None:
+                set_lines += [f"create {name} {ipset.kind} family {self.family.ipset_family} maxelem {MAXELEM}"]
+                set_lines += [f"add {name} {m}" for m in ipset.members]
+                repaired.append(f"set {name}")
+            elif have.members != tuple(sorted(ipset.members)):
+                missing = set(ipset.members) - set(have.members)
+                extra = set(have.members) - set(ipset.members)
+                set_lines += [f"add {name} {m}" for m in sorted(missing)]
+                set_lines += [f"del {name} {m}" for m in sorted(extra)]
+                repaired.append(f"set {name} ({len(missing)} members missing, {len(extra)} extra)")
+        stale_sets = [n for n in kernel_sets if n not in ruleset.ipsets]
+        if set_lines:
+            self._ipset(set_lines)
+        if write or remove or jump:
+            self.restore = self.restore or restore_command(self.run, self.family)
+            self.run(self.restore, restore_text(write, remove, jump))
+            self.writes += 1
+        self._destroy(stale_sets)
+        repaired += [f"stale set {n}" for n in stale_sets]
+        self.chains = dict(ruleset.chains)
+        self.sets = dict(ruleset.ipsets)
+        for what in repaired:
+            log.warning("policy drift repaired (IPv%d): %s was not as programmed", self.family.version, what)
+        return repaired
 
 
 def _pristine(lines: list[str]) -> bool:

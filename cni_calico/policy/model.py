@@ -21,6 +21,7 @@ import dataclasses
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from sys import intern
 
 from cni_calico.policy.scope import NAMESPACE_LABEL, NS_NAME_LABEL, NS_PREFIX, applies_to, scoped_selector
 from cni_calico.selector import SelectorError, parse
@@ -83,7 +84,7 @@ class Profile:
     labels: dict[str, str] = field(default_factory=dict, hash=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     key: str  # "<ns>/<name>"
     namespace: str
@@ -270,14 +271,16 @@ def endpoint_from_resource(resource: dict) -> Endpoint:
             continue
         addresses.append(str(iface.ip))
     labels = meta.get("labels") or {}
+    # Interned: a cluster's endpoints share a few namespaces, nodes, profiles and label words, and
+    # calico-node keeps every endpoint of the cluster.
     return Endpoint(
         key=f"{namespace}/{meta.get('name') or ''}",
-        namespace=namespace,
-        node=str(spec.get("node") or ""),
+        namespace=intern(namespace),
+        node=intern(str(spec.get("node") or "")),
         interface=str(spec.get("interfaceName") or ""),
         addresses=tuple(sorted(set(addresses))),
-        profiles=tuple(str(p) for p in spec.get("profiles") or []),
-        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        profiles=tuple(intern(str(p)) for p in spec.get("profiles") or []),
+        labels={intern(str(k)): intern(str(v)) for k, v in labels.items()} if isinstance(labels, dict) else {},
     )
 
 

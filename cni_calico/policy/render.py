@@ -122,33 +122,36 @@ class Matcher:
         return self._results[key]
 
 
-class _Renderer:
-    def __init__(self, endpoints: list[Endpoint], family: Family, matcher: Matcher) -> None:
-        self.family, self.matches = family, matcher.matches
-        self.groups: dict[frozenset, list[Endpoint]] = {}
-        for ep in endpoints:
-            self.groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
-        self.ipsets: dict[str, IpSet] = {}
+class RuleRenderer:
+    """One family's iptables rules for Calico rules; records the ipsets they name (selector sets by
+    their selector, whose members the caller fills in; net sets with their members)."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+        self.selectors: dict[str, str] = {}  # set name -> selector
+        self.nets: dict[str, IpSet] = {}
 
     def selector_set(self, selector: str) -> str:
         name = set_name("s", selector, self.family.version)
-        if name not in self.ipsets:
-            members = {a for labels, eps in self.groups.items() if self.matches(selector, labels)
-                       for ep in eps for a in ep.addresses if self.family.holds(a)}
-            self.ipsets[name] = IpSet("hash:ip", tuple(sorted(members)))
+        self.selectors[name] = selector
         return name
 
     def nets_set(self, nets: tuple[str, ...]) -> str:
         name = set_name("n", ",".join(nets), self.family.version)
-        self.ipsets.setdefault(name, IpSet("hash:net", _set_members(nets, self.family)))
+        self.nets.setdefault(name, IpSet("hash:net", _set_members(nets, self.family)))
         return name
+
+    def sets(self) -> set[str]:
+        return set(self.selectors) | set(self.nets)
 
     def rule(self, rule: Rule) -> list[str]:
         """This family's rules for one Calico rule (none if it cannot match here)."""
         f = self.family
         if rule.never or rule.ip_version not in (0, f.version):
             return []
-        match = []
+        # In the order iptables-save prints a rule (addresses, protocol, then the matches), so the
+        # kernel's text of a chain is ours exactly.
+        addresses, match = [], []
         if rule.protocol:
             match += ["-p", _spelling(rule.protocol, f)]
         other_icmp = ICMP_PROTOCOLS[6 if f.version == 4 else 4]
@@ -158,7 +161,7 @@ class _Renderer:
             nets = tuple(n for n in entity.nets if f.holds(n))
             not_nets = tuple(n for n in entity.not_nets if f.holds(n))
             if len(nets) == 1 and nets[0] != f.any_net:
-                match += [flag, nets[0]]
+                addresses += [flag, nets[0]]
             elif nets and f.any_net not in nets:
                 match += ["-m", "set", "--match-set", self.nets_set(nets), side]
             if not_nets:
@@ -176,7 +179,7 @@ class _Renderer:
         lines = []
         for sports, dports in itertools.product(_port_chunks(rule.source.ports) or [""],
                                                 _port_chunks(rule.destination.ports) or [""]):
-            full = list(match)
+            full = [*addresses, *match]
             if sports:
                 full += ["-m", "multiport", "--sports", sports]
             if dports:
@@ -201,15 +204,80 @@ def _endpoint_chain(policies: list[str], profiles: list[str]) -> tuple[str, ...]
     return (*rules, "-j DROP")
 
 
+DIRECTIONS = (("egress", "o", "fw", "-i"), ("ingress", "i", "tw", "-o"))  # (rules, chain letter, own chain, flag)
+
+
+def policy_chain(policy: Policy, letter: str) -> str:
+    return chain_name(f"cali-p{letter}-", policy.key)
+
+
+def profile_chain(profile: Profile, letter: str) -> str:
+    return chain_name(f"cali-pr{letter}-", profile.name)
+
+
+def own_chain(interface: str, kind: str) -> str:
+    return chain_name(f"cali-{kind}-", interface)
+
+
+def workload_chains(interface: str, selecting: list[Policy], present: list[Profile]) -> dict[str, tuple[str, ...]]:
+    """A local endpoint's own chains (cali-fw-/cali-tw-), given the policies selecting it (in order)
+    and its profiles that exist (in order); the chains they jump to are rendered by the caller."""
+    out = {}
+    for direction, letter, kind, _ in DIRECTIONS:
+        pol = [policy_chain(p, letter) for p in selecting if getattr(p, direction) is not None]
+        out[own_chain(interface, kind)] = _endpoint_chain(pol, [profile_chain(p, letter) for p in present])
+    return out
+
+
+def body_chains(selecting: list[Policy], present: list[Profile]) -> dict[str, tuple[str, Policy | Profile]]:
+    """The policy and profile chains a local endpoint's chains jump to: name -> (direction, source)."""
+    out: dict[str, tuple[str, Policy | Profile]] = {}
+    for direction, letter, _, _ in DIRECTIONS:
+        for policy in selecting:
+            if getattr(policy, direction) is not None:
+                out[policy_chain(policy, letter)] = (direction, policy)
+        for profile in present:
+            out[profile_chain(profile, letter)] = (direction, profile)
+    return out
+
+
+def fixed_chains(interfaces: list[str], version: int) -> dict[str, tuple[str, ...]]:
+    """The dispatch chains (by local interface, sorted) and cali-FORWARD."""
+    family = FAMILIES[version]
+    nd = [f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in ND_TYPES
+          if version == 6]
+    dispatch = {flag: [f"{flag} {i} -g {own_chain(i, kind)}" for i in interfaces] for _, _, kind, flag in DIRECTIONS}
+    return {
+        FROM_WL: (*nd, *dispatch["-i"], "-j DROP"),
+        TO_WL: (*nd, *dispatch["-o"], "-j DROP"),
+        FORWARD_CHAIN: (f"-j MARK --set-xmark 0x0/{MARKS:#x}", f"-i {IFACE_PREFIX}+ -j {FROM_WL}",
+                        f"-o {IFACE_PREFIX}+ -j {TO_WL}", f"{_ACCEPTED} -j ACCEPT"),
+    }
+
+
+def present_profiles(ep: Endpoint, profiles: dict[str, Profile]) -> list[Profile]:
+    """The endpoint's profiles that exist, in its order, each once."""
+    return [profiles[name] for name in dict.fromkeys(ep.profiles) if name in profiles]
+
+
+def dispatchable(ep: Endpoint, node: str) -> bool:
+    """Whether an endpoint of this node can be policed (its interface is a cali interface)."""
+    if ep.node != node:
+        return False
+    if not _IFACE.match(ep.interface):
+        log.warning("endpoint %s: interface %r is not a cali interface; not policed", ep.key, ep.interface)
+        return False
+    return True
+
+
 def local_endpoints(endpoints: list[Endpoint], node: str) -> list[Endpoint]:
-    """This node's endpoints that can be dispatched (a ``cali`` interface), one per interface."""
+    """This node's endpoints that can be dispatched (a ``cali`` interface), one per interface: of two
+    sharing one, the first by key."""
     out: dict[str, Endpoint] = {}
     for ep in sorted(endpoints, key=lambda e: e.key):
-        if ep.node != node:
+        if not dispatchable(ep, node):
             continue
-        if not _IFACE.match(ep.interface):
-            log.warning("endpoint %s: interface %r is not a cali interface; not policed", ep.key, ep.interface)
-        elif ep.interface in out:
+        if ep.interface in out:
             log.warning("endpoints %s and %s share interface %s; using the first", out[ep.interface].key, ep.key,
                         ep.interface)
         else:
@@ -226,45 +294,33 @@ def render_all(local: list[Endpoint], endpoints: list[Endpoint], policies: list[
 
 def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
            profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None) -> Ruleset:
-    """``version``'s ruleset. ``local``: this node's endpoints (see local_endpoints); ``endpoints``: the
-    whole cluster's; both with effective labels. Only the policies and profiles some local endpoint uses
-    are rendered."""
+    """``version``'s ruleset, from scratch. ``local``: this node's endpoints (see local_endpoints);
+    ``endpoints``: the whole cluster's; both with effective labels. Only the policies and profiles
+    some local endpoint uses are rendered. (cni_calico.policy.calc keeps the same result up to date
+    change by change; this is its reference.)"""
     family = FAMILIES[version]
-    r = _Renderer(sorted(endpoints, key=lambda e: e.key), family, matcher or Matcher())
+    matcher = matcher or Matcher()
+    rr = RuleRenderer(family)
     ordered = sorted((p for p in policies if p.selector), key=Policy.sort_key)
     chains: dict[str, tuple[str, ...]] = {}
-    body: dict[str, tuple[str, ...]] = {}  # policy and profile chains, rendered once each
-    dispatch_from, dispatch_to = [], []
     selecting_by_labels: dict[frozenset, list[Policy]] = {}
     for ep in local:
         labels = frozenset(ep.labels.items())
         if labels not in selecting_by_labels:
-            selecting_by_labels[labels] = [p for p in ordered if r.matches(p.selector, labels)]
+            selecting_by_labels[labels] = [p for p in ordered if matcher.matches(p.selector, labels)]
         selecting = selecting_by_labels[labels]
-        present = [profiles[name] for name in dict.fromkeys(ep.profiles) if name in profiles]
-        for direction, dispatch, flag in (("egress", dispatch_from, "-i"), ("ingress", dispatch_to, "-o")):
-            letter = "o" if direction == "egress" else "i"
-            pol_chains, prof_chains = [], []
-            for policy in selecting:
-                rules = getattr(policy, direction)
-                if rules is not None:
-                    name = chain_name(f"cali-p{letter}-", policy.key)
-                    pol_chains.append(name)
-                    if name not in body:
-                        body[name] = r.rules_chain(rules)
-            for profile in present:
-                name = chain_name(f"cali-pr{letter}-", profile.name)
-                prof_chains.append(name)
-                if name not in body:
-                    body[name] = r.rules_chain(getattr(profile, direction))
-            own = chain_name(f"cali-{'fw' if direction == 'egress' else 'tw'}-", ep.interface)
-            chains[own] = _endpoint_chain(pol_chains, prof_chains)
-            dispatch.append(f"{flag} {ep.interface} -g {own}")
-    nd = [f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in ND_TYPES
-          if version == 6]
-    chains[FROM_WL] = (*nd, *dispatch_from, "-j DROP")
-    chains[TO_WL] = (*nd, *dispatch_to, "-j DROP")
-    chains[FORWARD_CHAIN] = (f"-j MARK --set-xmark 0x0/{MARKS:#x}", f"-i {IFACE_PREFIX}+ -j {FROM_WL}",
-                             f"-o {IFACE_PREFIX}+ -j {TO_WL}", f"{_ACCEPTED} -j ACCEPT")
-    chains.update(sorted(body.items()))
-    return Ruleset(dict(sorted(chains.items())), dict(sorted(r.ipsets.items())), version)
+        present = present_profiles(ep, profiles)
+        chains.update(workload_chains(ep.interface, selecting, present))
+        for name, (direction, source) in body_chains(selecting, present).items():
+            if name not in chains:
+                chains[name] = rr.rules_chain(getattr(source, direction))
+    chains.update(fixed_chains([ep.interface for ep in local], version))
+    groups: dict[frozenset, list[Endpoint]] = {}
+    for ep in endpoints:
+        groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
+    ipsets = dict(rr.nets)
+    for name, selector in rr.selectors.items():
+        members = {a for labels, eps in groups.items() if matcher.matches(selector, labels)
+                   for ep in eps for a in ep.addresses if family.holds(a)}
+        ipsets[name] = IpSet("hash:ip", tuple(sorted(members)))
+    return Ruleset(dict(sorted(chains.items())), dict(sorted(ipsets.items())), version)

@@ -1,111 +1,109 @@
-"""calico-node's policy component: read policy state from etcd at one revision, render, program, for
-IPv4 (iptables) and IPv6 (ip6tables; where the kernel and tools have it, see ``ipv6_available``).
+"""calico-node's policy component: etcd's policy resources in, the node's iptables/ip6tables chains and
+ipsets out, one update at a time (cni_calico.policy.calc), for IPv4 and, where the kernel and tools
+have it, IPv6 (``ipv6_available``).
 
-What holds: everything one sync renders comes from a single etcd revision, so endpoints, profiles and
-policies always agree with each other; syncs are serialised (the agent's loop and the link watcher
-both call in) and each reads the revision current when it starts, so what is programmed never goes
-back to an older state; the dataplane is touched only when the rendered result differs from what is
-programmed; an etcd error propagates (the agent keeps the last programmed rules and retries), and so
-does a PolicyError (the next sync rewrites everything). The families are applied one after the other
-(IPv4 first), each with its own Dataplane: one family's failure does not stop the other's apply.
+What holds: `reset` (or `load`) starts from a snapshot (start-up, or a resync after etcd compacted what the
+watch needed): the calculator is rebuilt and the next `flush` makes the kernel hold its whole state
+(diffing against what is programmed: nothing opens on the way). `update` feeds one watched change;
+`flush` programs what changed since the last one, in one ipset and one iptables-restore
+transaction per family, so a burst of changes costs one apply. A failed apply forgets what the
+kernel holds; the next flush is a whole apply. `repair` compares the kernel with the desired state
+and puts back what someone else changed. The families are applied one after the other (IPv4
+first), each with its own Dataplane: one family's failure does not stop the other's apply.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from cni_calico import keys
-from cni_calico.datastore import Datastore
-from cni_calico.policy import model, render
+from cni_calico.policy import model
+from cni_calico.policy.calc import PolicyCalculator
 from cni_calico.policy.iptables import Dataplane, ipv6_available
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class PolicyState:
-    endpoints: list[model.Endpoint]  # with effective labels
-    policies: list[model.Policy]
-    profiles: dict[str, model.Profile]
-    fingerprint: tuple[tuple[str, int], ...] = ()  # (key, mod revision) of everything it was built from
-
-
-def load(ds: Datastore, revision: int | None = None) -> PolicyState:
-    seen: list[tuple[str, int]] = []
-
-    def listing(plural: str) -> list[dict]:
-        kvs = ds.list(keys.resource_dir(plural), revision=revision)
-        seen.extend((kv.key, kv.mod_revision) for kv in kvs)
-        return [kv.value for kv in kvs]
-
-    profiles = {}
-    for resource in listing("profiles"):
-        profile = model.profile_from_resource(resource)
-        profiles[profile.name] = profile
-    policies = [model.policy_from_resource(r, namespaced=True) for r in listing("networkpolicies")]
-    policies += [model.policy_from_resource(r, namespaced=False) for r in listing("globalnetworkpolicies")]
-    endpoints = [model.endpoint_from_resource(r) for r in listing("workloadendpoints")]
-    return PolicyState(model.with_effective_labels(endpoints, profiles), policies, profiles, tuple(seen))
+PLURALS = ("workloadendpoints", "profiles", "networkpolicies", "globalnetworkpolicies")
 
 
 class PolicySync:
-    def __init__(self, ds: Datastore, nodename: str, dataplane: Dataplane | None = None,
-                 ipv6: bool | None = None) -> None:
+    def __init__(self, nodename: str, dataplane: Dataplane | None = None, ipv6: bool | None = None) -> None:
         """``dataplane``: the IPv4 one; the IPv6 one uses its runner. ``ipv6``: None = where available."""
-        self.ds, self.nodename = ds, nodename
+        self.nodename = nodename
         self.dataplane = dataplane or Dataplane()
         self.dataplanes = [self.dataplane]
         if ipv6 or (ipv6 is None and ipv6_available()):
             self.dataplanes.append(Dataplane(self.dataplane.run, version=6))
+        self.versions = tuple(d.family.version for d in self.dataplanes)
+        self.calc = PolicyCalculator(nodename, self.versions)
+        self.whole = True  # the next flush applies the whole state (start, resync, after a failure)
+        self.updates = 0  # updates fed since start (for tests and benchmarks)
         self.last_timings: dict[str, float] = {}
-        self.fingerprint: tuple[tuple[str, int], ...] | None = None  # of the state last programmed
-        self.interfaces: frozenset[str] = frozenset()  # local endpoints' interfaces, as last programmed
-        self.lock = threading.Lock()
 
-    def watch_links(self) -> None:
-        """Program a new pod's endpoint as soon as its interface appears (see cni_calico.policy.links)."""
-        from cni_calico.policy.links import LinkWatcher
+    @staticmethod
+    def wants(key: str) -> bool:
+        parsed = keys.parse_resource(key)
+        return parsed is not None and parsed.plural in PLURALS
 
-        LinkWatcher(self._on_new_link).start()
+    def reset(self) -> None:
+        """A snapshot follows (its keys come as updates): start from nothing; the next flush makes the
+        kernel hold the whole new state, diffed against what it holds now."""
+        self.calc = PolicyCalculator(self.nodename, self.versions)  # the old one goes first: one in memory
+        self.whole = True
 
-    def _on_new_link(self, name: str) -> None:
-        if name not in self.interfaces:
-            self.sync()
+    def load(self, items: Iterable[tuple[str, dict]]) -> None:
+        """`reset`, then every (key, value) of a snapshot."""
+        self.reset()
+        for key, value in items:
+            self.update(key, value)
 
-    def sync(self) -> bool:
-        """Programs the policy of etcd's current revision; True if the kernel was changed. When none of
-        the resources policy is made of changed since the last successful sync, nothing is rendered."""
-        with self.lock:
-            return self._sync()
+    def update(self, key: str, value: dict | None) -> None:
+        """One watched change (value None: deleted); keys that are not policy resources are ignored."""
+        parsed = keys.parse_resource(key)
+        if parsed is None or parsed.plural not in PLURALS:
+            return
+        self.updates += 1
+        name = f"{parsed.namespace}/{parsed.name}" if parsed.namespace else parsed.name
+        try:
+            if parsed.plural == "workloadendpoints":
+                self.calc.update_endpoint(name, None if value is None else model.endpoint_from_resource(value))
+            elif parsed.plural == "profiles":
+                self.calc.update_profile(name, None if value is None else model.profile_from_resource(value))
+            else:
+                namespaced = parsed.plural == "networkpolicies"
+                policy = None if value is None else model.policy_from_resource(value, namespaced=namespaced)
+                self.calc.update_policy(name, policy)
+        except (AttributeError, TypeError, ValueError) as exc:  # a value no Calico tool would write
+            log.warning("ignoring malformed %s %s: %s", parsed.plural, name, exc)
 
-    def _sync(self) -> bool:
+    def flush(self) -> bool:
+        """Programs what changed since the last flush; True if the kernel was changed."""
         t0 = time.monotonic()
-        revision = self.ds.revision()
-        state = load(self.ds, revision)
-        t1 = time.monotonic()
-        if state.fingerprint == self.fingerprint and all(d.programmed for d in self.dataplanes):
-            self.last_timings = {"load": t1 - t0, "render": 0.0, "apply": 0.0}
-            return False
-        local = render.local_endpoints(state.endpoints, self.nodename)
-        rulesets = render.render_all(local, state.endpoints, state.policies, state.profiles,
-                                     [d.family.version for d in self.dataplanes])
-        t2 = time.monotonic()
         changed, failure = False, None
+        whole, self.whole = self.whole, False
         for dataplane in self.dataplanes:
+            version = dataplane.family.version
+            changes = self.calc.take_changes(version)
             try:
-                changed = dataplane.apply(rulesets[dataplane.family.version]) or changed
+                if whole or not dataplane.programmed:
+                    changed = dataplane.apply(self.calc.ruleset(version)) or changed
+                else:
+                    changed = dataplane.apply_changes(changes) or changed
             except Exception as exc:  # noqa: BLE001 - re-raised once the other family is applied
                 failure = failure or exc
+        self.last_timings = {"apply": time.monotonic() - t0}
         if failure is not None:
             raise failure
-        self.fingerprint = state.fingerprint
-        self.interfaces = frozenset(ep.interface for ep in local)
-        t3 = time.monotonic()
-        self.last_timings = {"load": t1 - t0, "render": t2 - t1, "apply": t3 - t2}
-        if changed:
-            log.debug("policy sync at revision %s: load %.3f s, render %.3f s, apply %.3f s", revision,
-                      t1 - t0, t2 - t1, t3 - t2)
         return changed
+
+    def repair(self) -> list[str]:
+        """Puts back what differs between the kernel and the desired state (see Dataplane.repair)."""
+        repaired: list[str] = []
+        for dataplane in self.dataplanes:
+            repaired += dataplane.repair(self.calc.ruleset(dataplane.family.version))
+        return repaired
+
+    def ruleset(self, version: int = 4):
+        return self.calc.ruleset(version)

@@ -4,9 +4,10 @@ in force, measured with real traffic.
 Run:  python -m tests.bench.bench_policy [--endpoints 500] [--policies 100] [--rounds 10]
 
 - Scale: N synthetic WorkloadEndpoints of one node (no pods: the records alone drive the rules) and M
-  NetworkPolicies written to etcd; the policy component loads, renders and applies them with real
-  iptables-restore and ipset inside the node's namespace. Cold (first apply: every chain), after one
-  policy changed (incremental), unchanged (no call), and a forced full rewrite; medians of --rounds.
+  NetworkPolicies written to etcd; the policy component loads them and programs them with real
+  iptables-restore and ipset inside the node's namespace. Cold (the snapshot and the first whole
+  apply), one policy changed (that change alone), unchanged (no call), and a full resync from the
+  snapshot (as after a compaction); medians of --rounds.
 - Latency: a real calico-node on that node, two real pods among the synthetic endpoints; a policy
   toggles the server between "nothing allowed" and "the client may connect on TCP 9000". A probe in the
   client pod connects every ~20 ms; the figure is the time from the etcd write to the first connection
@@ -89,23 +90,23 @@ def write_synthetic(ds: Datastore, endpoints: int, policies: int) -> None:
 
 
 def scale(lab: Lab, ds: Datastore, ns: str, rounds: int) -> dict:
-    sync = PolicySync(ds, NODE, Dataplane(netns_runner(ns)))
+    sync = PolicySync(NODE, Dataplane(netns_runner(ns)))
     out: dict[str, list[float]] = {}
 
-    def measure(label: str) -> None:
+    def measure(label: str, step) -> None:
         started = time.monotonic()
-        sync.sync()
+        step()
+        sync.flush()
         out.setdefault(label, []).append((time.monotonic() - started) * 1000)
-        for part, seconds in sync.last_timings.items():
-            out.setdefault(f"{label}.{part}", []).append(seconds * 1000)
 
-    measure("cold")
+    snapshot = [(kv.key, kv.value) for kv in ds.list(RES + "/")]
+    measure("cold", lambda: sync.load(snapshot))  # the snapshot into the calculator, the first whole apply
     for r in range(rounds):
-        put(ds, f"{RES}/networkpolicies/default/pol-000", policy(0, 20000 + r))
-        measure("one_policy_changed")
-        measure("unchanged")
-        sync.dataplane.forget()
-        measure("full_rewrite")
+        changed = policy(0, 20000 + r)
+        measure("one_policy_changed", lambda changed=changed: sync.update(f"{RES}/networkpolicies/default/pol-000",
+                                                                          changed))
+        measure("unchanged", lambda: None)
+        measure("full_resync", lambda: sync.load(snapshot))  # as after etcd compacted the watch's revisions
     saved = lab.in_ns(ns, "iptables-save").stdout
     out["rules"] = [float(sum(1 for line in saved.splitlines() if line.startswith("-A cali-")))]
     out["chains"] = [float(sum(1 for line in saved.splitlines() if line.startswith(":cali-")))]

@@ -7,12 +7,10 @@ import subprocess
 
 import pytest
 
-from cni_calico.datastore import DatastoreError
 from cni_calico.endpoints import default_profile
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup
 from cni_calico.policy.layout import JUMP, IpSet, Ruleset, set_name
 from cni_calico.policy.sync import PolicySync
-from tests.memstore import MemStore
 
 
 class Fake:
@@ -51,7 +49,7 @@ def test_first_apply_writes_everything_then_nothing_when_unchanged():
     dp = Dataplane(fake)
     assert dp.apply(ruleset(cali_x=("-j DROP",)))
     assert fake.commands() == ["iptables-restore --help", "iptables-save -t filter", "ipset list -n",
-                               "ipset restore", "iptables-restore --noflush"]
+                               "ipset restore -exist", "iptables-restore --noflush"]
     text = fake.restore()
     assert text.startswith("*filter\n:cali-FORWARD - [0:0]\n:cali-x - [0:0]\n")
     assert f"-I FORWARD 1 {JUMP}\n" in text and "-A cali-x -j DROP\n" in text and text.endswith("COMMIT\n")
@@ -88,7 +86,7 @@ def test_changed_sets_are_swapped_in_and_unused_ones_destroyed_after_the_rules()
 def test_the_first_apply_swaps_sets_it_finds_and_removes_stale_ones_but_not_foreign_ones():
     fake = Fake(sets=f"{set_name('s', 'a')}\ncali40s:stale\n")
     Dataplane(fake).apply(ruleset())
-    assert next(stdin for c, stdin in fake.calls if c == "ipset restore").count("swap ") == 1
+    assert next(stdin for c, stdin in fake.calls if c == "ipset restore -exist").count("swap ") == 1
     assert fake.commands()[-1] == "ipset destroy cali40s:stale"
     assert not any("site" in c for c in fake.commands())
 
@@ -131,22 +129,27 @@ def test_cleanup_removes_only_what_is_ours():
     assert removed[:2] == [f"jump: -A FORWARD {JUMP}", "chain: cali-FORWARD"]
 
 
-# --- the sync component over a fake datastore ---------------------------------------------------------
+# --- the sync component: a snapshot, then changes ----------------------------------------------------
 
 
-def test_sync_skips_rendering_when_nothing_it_reads_changed_and_propagates_etcd_errors():
+def test_sync_applies_the_snapshot_whole_then_only_changes_and_nothing_when_nothing_changed():
     res = "/calico/resources/v3/projectcalico.org"
-    store = MemStore({f"{res}/profiles/k8s": default_profile("k8s").to_value(), f"{res}/workloadendpoints/default/w": {
-        "metadata": {"name": "w", "namespace": "default"},
-        "spec": {"node": "n1", "interfaceName": "cali1", "ipNetworks": ["10.0.0.1/32"], "profiles": ["k8s"]}}})
     fake = Fake()
-    sync = PolicySync(store, "n1", Dataplane(fake))  # type: ignore[arg-type]
-    assert sync.sync() and "-A cali-tw-cali1 -j cali-pri-k8s" in fake.restore()
+    sync = PolicySync("n1", Dataplane(fake), ipv6=False)  # type: ignore[arg-type]
+    sync.load([(f"{res}/profiles/k8s", default_profile("k8s").to_value()), (f"{res}/workloadendpoints/default/w", {
+        "metadata": {"name": "w", "namespace": "default"},
+        "spec": {"node": "n1", "interfaceName": "cali1", "ipNetworks": ["10.0.0.1/32"], "profiles": ["k8s"]}})])
+    assert sync.flush() and "-A cali-tw-cali1 -j cali-pri-k8s" in fake.restore()
+    assert "iptables-save -t filter" in fake.commands()  # the first apply reads what the kernel holds
     fake.calls.clear()
-    assert not sync.sync() and fake.calls == [] and sync.last_timings["render"] == 0.0
-    store.put(f"{res}/globalnetworkpolicies/deny", {"metadata": {"name": "deny"}, "spec": {"selector": "all()"}})
-    assert sync.sync() and "cali-pi-deny" in fake.restore()
-    store.fail = True
-    with pytest.raises(DatastoreError):
-        sync.sync()
-    assert sync.dataplane.programmed  # the rules stay as they were
+    assert not sync.flush() and fake.calls == []
+    sync.update(f"{res}/globalnetworkpolicies/deny", {"metadata": {"name": "deny"}, "spec": {"selector": "all()"}})
+    sync.update(f"{res}/nodes/n2", {"metadata": {"name": "n2"}})  # not policy's: ignored
+    assert sync.flush() and "cali-pi-deny" in fake.restore()
+    assert "iptables-save -t filter" not in fake.commands()  # a change is applied as a change
+    fake.calls.clear()
+    sync.update(f"{res}/workloadendpoints/default/far", {"metadata": {"name": "far", "namespace": "default",
+        "labels": {"net": "x"}}, "spec": {"node": "n2", "interfaceName": "cali9", "ipNetworks": ["10.0.0.9/32"],
+                                         "profiles": ["k8s"]}})
+    assert sync.flush() and fake.commands() == ["ipset restore -exist"]  # a remote endpoint: its set alone
+    assert "add cali40s:" in fake.calls[0][1] and "10.0.0.9" in fake.calls[0][1]

@@ -17,7 +17,6 @@ from cni_calico.policy import layout, model, render
 from cni_calico.policy.iptables import Dataplane, PolicyError, cleanup, saved_filter
 from cni_calico.policy.sync import PolicySync
 from tests.lab import netns_runner
-from tests.memstore import MemStore
 from tests.unit.test_policy_dataplane import Fake
 from tests.unit.test_policy_render import policy as random_policy
 
@@ -130,7 +129,7 @@ def test_the_ipv6_dataplane_uses_ip6tables_and_inet6_sets_only():
     rs = both([gnp("p", {"selector": "all()", "ingress": [{"action": "Allow", "source": {"selector": "has(x)"}}]})])
     assert dp.apply(rs[6])
     assert fake.commands() == ["ip6tables-restore --help", "ip6tables-save -t filter", "ipset list -n",
-                               "ipset restore", "ip6tables-restore --noflush", "ipset destroy cali60s:stale"]
+                               "ipset restore -exist", "ip6tables-restore --noflush", "ipset destroy cali60s:stale"]
     assert "family inet6" in fake.calls[3][1] and "cali40" not in fake.calls[3][1]
     assert f"-I FORWARD 1 {layout.JUMP}" in fake.restore("ip6tables-restore")
     fake.calls.clear()
@@ -141,25 +140,25 @@ def test_the_ipv6_dataplane_uses_ip6tables_and_inet6_sets_only():
 
 def test_one_sync_programs_both_families_and_a_v6_failure_leaves_v4_applied():
     res = "/calico/resources/v3/projectcalico.org"
-    store = MemStore({f"{res}/profiles/k8s": default_profile("k8s").to_value(), f"{res}/workloadendpoints/default/w": {
+    fake = Fake()
+    sync = PolicySync("n1", Dataplane(fake), ipv6=True)  # type: ignore[arg-type]
+    sync.load([(f"{res}/profiles/k8s", default_profile("k8s").to_value()), (f"{res}/workloadendpoints/default/w", {
         "metadata": {"name": "w", "namespace": "default"}, "spec": {
             "node": "n1", "interfaceName": "cali1", "ipNetworks": ["10.0.0.1/32", "fd00::1/128"],
-            "profiles": ["k8s"]}}})
-    fake = Fake()
-    sync = PolicySync(store, "n1", Dataplane(fake), ipv6=True)  # type: ignore[arg-type]
-    assert sync.sync()
+            "profiles": ["k8s"]}})])
+    assert sync.flush()
     assert "-A cali-tw-cali1 -j cali-pri-k8s" in fake.restore() and ND[0] in fake.restore("ip6tables-restore")
     fake.calls.clear()
-    assert not sync.sync() and fake.calls == []
-    store.put(f"{res}/globalnetworkpolicies/p", {"metadata": {"name": "p"}, "spec": {"selector": "all()"}})
+    assert not sync.flush() and fake.calls == []
+    sync.update(f"{res}/globalnetworkpolicies/p", {"metadata": {"name": "p"}, "spec": {"selector": "all()"}})
     fake.fail = "ip6tables-restore --noflush"
     with pytest.raises(PolicyError):
-        sync.sync()
+        sync.flush()
     assert "cali-pi-p" in fake.restore() and sync.dataplanes[0].programmed and not sync.dataplanes[1].programmed
     fake.fail, fake.calls = "", []
-    assert sync.sync()  # only the IPv6 side is rewritten: the IPv4 one is already as rendered
+    assert sync.flush()  # only the IPv6 side is rewritten whole: the IPv4 one is already as rendered
     assert "ip6tables-save -t filter" in fake.commands() and "iptables-restore --noflush" not in fake.commands()
-    assert len(PolicySync(store, "n1", Dataplane(Fake()), ipv6=False).dataplanes) == 1  # type: ignore[arg-type]
+    assert len(PolicySync("n1", Dataplane(Fake()), ipv6=False).dataplanes) == 1  # type: ignore[arg-type]
 
 
 def test_cleanup_covers_both_families_and_deletes_a_pristine_ip6_table():

@@ -1,0 +1,378 @@
+"""A node's policy, kept up to date change by change: chains and ipsets for each IP family (pure).
+
+The result is always what cni_calico.policy.render would render from scratch for the same
+endpoints, profiles and policies (`ruleset` gives it whole; tests hold the two equal), but each
+update touches only what depends on it:
+
+- a remote endpoint: the selector index (cni_calico.policy.index) says which active selector sets
+  it joins or leaves; only those sets' members change;
+- a local endpoint (this node's, with a cali interface): its own chains, the chains they jump to,
+  and the dispatch chains when its interface comes or goes;
+- a policy or profile: its chains where a local endpoint uses them, the local endpoints it
+  selects (a policy) or labels (a profile's labelsToApply: its endpoints are re-indexed);
+- nothing else: endpoint updates never re-render policy chains, and nothing re-renders BIRD.
+
+Set and chain lifetimes are reference counts: a policy or profile chain lives while some local
+endpoint's chain jumps to it; a set lives while some live chain names it, and its selector is in
+the index only while some family's set lives. `take_changes` hands the accumulated difference to
+the dataplane (cni_calico.policy.iptables), one family at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from cni_calico.policy import model
+from cni_calico.policy.index import SelectorIndex
+from cni_calico.policy.layout import FAMILIES, IpSet, Ruleset, set_name
+from cni_calico.policy.render import (
+    DIRECTIONS,
+    RuleRenderer,
+    body_chains,
+    dispatchable,
+    fixed_chains,
+    own_chain,
+    policy_chain,
+    present_profiles,
+    profile_chain,
+    workload_chains,
+)
+from cni_calico.selector import matches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Changes:
+    """What one family's kernel state must do to match: chains to write (None: remove), sets to create
+    (with their kind and members), members to add and delete, sets to destroy."""
+
+    chains: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    created: dict[str, IpSet] = field(default_factory=dict)
+    added: dict[str, set[str]] = field(default_factory=dict)
+    deleted: dict[str, set[str]] = field(default_factory=dict)
+    destroyed: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.chains or self.created or self.added or self.deleted or self.destroyed)
+
+
+class _Family:
+    """One family's desired chains and sets, with reference counts and the pending changes."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.family = FAMILIES[version]
+        self.chains: dict[str, tuple[str, ...]] = {}
+        self.chain_refs: dict[str, int] = {}  # body chain -> local endpoint chains jumping to it
+        self.chain_sets: dict[str, set[str]] = {}  # body chain -> the sets it names
+        self.set_refs: dict[str, int] = {}  # set -> live chains naming it
+        self.set_kind: dict[str, str] = {}
+        self.selector_of: dict[str, str] = {}  # selector set -> its selector
+        self.members: dict[str, dict[str, int]] = {}  # set -> address -> endpoints holding it (selector sets)
+        self.static: dict[str, tuple[str, ...]] = {}  # net set -> members
+        self.pending = Changes()
+
+    def write(self, name: str, rules: tuple[str, ...]) -> None:
+        if self.chains.get(name) != rules:
+            self.chains[name] = rules
+            self.pending.chains[name] = rules
+
+    def remove(self, name: str) -> None:
+        if self.chains.pop(name, None) is not None:
+            self.pending.chains[name] = None
+
+    def add_member(self, name: str, address: str) -> None:
+        counts = self.members[name]
+        counts[address] = counts.get(address, 0) + 1
+        if counts[address] == 1:
+            if address in self.pending.deleted.get(name, ()):
+                self.pending.deleted[name].discard(address)
+            elif name in self.pending.created:
+                pass  # filled when the changes are taken
+            else:
+                self.pending.added.setdefault(name, set()).add(address)
+
+    def drop_member(self, name: str, address: str) -> None:
+        counts = self.members[name]
+        counts[address] -= 1
+        if counts[address] == 0:
+            del counts[address]
+            if address in self.pending.added.get(name, ()):
+                self.pending.added[name].discard(address)
+            elif name not in self.pending.created:
+                self.pending.deleted.setdefault(name, set()).add(address)
+
+
+class PolicyCalculator:
+    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6)) -> None:
+        self.nodename = nodename
+        self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels
+        self.labels: dict[str, dict[str, str]] = {}  # key -> effective labels
+        self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
+        self.profiles: dict[str, model.Profile] = {}
+        self.policies: dict[str, model.Policy] = {}
+        self.ordered: list[model.Policy] = []  # policies with a selector, in Felix's order
+        self.index = SelectorIndex()
+        self.by_interface: dict[str, set[str]] = {}  # local interface -> endpoints claiming it
+        self.local: dict[str, str] = {}  # local interface -> the endpoint that has it (first by key)
+        self.jumps: dict[str, set[str]] = {}  # local interface -> the body chains its chains jump to
+        self.families = {v: _Family(v) for v in versions}
+        self._dirty_local: set[str] = set()
+        for fam in self.families.values():
+            for name, rules in fixed_chains([], fam.version).items():
+                fam.write(name, rules)
+
+    # --- updates -------------------------------------------------------------------------------
+
+    def update_endpoint(self, key: str, ep: model.Endpoint | None) -> None:
+        old = self.endpoints.pop(key, None)
+        if old is not None:
+            for name in old.profiles:
+                _discard(self.by_profile, name, key)
+            self._unclaim(key, old)
+        if ep is None:
+            left = self.index.remove(key)
+            self.labels.pop(key, None)
+            self._move_addresses(key, old.addresses if old else (), (), left, set(), set())
+        else:
+            self.endpoints[key] = ep
+            for name in ep.profiles:
+                self.by_profile.setdefault(name, set()).add(key)
+            self._relabel(key, old.addresses if old else ())
+            if dispatchable(ep, self.nodename):
+                self.by_interface.setdefault(ep.interface, set()).add(key)
+                self._claim(ep.interface)
+        self._refresh_locals()
+
+    def update_profile(self, name: str, profile: model.Profile | None) -> None:
+        old = self.profiles.pop(name, None)
+        if profile is not None:
+            self.profiles[name] = profile
+        if (old.labels if old else {}) != (profile.labels if profile else {}):
+            for key in sorted(self.by_profile.get(name, ())):
+                self._relabel(key, self.endpoints[key].addresses)
+        # Its chains change text, and local endpoints naming it change chains (present or not).
+        self._rerender_body(name, profile, is_policy=False)
+        for iface, key in self.local.items():
+            if name in self.endpoints[key].profiles:
+                self._dirty_local.add(iface)
+        self._refresh_locals()
+
+    def update_policy(self, key: str, policy: model.Policy | None) -> None:
+        old = self.policies.pop(key, None)
+        if policy is not None:
+            self.policies[key] = policy
+        self.ordered = sorted((p for p in self.policies.values() if p.selector), key=model.Policy.sort_key)
+        self._rerender_body(key, policy, is_policy=True)
+        for iface, ep_key in self.local.items():
+            labels = self.labels[ep_key]
+            if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
+                self._dirty_local.add(iface)
+        self._refresh_locals()
+
+    # --- the result ----------------------------------------------------------------------------
+
+    def take_changes(self, version: int) -> Changes:
+        """The changes accumulated for one family since the last call (new sets with their members)."""
+        fam = self.families[version]
+        changes, fam.pending = fam.pending, Changes()
+        for name in changes.created:
+            changes.created[name] = self._ipset(fam, name)
+        for name in list(changes.added):
+            if not changes.added[name] or name not in fam.set_refs:
+                del changes.added[name]
+        for name in list(changes.deleted):
+            if not changes.deleted[name] or name not in fam.set_refs:
+                del changes.deleted[name]
+        return changes
+
+    def ruleset(self, version: int) -> Ruleset:
+        """The family's whole desired state (as render.render would give it)."""
+        fam = self.families[version]
+        sets = {name: self._ipset(fam, name) for name in fam.set_refs}
+        return Ruleset(dict(sorted(fam.chains.items())), dict(sorted(sets.items())), version)
+
+    def _ipset(self, fam: _Family, name: str) -> IpSet:
+        if name in fam.static:
+            return IpSet("hash:net", fam.static[name])
+        return IpSet("hash:ip", tuple(sorted(fam.members[name])))
+
+    # --- endpoints and labels ------------------------------------------------------------------
+
+    def _relabel(self, key: str, old_addresses: tuple[str, ...]) -> None:
+        """(Re)computes an endpoint's effective labels and moves it between selector sets."""
+        ep = self.endpoints[key]
+        before = set(self.index.of_endpoint.get(key, ()))
+        labels = model.effective_labels(ep, self.profiles)
+        self.labels[key] = labels
+        joined, left = self.index.update(key, labels)
+        self._move_addresses(key, old_addresses, ep.addresses, left, joined, before - left)
+        if self.local.get(ep.interface) == key:
+            self._dirty_local.add(ep.interface)
+
+    def _move_addresses(self, key: str, old: tuple[str, ...], new: tuple[str, ...], left: set[str],
+                        joined: set[str], stayed: set[str]) -> None:
+        for selector in left:
+            self._each_set(selector, lambda fam, name: [fam.drop_member(name, a) for a in old if fam.family.holds(a)])
+        for selector in joined:
+            self._each_set(selector, lambda fam, name: [fam.add_member(name, a) for a in new if fam.family.holds(a)])
+        if old != new:
+            gone, came = set(old) - set(new), set(new) - set(old)
+            for selector in stayed:
+                self._each_set(selector, lambda fam, name: (
+                    [fam.drop_member(name, a) for a in gone if fam.family.holds(a)],
+                    [fam.add_member(name, a) for a in came if fam.family.holds(a)]))
+
+    def _each_set(self, selector: str, fn) -> None:
+        for fam in self.families.values():
+            name = set_name("s", selector, fam.version)
+            if name in fam.set_refs:
+                fn(fam, name)
+
+    # --- local endpoints -----------------------------------------------------------------------
+
+    def _claim(self, iface: str) -> None:
+        owner = min(self.by_interface[iface])
+        if self.local.get(iface) != owner:
+            if iface in self.local:
+                log.warning("endpoints %s and %s share interface %s; using the first", owner, self.local[iface], iface)
+            self.local[iface] = owner
+        self._dirty_local.add(iface)
+
+    def _unclaim(self, key: str, ep: model.Endpoint) -> None:
+        claimants = self.by_interface.get(ep.interface)
+        if claimants is None or key not in claimants:
+            return
+        claimants.discard(key)
+        if claimants:
+            self.local[ep.interface] = min(claimants)
+        else:
+            del self.by_interface[ep.interface]
+            self.local.pop(ep.interface, None)
+        self._dirty_local.add(ep.interface)
+
+    def _refresh_locals(self) -> None:
+        dirty, self._dirty_local = self._dirty_local, set()
+        interfaces_changed = False
+        for iface in sorted(dirty):
+            key = self.local.get(iface)
+            if key is None:
+                interfaces_changed |= iface in self.jumps
+                self._set_jumps(iface, {}, None)
+                continue
+            interfaces_changed |= iface not in self.jumps
+            ep, labels = self.endpoints[key], self.labels[key]
+            selecting = [p for p in self.ordered if matches(p.selector, labels)]
+            present = present_profiles(ep, self.profiles)
+            self._set_jumps(iface, body_chains(selecting, present), workload_chains(iface, selecting, present))
+        if interfaces_changed:
+            for fam in self.families.values():
+                for name, rules in fixed_chains(sorted(self.local), fam.version).items():
+                    fam.write(name, rules)
+
+    def _set_jumps(self, iface: str, bodies: dict, own: dict[str, tuple[str, ...]] | None) -> None:
+        before = self.jumps.get(iface, {})
+        for fam in self.families.values():
+            for name in set(bodies) - set(before):
+                self._ref_body(fam, name, *bodies[name])
+            for name in set(before) - set(bodies):
+                self._unref_body(fam, name)
+            for kind in ("fw", "tw"):
+                name = own_chain(iface, kind)
+                if own is None:
+                    fam.remove(name)
+                else:
+                    fam.write(name, own[name])
+        if own is None:
+            self.jumps.pop(iface, None)
+        else:
+            self.jumps[iface] = bodies  # type: ignore[assignment]
+
+    # --- policy and profile chains -------------------------------------------------------------
+
+    def _ref_body(self, fam: _Family, name: str, direction: str, source) -> None:
+        fam.chain_refs[name] = fam.chain_refs.get(name, 0) + 1
+        if fam.chain_refs[name] == 1:
+            self._render_body(fam, name, getattr(source, direction))
+
+    def _unref_body(self, fam: _Family, name: str) -> None:
+        fam.chain_refs[name] -= 1
+        if fam.chain_refs[name] == 0:
+            del fam.chain_refs[name]
+            fam.remove(name)
+            for set_name_ in fam.chain_sets.pop(name, set()):
+                self._unref_set(fam, set_name_)
+
+    def _render_body(self, fam: _Family, name: str, rules) -> None:
+        rr = RuleRenderer(fam.family)
+        fam.write(name, rr.rules_chain(rules))
+        old_sets = fam.chain_sets.get(name, set())
+        new_sets = rr.sets()
+        fam.chain_sets[name] = new_sets
+        for set_name_ in new_sets - old_sets:
+            self._ref_set(fam, set_name_, rr)
+        for set_name_ in old_sets - new_sets:
+            self._unref_set(fam, set_name_)
+
+    def _rerender_body(self, name: str, source, is_policy: bool) -> None:
+        """A policy's or profile's chains, where they are live, after its rules changed."""
+        for fam in self.families.values():
+            for direction, letter, _, _ in DIRECTIONS:
+                if source is None:
+                    continue
+                chain = policy_chain(source, letter) if is_policy else profile_chain(source, letter)
+                rules = getattr(source, direction)
+                if chain in fam.chain_refs and rules is not None:
+                    self._render_body(fam, chain, rules)
+        # Chains that disappear (a policy losing a direction, or deleted) go when their endpoints drop
+        # them: the callers mark those endpoints dirty.
+
+    def _ref_set(self, fam: _Family, name: str, rr: RuleRenderer) -> None:
+        fam.set_refs[name] = fam.set_refs.get(name, 0) + 1
+        if fam.set_refs[name] > 1:
+            return
+        if name in fam.pending.destroyed:  # destroyed and made again in one batch: keep and refill
+            fam.pending.destroyed.discard(name)
+        if name in rr.nets:
+            fam.static[name] = rr.nets[name].members
+            fam.pending.created[name] = rr.nets[name]
+            return
+        selector = rr.selectors[name]
+        fam.selector_of[name] = selector
+        fam.members[name] = {}
+        matched = self.index.add_selector(selector)
+        for key in matched:
+            for address in self.endpoints[key].addresses:
+                if fam.family.holds(address):
+                    counts = fam.members[name]
+                    counts[address] = counts.get(address, 0) + 1
+        fam.pending.created[name] = IpSet("hash:ip", ())
+        fam.pending.added.pop(name, None)
+        fam.pending.deleted.pop(name, None)
+
+    def _unref_set(self, fam: _Family, name: str) -> None:
+        fam.set_refs[name] -= 1
+        if fam.set_refs[name]:
+            return
+        del fam.set_refs[name]
+        fam.static.pop(name, None)
+        fam.members.pop(name, None)
+        selector = fam.selector_of.pop(name, None)
+        if name in fam.pending.created:
+            del fam.pending.created[name]
+        else:
+            fam.pending.destroyed.add(name)
+        fam.pending.added.pop(name, None)
+        fam.pending.deleted.pop(name, None)
+        if selector is not None and not any(selector in f.selector_of.values() for f in self.families.values()):
+            self.index.remove_selector(selector)
+
+
+def _discard(index: dict, key, member) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del index[key]

@@ -1,0 +1,159 @@
+"""Random policy updates for property tests (hypothesis strategies), and the from-scratch render
+they are checked against: one place for the unit test of the calculator and the integration test of
+calico-node's policy on real etcd, iptables and ipset."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from cni_calico import keys
+from cni_calico.policy import model, render
+from cni_calico.policy.calc import Changes, PolicyCalculator
+
+NODE = "n1"
+SELECTORS = ["app == 'web'", "has(tier)", "all()", "tier in {'x'}", "!has(app)", "app == 'db' && tier == 'y'",
+             "role == 'r1'", "bad((", "projectcalico.org/namespace == 'b'", "app != 'web'"]
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "fd00::1", "fd00::2"]
+
+
+def rule(draw) -> dict:
+    out: dict = {"action": draw(st.sampled_from(["Allow", "Deny", "Pass", "Log"]))}
+    if draw(st.booleans()):
+        out["source"] = {"selector": draw(st.sampled_from(SELECTORS))}
+    if draw(st.booleans()):
+        out["destination"] = {"notSelector": draw(st.sampled_from(SELECTORS))}
+    if draw(st.booleans()):
+        out["source"] = {**out.get("source", {}), "nets": draw(st.sampled_from(
+            [["10.9.0.0/16"], ["10.9.0.0/16", "10.8.0.0/16"], ["fd00:9::/64"], ["0.0.0.0/0"]]))}
+    if draw(st.booleans()):
+        out["protocol"] = draw(st.sampled_from(["TCP", "ICMP", "ICMPv6"]))
+    return out
+
+
+@st.composite
+def endpoint_op(draw):
+    ns, n = draw(st.sampled_from(["a", "b"])), draw(st.integers(0, 4))
+    if draw(st.integers(0, 4)) == 0:
+        return ("endpoint", f"{ns}/w{n}", None)
+    labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
+                                ("tier", draw(st.sampled_from(["x", "y", None])))) if v}
+    addrs = draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True))
+    value = {"metadata": {"name": f"w{n}", "namespace": ns, "labels": labels},
+             "spec": {"node": draw(st.sampled_from([NODE, NODE, "n2"])),
+                      "interfaceName": draw(st.sampled_from(["cali1", "cali2", "cali3", "eth9"])),
+                      "ipNetworks": [f"{a}/{128 if ':' in a else 32}" for a in addrs],
+                      "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}}
+    return ("endpoint", f"{ns}/w{n}", value)
+
+
+@st.composite
+def profile_op(draw):
+    name = draw(st.sampled_from(["k8s", "t1"]))
+    if draw(st.integers(0, 5)) == 0:
+        return ("profile", name, None)
+    value = {"metadata": {"name": name}, "spec": {
+        "ingress": [rule(draw) for _ in range(draw(st.integers(0, 2)))],
+        "egress": [rule(draw) for _ in range(draw(st.integers(0, 1)))],
+        "labelsToApply": draw(st.sampled_from([{}, {"role": "r1"}, {"role": "r2"}]))}}
+    return ("profile", name, value)
+
+
+@st.composite
+def policy_op(draw):
+    n = draw(st.integers(0, 3))
+    namespaced = n % 2 == 0
+    key = f"a/p{n}" if namespaced else f"p{n}"
+    if draw(st.integers(0, 4)) == 0:
+        return ("policy", key, None)
+    spec = {"selector": draw(st.sampled_from(SELECTORS)), "order": draw(st.sampled_from([None, 1, 5, 5.5]))}
+    if draw(st.booleans()):
+        spec["ingress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
+    if draw(st.booleans()):
+        spec["egress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
+    if draw(st.booleans()):
+        spec["types"] = draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
+    meta = {"name": f"p{n}", **({"namespace": "a"} if namespaced else {})}
+    return ("policy", key, {"metadata": meta, "spec": spec, "_namespaced": namespaced})
+
+
+OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op()), min_size=1, max_size=25)
+
+
+PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles"}
+
+
+def etcd_key(op) -> str:
+    """Where an update's resource lives in etcd."""
+    kind, key, value = op
+    if kind == "policy":
+        ns, _, name = key.rpartition("/")
+        return keys.resource("networkpolicies" if ns else "globalnetworkpolicies", name, ns)
+    ns, _, name = key.rpartition("/")
+    return keys.resource(PLURALS[kind], name, ns)
+
+
+def stored(op) -> dict:
+    """The resource as etcd holds it (without the test's own markers)."""
+    return {k: v for k, v in op[2].items() if not k.startswith("_")}
+
+
+class World:
+    """The same updates, kept as plain records for the from-scratch render."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, model.Endpoint] = {}
+        self.profiles: dict[str, model.Profile] = {}
+        self.policies: dict[str, model.Policy] = {}
+
+    def apply(self, op, calc: PolicyCalculator | None = None) -> None:
+        """Records an update (and feeds it to `calc`, when given)."""
+        kind, key, value = op
+        if kind == "endpoint":
+            ep = None if value is None else model.endpoint_from_resource(value)
+            self._put(self.endpoints, key, ep)
+            if calc is not None:
+                calc.update_endpoint(key, ep)
+        elif kind == "profile":
+            prof = None if value is None else model.profile_from_resource(value)
+            self._put(self.profiles, key, prof)
+            if calc is not None:
+                calc.update_profile(key, prof)
+        else:
+            pol = None if value is None else model.policy_from_resource(value, namespaced=value["_namespaced"])
+            self._put(self.policies, key, pol)
+            if calc is not None:
+                calc.update_policy(key, pol)
+
+    @staticmethod
+    def _put(table: dict, key: str, value) -> None:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+    def render(self) -> dict:
+        eps = model.with_effective_labels(list(self.endpoints.values()), self.profiles)
+        local = render.local_endpoints(eps, NODE)
+        return render.render_all(local, eps, list(self.policies.values()), self.profiles)
+
+
+def apply_changes(state: dict, changes: Changes) -> None:
+    """What the dataplane does with the changes, on a plain model of the kernel."""
+    chains, sets = state.setdefault("chains", {}), state.setdefault("sets", {})
+    for name, ipset in changes.created.items():
+        sets[name] = (ipset.kind, set(ipset.members))
+    for name, members in changes.added.items():
+        assert not members & sets[name][1], f"{name}: adding members already there"
+        sets[name][1].update(members)
+    for name, rules in changes.chains.items():
+        if rules is None:
+            del chains[name]
+        else:
+            chains[name] = rules
+    for name, members in changes.deleted.items():
+        assert members <= sets[name][1], f"{name}: deleting members not there"
+        sets[name][1].difference_update(members)
+    for name in changes.destroyed:
+        del sets[name]
+
+
