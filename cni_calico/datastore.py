@@ -34,8 +34,9 @@ CONFLICT_ATTEMPTS = 100  # the one bound on re-reading after lost races, everywh
 _URL = re.compile(r"^https?://([^/\s:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?/?$")
 
 
-class DatastoreError(Exception):
-    """etcd is unreachable, timed out, refused, or kept conflicting: the caller may try again later."""
+class Failure(Exception):
+    """A library's error for its caller: a message a user can act on, and details (the layers' own
+    errors derive from it; the CNI edge maps them to codes, calicoctl and calico-node print them)."""
 
     def __init__(self, msg: str, details: str = "") -> None:
         super().__init__(msg)
@@ -44,6 +45,10 @@ class DatastoreError(Exception):
 
     def __str__(self) -> str:
         return f"{self.msg}: {self.details}" if self.details else self.msg
+
+
+class DatastoreError(Failure):
+    """etcd is unreachable, timed out, refused, or kept conflicting: the caller may try again later."""
 
 
 class DatastoreConfigError(DatastoreError):

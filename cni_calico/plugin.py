@@ -127,7 +127,7 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
         try:
             txn = Txn()
             endpoints.contribute_add(txn, eid, written, network)
-            ds.commit(txn)
+            transact(ds, lambda: (txn, None), f"writing endpoint {eid.name}")
         except BaseException:
             _release(ctx, ds)
             raise
@@ -140,7 +140,8 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
         _fault_point(req, "after-endpoint")
         dataplane.setup(host.netlink, workload)
         _fault_point(req, "after-dataplane")
-        ds.commit(Txn().put(eid.key, endpoints.confirmed(written).to_value()))
+        confirm = Txn().put(eid.key, endpoints.confirmed(written).to_value())
+        transact(ds, lambda: (confirm, None), f"confirming endpoint {eid.name}")
     except BaseException:
         _undo_add(ctx, ds, workload, eid)
         raise

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
+from cni_calico.datastore import Failure
 
-class IpamError(Exception):
+
+class IpamError(Failure):
     """Something IPAM cannot do for this request; the message says what and where."""
-
-    def __init__(self, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.details = details
-
-    def __str__(self) -> str:
-        return f"{self.msg}: {self.details}" if self.details else self.msg
 
 
 class PoolExhausted(IpamError):

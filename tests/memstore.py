@@ -18,26 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from cni_calico.datastore import KV, DatastoreError, Txn
-
-
-@dataclass
-class Event:
-    """One change, as an etcd watch reports it: a put (value) or a delete (value None)."""
-
-    key: str
-    value: dict | None
-    mod_revision: int
-
-    @property
-    def deleted(self) -> bool:
-        return self.value is None
-
-
-class Compacted(DatastoreError):
-    """The revision asked for is older than the store keeps (etcd's ErrCompacted)."""
+from cni_calico.datastore import KV, Compacted, DatastoreError, Txn, WatchEvent
 
 
 class MemStore:
@@ -162,11 +144,11 @@ class MemStore:
 
     # --- watching ---------------------------------------------------------------------------
 
-    def events_since(self, revision: int) -> list[Event]:
+    def events_since(self, revision: int) -> list[WatchEvent]:
         """Every change after `revision`, in order (Compacted if some are forgotten)."""
         if revision < self.compacted:
             raise Compacted(f"revision {revision} is compacted (now {self.compacted})")
-        return [Event(k, None if v is None else json.loads(v), r) for k, v, r in self.history if r > revision]
+        return [WatchEvent(k, None if v is None else json.loads(v), r) for k, v, r in self.history if r > revision]
 
     def value(self, key: str) -> dict | None:
         """The stored value, without counting a round trip (for assertions)."""

@@ -100,11 +100,10 @@ def _intermix(parser: Parser, args: argparse.Namespace, extra: list[str]) -> Non
 def _report(exc: Exception) -> None:
     from cni_calico.ctl import CommandError
     from cni_calico.ctl.config import ConfigError
-    from cni_calico.datastore import DatastoreError
+    from cni_calico.datastore import Failure
     from cni_calico.resources import DocumentError, ResourceError
-    from ipam.errors import IpamError
 
-    if isinstance(exc, (DatastoreError, IpamError, ConfigError, DocumentError, ResourceError, CommandError)):
+    if isinstance(exc, (Failure, ConfigError, DocumentError, ResourceError, CommandError)):
         message = str(exc)
     elif isinstance(exc, OSError):
         message = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"

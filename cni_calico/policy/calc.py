@@ -24,8 +24,8 @@ import logging
 from dataclasses import dataclass, field
 
 from cni_calico.policy import model
-from cni_calico.policy.index import SelectorIndex
-from cni_calico.policy.layout import FAMILIES, IpSet, Ruleset, set_name
+from cni_calico.policy.index import SelectorIndex, discard
+from cni_calico.policy.layout import FAMILIES, IpSet, Ruleset
 from cni_calico.policy.render import (
     DIRECTIONS,
     RuleRenderer,
@@ -108,8 +108,7 @@ class _Family:
 class PolicyCalculator:
     def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6)) -> None:
         self.nodename = nodename
-        self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels
-        self.labels: dict[str, dict[str, str]] = {}  # key -> effective labels
+        self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels (effective: in the index)
         self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
         self.profiles: dict[str, model.Profile] = {}
         self.policies: dict[str, model.Policy] = {}
@@ -120,6 +119,7 @@ class PolicyCalculator:
         self.jumps: dict[str, set[str]] = {}  # local interface -> the body chains its chains jump to
         self.families = {v: _Family(v) for v in versions}
         self._dirty_local: set[str] = set()
+        self._sets_of: dict[str, list[tuple[_Family, str]]] = {}  # active selector -> its live sets
         for fam in self.families.values():
             for name, rules in fixed_chains([], fam.version).items():
                 fam.write(name, rules)
@@ -130,11 +130,10 @@ class PolicyCalculator:
         old = self.endpoints.pop(key, None)
         if old is not None:
             for name in old.profiles:
-                _discard(self.by_profile, name, key)
+                discard(self.by_profile, name, key)
             self._unclaim(key, old)
         if ep is None:
             left = self.index.remove(key)
-            self.labels.pop(key, None)
             self._move_addresses(key, old.addresses if old else (), (), left, set(), set())
         else:
             self.endpoints[key] = ep
@@ -167,7 +166,7 @@ class PolicyCalculator:
         self.ordered = sorted((p for p in self.policies.values() if p.selector), key=model.Policy.sort_key)
         self._rerender_body(key, policy, is_policy=True)
         for iface, ep_key in self.local.items():
-            labels = self.labels[ep_key]
+            labels = self.index.labels(ep_key)
             if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
                 self._dirty_local.add(iface)
         self._refresh_locals()
@@ -204,10 +203,8 @@ class PolicyCalculator:
     def _relabel(self, key: str, old_addresses: tuple[str, ...]) -> None:
         """(Re)computes an endpoint's effective labels and moves it between selector sets."""
         ep = self.endpoints[key]
-        before = set(self.index.of_endpoint.get(key, ()))
-        labels = model.effective_labels(ep, self.profiles)
-        self.labels[key] = labels
-        joined, left = self.index.update(key, labels)
+        before = self.index.selectors(key)
+        joined, left = self.index.update(key, model.effective_labels(ep, self.profiles))
         self._move_addresses(key, old_addresses, ep.addresses, left, joined, before - left)
         if self.local.get(ep.interface) == key:
             self._dirty_local.add(ep.interface)
@@ -226,10 +223,8 @@ class PolicyCalculator:
                     [fam.add_member(name, a) for a in came if fam.family.holds(a)]))
 
     def _each_set(self, selector: str, fn) -> None:
-        for fam in self.families.values():
-            name = set_name("s", selector, fam.version)
-            if name in fam.set_refs:
-                fn(fam, name)
+        for fam, name in self._sets_of.get(selector, ()):
+            fn(fam, name)
 
     # --- local endpoints -----------------------------------------------------------------------
 
@@ -263,7 +258,7 @@ class PolicyCalculator:
                 self._set_jumps(iface, {}, None)
                 continue
             interfaces_changed |= iface not in self.jumps
-            ep, labels = self.endpoints[key], self.labels[key]
+            ep, labels = self.endpoints[key], self.index.labels(key)
             selecting = [p for p in self.ordered if matches(p.selector, labels)]
             present = present_profiles(ep, self.profiles)
             self._set_jumps(iface, body_chains(selecting, present), workload_chains(iface, selecting, present))
@@ -341,9 +336,9 @@ class PolicyCalculator:
             return
         selector = rr.selectors[name]
         fam.selector_of[name] = selector
+        self._sets_of.setdefault(selector, []).append((fam, name))
         fam.members[name] = {}
-        matched = self.index.add_selector(selector)
-        for key in matched:
+        for key in self.index.add_selector(selector):
             for address in self.endpoints[key].addresses:
                 if fam.family.holds(address):
                     counts = fam.members[name]
@@ -366,13 +361,9 @@ class PolicyCalculator:
             fam.pending.destroyed.add(name)
         fam.pending.added.pop(name, None)
         fam.pending.deleted.pop(name, None)
-        if selector is not None and not any(selector in f.selector_of.values() for f in self.families.values()):
-            self.index.remove_selector(selector)
+        if selector is not None:
+            self._sets_of[selector] = [(f, n) for f, n in self._sets_of[selector] if n != name]
+            if not self._sets_of[selector]:
+                del self._sets_of[selector]
+                self.index.remove_selector(selector)
 
-
-def _discard(index: dict, key, member) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.discard(member)
-        if not members:
-            del index[key]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 from sys import intern
 
@@ -263,13 +264,7 @@ def profile_from_resource(resource: dict) -> Profile:
 def endpoint_from_resource(resource: dict) -> Endpoint:
     meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
     namespace = str(meta.get("namespace") or "default")
-    addresses = []
-    for net in spec.get("ipNetworks") or []:
-        try:
-            iface = ipaddress.ip_interface(str(net))
-        except ValueError:
-            continue
-        addresses.append(str(iface.ip))
+    addresses = [a for a in map(_address, spec.get("ipNetworks") or []) if a]
     labels = meta.get("labels") or {}
     # Interned: a cluster's endpoints share a few namespaces, nodes, profiles and label words, and
     # calico-node keeps every endpoint of the cluster.
@@ -282,6 +277,17 @@ def endpoint_from_resource(resource: dict) -> Endpoint:
         profiles=tuple(intern(str(p)) for p in spec.get("profiles") or []),
         labels={intern(str(k)): intern(str(v)) for k, v in labels.items()} if isinstance(labels, dict) else {},
     )
+
+
+def _address(net: object) -> str:
+    """The canonical address of an ipNetworks entry ("" if malformed), without ipaddress's cost:
+    calico-node parses every endpoint of the cluster."""
+    text = str(net).partition("/")[0]
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
+        return ""
 
 
 def effective_labels(endpoint: Endpoint, profiles: dict[str, Profile]) -> dict[str, str]:

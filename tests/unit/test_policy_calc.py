@@ -75,6 +75,7 @@ def test_the_index_always_knows_exactly_which_endpoints_each_selector_matches(st
         else:
             index.remove_selector(target)
         for selector in index.parsed:
-            assert index.matches[selector] == {e for e, ls in labels.items() if parse(selector).evaluate(ls)}
+            assert index.endpoints(selector) == {e for e, ls in labels.items() if parse(selector).evaluate(ls)}
         for ep in labels:
-            assert index.of_endpoint.get(ep, set()) == {s for s in index.parsed if ep in index.matches[s]}
+            assert index.selectors(ep) == {s for s in index.parsed if ep in index.endpoints(s)}
+        assert all(ls.members for ls in index.sets.values())  # no label set outlives its endpoints
