@@ -187,7 +187,7 @@ class Agent:
                 log.error("%s", exc)
             except Exception:  # noqa: BLE001 - one bad update must not take the node's routing down
                 log.exception("sync failed; reading a fresh snapshot")
-                self.syncer._need_snapshot = True
+                self.syncer.invalidate()
                 self.stop_event.wait(RETRY)
             if self.cni_server is not None:
                 self.cni_server.ensure_running()

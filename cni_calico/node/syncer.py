@@ -118,5 +118,10 @@ class Syncer:
                 self._need_snapshot = True
         self.resync()
 
+    def invalidate(self) -> None:
+        """The next poll starts from a fresh snapshot (after a failure to apply a change)."""
+        self._need_snapshot = True
+        self._cancel()
+
     def close(self) -> None:
         self._cancel()

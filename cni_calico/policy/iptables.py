@@ -159,13 +159,22 @@ def _normal(member: str, family: Family) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen and "/" not in member else str(net)
 
 
+NETLINK_MEMBERS = 4096  # member changes up to this many go by netlink in one send; more: one ipset restore
+
+
 class Dataplane:
     """One family's kernel side: what is programmed, and how to move it to a new Ruleset of that family
     (`apply`, a whole desired state) or by a calculator's changes (`apply_changes`); `repair` puts
-    back what someone else changed."""
+    back what someone else changed.
+
+    Member changes go over netlink (cni_calico.policy.ipsets) when the dataplane acts on its own
+    namespace (the default runner); everything else, and every change made through another
+    runner (tests in a namespace), goes through the `ipset` and `iptables-restore` commands."""
 
     def __init__(self, run: Runner = _run, version: int = 4) -> None:
         self.run, self.family = run, FAMILIES[version]
+        self._members = None  # cni_calico.policy.ipsets.MemberSocket, made on first use
+        self.netlink = run is _run
         self.chains: dict[str, tuple[str, ...]] | None = None  # None: unknown, rewrite everything
         self.sets: dict[str, IpSet | None] = {}
         self.restore: list[str] = []
@@ -231,6 +240,24 @@ class Dataplane:
         self.run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
         self.set_calls += 1
 
+    def _change_members(self, changes: list[tuple[str, str, bool]]) -> None:
+        if not changes:
+            return
+        from cni_calico.policy.ipsets import IpsetError, MemberSocket
+
+        try:
+            if self._members is None:
+                self._members = MemberSocket()
+            self._members.change(changes)
+        except IpsetError as exc:
+            raise PolicyError(str(exc)) from None
+        except OSError as exc:  # the socket itself failed: a new one next time
+            if self._members is not None:
+                self._members.close()
+            self._members = None
+            raise PolicyError(f"ipset netlink socket: {exc}") from None
+        self.set_calls += 1
+
     def _destroy(self, names) -> None:
         for name in names:
             if self.run(["ipset", "destroy", name], check=False).returncode == 0:
@@ -253,8 +280,13 @@ class Dataplane:
             for name, ipset in changes.created.items():
                 early += [f"create {name} {ipset.kind} family {f.ipset_family} maxelem {MAXELEM}", f"flush {name}"]
                 early += [f"add {name} {m}" for m in ipset.members]
-            for name, members in changes.added.items():
-                early += [f"add {name} {m}" for m in sorted(members)]
+            small = self.netlink and sum(map(len, changes.added.values())) + sum(
+                map(len, changes.deleted.values())) <= NETLINK_MEMBERS
+            if small:
+                self._change_members([(n, m, True) for n, members in changes.added.items() for m in sorted(members)])
+            else:
+                for name, members in changes.added.items():
+                    early += [f"add {name} {m}" for m in sorted(members)]
             if early:
                 self._ipset(early)
             self.sets.update({n: None for n in [*changes.created, *changes.added, *changes.deleted]})
@@ -266,9 +298,12 @@ class Dataplane:
                 self.chains.update(write)
                 for c in remove:
                     self.chains.pop(c, None)
-            late = [f"del {name} {m}" for name, members in changes.deleted.items() for m in sorted(members)]
-            if late:
-                self._ipset(late)
+            if small:
+                self._change_members([(n, m, False) for n, members in changes.deleted.items() for m in sorted(members)])
+            else:
+                late = [f"del {name} {m}" for name, members in changes.deleted.items() for m in sorted(members)]
+                if late:
+                    self._ipset(late)
             self._destroy(sorted(changes.destroyed))
         except Exception:
             self.chains = None

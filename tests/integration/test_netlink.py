@@ -122,3 +122,37 @@ def test_the_in_process_plugin_skips_pyroute2s_package_init():
     assert _modules_after("from cni_calico.entry import _bare_package\n_bare_package('pyroute2')\n") == []
     # Without it, the package's __init__ brings in all of pyroute2: the check above can fail.
     assert _modules_after("") == ["pyroute2.ndb.main", "pyroute2.iproute.linux"]
+
+
+# --- ipset members over netlink (cni_calico.policy.ipsets), with `ipset` as the witness ---------------
+
+
+def test_ipset_members_over_netlink(lab, make_pod):
+    from cni_calico.dataplane import run_in_netns
+    from cni_calico.policy.ipsets import IpsetError, MemberSocket
+
+    ns = make_pod()
+    lab.in_ns(ns, "ipset", "create", "cali40s:nl", "hash:ip", "family", "inet", check=True)
+    lab.in_ns(ns, "ipset", "create", "cali60s:nl", "hash:ip", "family", "inet6", check=True)
+    failures: list[str] = []
+
+    def work() -> None:  # the socket is made in the namespace, by this thread
+        members = MemberSocket()
+        try:
+            members.change([("cali40s:nl", "10.0.0.1", True), ("cali40s:nl", "10.0.0.1", True),  # -exist: twice is fine
+                            ("cali40s:nl", "10.0.0.2", True), ("cali40s:nl", "10.0.0.2", False),
+                            ("cali40s:nl", "10.0.0.9", False), ("cali60s:nl", "fd00::1", True)])
+            members.change([("cali40s:nl", f"10.1.{i // 250}.{i % 250}", True) for i in range(1000)])  # several sends
+            try:
+                members.change([("cali40s:nl", "10.0.0.3", True), ("cali40s:none", "10.0.0.4", True)])
+            except IpsetError as exc:
+                failures.append(str(exc))
+        finally:
+            members.close()
+
+    run_in_netns(Lab.netns_path(ns), work)
+    saved = lab.in_ns(ns, "ipset", "save", check=True).stdout
+    v4 = {line.split()[2] for line in saved.splitlines() if line.startswith("add cali40s:nl ")}
+    assert v4 == {"10.0.0.1", "10.0.0.3"} | {f"10.1.{i // 250}.{i % 250}" for i in range(1000)}
+    assert "add cali60s:nl fd00::1" in saved
+    assert len(failures) == 1 and "cali40s:none 10.0.0.4" in failures[0]
