@@ -87,6 +87,7 @@ bench: deps build
 	$(PY) -m tests.bench.bench_fastpath
 	$(PY) -m tests.bench.bench_node
 	$(PY) -m tests.bench.bench_policy
+	$(PY) -m tests.bench.bench_scale
 
 clean:
 	rm -rf dist build/work $(VENV) *.egg-info
