@@ -186,8 +186,26 @@ def _warn_if_shared(path: str) -> None:
         log.warning("etcd key file %s is readable by users other than its owner; chmod 600 it", path)
 
 
-def _dumps(value: dict) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                             "\u2029": "\\u2029"})
+
+
+def _go_numbers(value):
+    """Whole floats as integers: Go writes 1000000, Python 1000000.0 (a policy's order, a tier's)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _go_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_go_numbers(v) for v in value]
+    return value
+
+
+def encode(value: dict) -> str:
+    """A value as Go's encoding/json writes it, as Calico's own writers do: compact, UTF-8 as is, `<`, `>`,
+    `&`, U+2028 and U+2029 escaped, whole floats without `.0`. Keys keep the caller's order (the
+    model gives struct fields in Go's declaration order and sorts what Go holds in maps)."""
+    return json.dumps(_go_numbers(value), separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
 
 
 class Datastore:
@@ -320,10 +338,10 @@ class Datastore:
         successful commit as a nested transaction (each key written only if it does not exist)."""
         t = self._txn
         compare = [t.Version(k) == 0 if rev == 0 else t.Mod(k) == rev for k, rev in txn.guards.items()]
-        success = [t.Put(k, _dumps(v)) for k, v in txn.puts.items()] + [t.Delete(k) for k in txn.deletes]
+        success = [t.Put(k, encode(v)) for k, v in txn.puts.items()] + [t.Delete(k) for k in txn.deletes]
         for k, v in txn.if_absent.items():
-            success.append(t.Txn(compare=[t.Version(k) == 0], success=[t.Put(k, _dumps(v))], failure=[]))
-        failure = [t.Put(k, _dumps(v)) for k, v in txn.otherwise.items()]
+            success.append(t.Txn(compare=[t.Version(k) == 0], success=[t.Put(k, encode(v))], failure=[]))
+        failure = [t.Put(k, encode(v)) for k, v in txn.otherwise.items()]
         ok, _ = self._call("transaction", lambda c: c.transaction(compare=compare, success=success, failure=failure))
         return bool(ok)
 

@@ -72,6 +72,6 @@ def _held_on_node(store, handle_id: str, node: str) -> bool:
         block = got[0]
         for ordinal in range(len(block.allocations)):
             if block.handle_of(ordinal) == handle_id:
-                attrs = block.attributes[block.allocations[ordinal]].get("secondary") or {}
+                attrs = (block.attributes or [])[block.allocations[ordinal]].get("secondary") or {}  # type: ignore[index]
                 return attrs.get("node", block.node) == node
     return False

@@ -13,7 +13,7 @@ from cni_calico.host import PluginHost
 from cni_calico.names import handle_id
 from cni_calico.netconf import NetConf
 from cni_calico.result import IPConfig, Result
-from cni_calico.v3 import timestamp
+from cni_calico.v3 import NS_LABEL_PREFIX, go_time
 from ipam.assign import AssignArgs
 
 log = logging.getLogger(__name__)
@@ -21,12 +21,15 @@ log = logging.getLogger(__name__)
 CALICO_IPAM = "calico-ipam"
 
 
-def assign_args(conf: NetConf, req: skel.Request, node: str, host: PluginHost) -> AssignArgs:
+def assign_args(conf: NetConf, req: skel.Request, node: str, host: PluginHost,
+                labels: dict[str, str] | None = None) -> AssignArgs:
     """What IPAM is asked for this container: Calico's handle `<network>.<container>`, the
-    allocation's attributes, the families and pools of the config, the pod's exact addresses."""
+    allocation's attributes, the families and pools of the config, the pod's exact addresses, and
+    (a Kubernetes pod read from the API: `labels` hold its namespace's as `pcns.` labels) the
+    namespace's labels for pools' namespaceSelector."""
     if not (conf.ipam.assign_ipv4 or conf.ipam.assign_ipv6 or conf.ipam.ip_addrs):
         raise CniError(INVALID_CONFIG, "ipam assigns no address: both assign_ipv4 and assign_ipv6 are false")
-    attrs = {"node": node, "containerID": req.container_id, "timestamp": timestamp()}
+    attrs = {"node": node, "timestamp": go_time()}  # as Calico's calico-ipam: no containerID
     if req.args.get("K8S_POD_NAME"):
         attrs["namespace"] = req.args.get("K8S_POD_NAMESPACE", "default")
         attrs["pod"] = req.args["K8S_POD_NAME"]
@@ -40,6 +43,8 @@ def assign_args(conf: NetConf, req: skel.Request, node: str, host: PluginHost) -
         ipv4_pools=list(conf.ipam.ipv4_pools),
         ipv6_pools=list(conf.ipam.ipv6_pools),
         ips=list(conf.ipam.ip_addrs),
+        namespace_labels=({k[len(NS_LABEL_PREFIX):]: v for k, v in labels.items() if k.startswith(NS_LABEL_PREFIX)}
+                          if labels else None),
     )
 
 

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from cni_calico.errors import INVALID_CONFIG, KUBERNETES_API, CniError
+from cni_calico.v3 import NS_LABEL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ IP_ADDRS_ANNOTATION = "cni.projectcalico.org/ipAddrs"
 NAMESPACE_LABEL = "projectcalico.org/namespace"
 ORCHESTRATOR_LABEL = "projectcalico.org/orchestrator"
 SERVICE_ACCOUNT_LABEL = "projectcalico.org/serviceaccount"
-NS_PREFIX = "pcns."
+NS_PREFIX = NS_LABEL_PREFIX
 
 NOTHING, KUBECONFIG_ONLY, API = "", "kubeconfig", "api"
 

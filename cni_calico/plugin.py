@@ -109,7 +109,7 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
         from cni_calico.ipam_cni import assign_args
         from ipam.assign import Assigner
 
-        with Assigner(ds, assign_args(ctx.conf, req, ctx.node, host)) as assigner:
+        with Assigner(ds, assign_args(ctx.conf, req, ctx.node, host, labels)) as assigner:
 
             def attempt():
                 txn = Txn()
@@ -165,13 +165,15 @@ def _fault_point(req: skel.Request, name: str) -> None:
 
 def _release(ctx: Context, ds, read: dict | None = None) -> list[str]:
     """Frees the container's addresses and removes its endpoint (if still its own) in one unit of
-    work. `read`: the endpoint and handle as the caller already read them (first attempt only)."""
+    work. `read`: the endpoint, handle and IPAM configuration as the caller already read them (first
+    attempt only)."""
     from cni_calico import endpoints, keys
     from cni_calico.datastore import Txn, transact
     from cni_calico.names import handle_id
 
     eid = ctx.endpoint_id()
     handle_key = keys.handle(handle_id(ctx.conf.name, ctx.req.container_id))
+    config_key = keys.ipam_config()
     calico_ipam = ctx.conf.ipam.type == CALICO_IPAM
     if not calico_ipam:
         from cni_calico.delegate import invoke
@@ -180,14 +182,16 @@ def _release(ctx: Context, ds, read: dict | None = None) -> list[str]:
     first = [read]
 
     def attempt():
+        from cni_calico.v3 import IPAMConfig
         from ipam.store import Handle, IpamStore
 
-        got = first.pop() if first and first[0] is not None else ds.multi_get([eid.key, handle_key])
+        got = first.pop() if first and first[0] is not None else ds.multi_get([eid.key, handle_key, config_key])
         first.clear()
         txn = Txn()
         freed: list[str] = []
         if calico_ipam and got[handle_key]:
-            freed = IpamStore(ds).prepare_release(Handle.from_kv(got[handle_key][0]), txn)
+            config = IPAMConfig.from_value(got[config_key][0].value if got[config_key] else None)
+            freed = IpamStore(ds).prepare_release(Handle.from_kv(got[handle_key][0]), txn, config)
         endpoints.contribute_delete(txn, eid, got[eid.key][0] if got[eid.key] else None)
         return txn, freed
 
@@ -217,7 +221,8 @@ def cmd_del(req: skel.Request, host: PluginHost) -> None:
     ds = ctx.datastore()
     eid = ctx.endpoint_id()
     handle_key = keys.handle(handle_id(ctx.conf.name, req.container_id))
-    read = ds.multi_get([eid.key, handle_key])  # the endpoint and the handle in one round trip
+    # The endpoint, the handle and the IPAM configuration (its cooldown) in one round trip.
+    read = ds.multi_get([eid.key, handle_key, keys.ipam_config()])
     current = read[eid.key][0] if read[eid.key] else None
     owner = endpoints.owner(current)
 

@@ -212,6 +212,7 @@ _POOL_TYPES: dict[str, tuple[type, str]] = {
     "cidr": (str, "a string"), "blockSize": (int, "an integer"), "ipipMode": (str, "a string"),
     "vxlanMode": (str, "a string"), "natOutgoing": (bool, "true or false"), "disabled": (bool, "true or false"),
     "nodeSelector": (str, "a string"), "disableBGPExport": (bool, "true or false"), "allowedUses": (list, "a list"),
+    "assignmentMode": (str, "a string"), "namespaceSelector": (str, "a string"),
 }
 
 
@@ -227,7 +228,8 @@ def _pool_read_defaults(spec: dict) -> None:
     net = _network(spec.get("cidr"))
     if net is not None and not spec.get("blockSize"):
         spec["blockSize"] = DEFAULT_BLOCK_SIZE[net.version]
-    for key, default in (("ipipMode", "Never"), ("vxlanMode", "Never"), ("nodeSelector", "all()")):
+    for key, default in (("ipipMode", "Never"), ("vxlanMode", "Never"), ("nodeSelector", "all()"),
+                         ("allowedUses", list(v3.DEFAULT_ALLOWED_USES)), ("assignmentMode", "Automatic")):
         if not spec.get(key):
             spec[key] = default
 
@@ -277,6 +279,13 @@ def _validate_pool(res: Resource) -> list[FieldError]:
     for use in spec.get("allowedUses") or []:
         if use not in ALLOWED_USES:
             errors.append(FieldError("spec.allowedUses", f"must be among {', '.join(ALLOWED_USES)}", use))
+    if "LoadBalancer" in spec["allowedUses"] and len(spec["allowedUses"]) > 1:
+        errors.append(FieldError("spec.allowedUses", "LoadBalancer cannot be combined with other uses",
+                                 ",".join(spec["allowedUses"])))
+    if spec["assignmentMode"] not in v3.ASSIGNMENT_MODES:
+        errors.append(FieldError("spec.assignmentMode", f"must be one of {', '.join(v3.ASSIGNMENT_MODES)}",
+                                 spec["assignmentMode"]))
+    errors += selector_errors("spec.namespaceSelector", spec.get("namespaceSelector"))
     return errors
 
 

@@ -28,7 +28,10 @@ DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 ENCAP_MODES = ("Always", "CrossSubnet", "Never")
 ALLOWED_USES = ("Workload", "Tunnel", "LoadBalancer")
+DEFAULT_ALLOWED_USES = ("Workload", "Tunnel")
+ASSIGNMENT_MODES = ("Automatic", "Manual")
 ALL = "all()"  # the selector that selects everything (a pool's default nodeSelector)
+NS_LABEL_PREFIX = "pcns."  # a namespace's labels, as copied onto its endpoints
 DEFAULT_POOL_NAMES = {4: "default-ipv4-ippool", 6: "default-ipv6-ippool"}
 
 # Policy rules (Profile, NetworkPolicy, GlobalNetworkPolicy): the one schema, shared by calicoctl's
@@ -43,15 +46,119 @@ ENTITY_FIELDS = frozenset({"nets", "notNets", "selector", "notSelector", "namesp
 ICMP_FIELDS = frozenset({"type", "code"})
 
 ENVELOPE = ("kind", "apiVersion", "metadata", "spec")
+CALICO_VERSION = "v3.32.0"  # the Calico release whose datastore format we write (ClusterInformation.calicoVersion)
+# The tiers Calico's EnsureInitialized creates: name -> (order, default action).
+TIERS = {"default": (1000000.0, "Deny"), "kube-admin": (1000.0, "Pass"), "kube-baseline": (10000000.0, "Pass")}
 
-# IPAMConfig `default`, stored at keys.ipam_config(): the v3 field -> the stored field, and defaults.
-IPAM_CONFIG_FIELDS = {"strictAffinity": "strict_affinity", "autoAllocateBlocks": "auto_allocate_blocks",
-                      "maxBlocksPerHost": "max_blocks_per_host"}
-IPAM_CONFIG_DEFAULTS = {"strict_affinity": False, "auto_allocate_blocks": True, "max_blocks_per_host": 0}
+# --- Go's field order (the JSON Calico writes) ---------------------------------------------------------
+# Each struct's fields in declaration order; those Go leaves out when empty (omitempty) are dropped
+# when empty. Fields a layout does not list are kept, after the known ones (another tool's, or
+# newer Calico's). Maps (labels, annotations, labelsToApply) are written with sorted keys, as Go does.
+
+METADATA_ORDER = ("name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+                  "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
+                  "ownerReferences", "finalizers", "managedFields")
+ENTITY_ORDER = ("nets", "selector", "namespaceSelector", "services", "ports", "notNets", "notSelector", "notPorts",
+                "serviceAccounts")
+RULE_ORDER = ("action", "ipVersion", "protocol", "icmp", "notProtocol", "notICMP", "source", "destination", "http",
+              "metadata")
+SPEC_ORDER = {
+    "Node": ("bgp", "ipv4VXLANTunnelAddr", "vxlanTunnelMACAddr", "ipv6VXLANTunnelAddr", "vxlanTunnelMACAddrV6",
+             "orchRefs", "wireguard", "addresses", "interfaces"),
+    "WorkloadEndpoint": ("orchestrator", "workload", "node", "containerID", "pod", "endpoint", "serviceAccountName",
+                         "ipNetworks", "ipNATs", "ipv4Gateway", "ipv6Gateway", "profiles", "interfaceName", "mac",
+                         "ports", "allowSpoofedSourcePrefixes", "qosControls"),
+    "Profile": ("ingress", "egress", "labelsToApply"),
+    "IPPool": ("cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport", "blockSize",
+               "nodeSelector", "namespaceSelector", "allowedUses", "assignmentMode"),
+    "ClusterInformation": ("clusterGUID", "clusterType", "calicoVersion", "datastoreReady", "variant"),
+    "Tier": ("order", "defaultAction"),
+    "NetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "serviceAccountSelector",
+                      "performanceHints"),
+    "GlobalNetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "doNotTrack", "preDNAT",
+                            "applyOnForward", "serviceAccountSelector", "namespaceSelector", "performanceHints"),
+}
+ALWAYS = {"IPPool": frozenset({"cidr"})}  # spec fields written even when empty
+NODE_BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
+WITH_STATUS = frozenset({"Node", "Tier"})  # a struct status Go always writes (`"status":{}`)
+
+
+def _empty(value: object) -> bool:
+    return value is None or value is False or value == 0 and not isinstance(value, bool) or value in ("", [], {})
+
+
+def _ordered(value: dict, order: tuple[str, ...], always: frozenset = frozenset()) -> dict:
+    out = {k: value[k] for k in order if k in value and (k in always or not _empty(value[k]))}
+    out.update({k: v for k, v in value.items() if k not in order})
+    return out
+
+
+def _sorted_map(value: object) -> object:
+    return dict(sorted(value.items())) if isinstance(value, dict) else value
+
+
+def _rule(rule: object) -> object:
+    if not isinstance(rule, dict):
+        return rule
+    out = _ordered(rule, RULE_ORDER, frozenset({"action"}))
+    for side in ("source", "destination"):
+        if isinstance(out.get(side), dict):
+            out[side] = _ordered(out[side], ENTITY_ORDER)
+            if not out[side]:
+                del out[side]  # Go's omitzero: an empty entity is left out
+    return out
+
+
+def layout(kind: str, value: dict) -> dict:
+    """A stored value of `kind` in Go's field order, empty omitempty fields dropped, maps sorted."""
+    meta = value.get("metadata")
+    if isinstance(meta, dict):
+        meta = _ordered(meta, METADATA_ORDER)
+        for key in ("labels", "annotations"):
+            if key in meta:
+                meta[key] = _sorted_map(meta[key])
+        value["metadata"] = meta
+    spec = value.get("spec")
+    if kind in SPEC_ORDER and isinstance(spec, dict):
+        spec = _ordered(spec, SPEC_ORDER[kind], ALWAYS.get(kind, frozenset()))
+        for key in ("ingress", "egress"):
+            if isinstance(spec.get(key), list):
+                spec[key] = [_rule(r) for r in spec[key]]
+        if "labelsToApply" in spec:
+            spec["labelsToApply"] = _sorted_map(spec["labelsToApply"])
+        if kind == "Node" and isinstance(spec.get("bgp"), dict):
+            spec["bgp"] = _ordered(spec["bgp"], NODE_BGP_ORDER)
+        value["spec"] = spec
+    if kind in WITH_STATUS:
+        value.setdefault("status", {})
+    return value
+
+DEFAULT_MAX_BLOCKS = 20  # what IPAM allows a node per family when maxBlocksPerHost is 0 (ipam.go)
 
 
 def timestamp(when: datetime.datetime | None = None) -> str:
+    """Kubernetes' metav1.Time: RFC 3339 in whole seconds, UTC (creationTimestamp, affinity_claim_time,
+    releasedAt)."""
     return (when or datetime.datetime.now(datetime.UTC)).strftime(TIMESTAMP)
+
+
+def parse_timestamp(text: str) -> float:
+    """Seconds since the epoch of a `timestamp()` (RFC 3339, UTC); 0 when it does not parse."""
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def go_time(ns: int | None = None) -> str:
+    """Go's `time.Now().UTC().String()`, what Calico's CNI plugin stores as an allocation's timestamp:
+    `2026-08-22 13:33:20.123456789 +0000 UTC` (the fraction without trailing zeros, none when 0)."""
+    import time
+
+    ns = time.time_ns() if ns is None else ns
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return text + (f".{fraction:09d}".rstrip("0") if fraction else "") + " +0000 UTC"
 
 
 def new_uid() -> str:
@@ -77,9 +184,12 @@ class Resource:
         return cls(str(value.get("kind") or kind), dict(metadata), dict(spec), other)
 
     def to_value(self) -> dict:
-        """The stored JSON: the envelope, then whatever else was read with it."""
+        """The stored JSON, as Calico writes it: the envelope, the kind's fields in Go's order (see
+        `layout`), then whatever else was read with it; never a resourceVersion."""
         metadata = {k: v for k, v in self.metadata.items() if k != "resourceVersion" and v not in (None, "", {})}
-        return {"kind": self.kind, "apiVersion": API_VERSION, "metadata": metadata, "spec": self.spec, **self.other}
+        value = {"kind": self.kind, "apiVersion": API_VERSION, "metadata": metadata, "spec": dict(self.spec),
+                 **self.other}
+        return layout(self.kind, value)
 
     @property
     def name(self) -> str:
@@ -123,6 +233,62 @@ def _true(value: object) -> bool:
     return value in (True, "true", "True")
 
 
+# --- IPAM configuration -----------------------------------------------------------------------------
+
+
+@dataclass
+class IPAMConfig:
+    """The IPAM configuration at keys.ipam_config() (libcalico-go model.IPAMConfig, which IPAM reads in
+    etcd mode). Its stored names mix cases, as Calico's: `strict_affinity`, `auto_allocate_blocks`,
+    `maxBlocksPerHost`, `ipCooldownSeconds`; every field is left out when zero (omitempty), so a
+    stored value without `auto_allocate_blocks` means false, while no value at all means Calico's
+    defaults (auto-allocate on)."""
+
+    strict_affinity: bool = False
+    auto_allocate_blocks: bool = True
+    max_blocks_per_host: int = 0  # 0: DEFAULT_MAX_BLOCKS
+    ip_cooldown_seconds: int = 0
+    other: dict = field(default_factory=dict)
+
+    STORED = ("strict_affinity", "auto_allocate_blocks", "maxBlocksPerHost", "ipCooldownSeconds")
+    LEGACY = ("max_blocks_per_host",)  # our earlier releases' name for maxBlocksPerHost
+
+    @classmethod
+    def from_value(cls, value: dict | None) -> IPAMConfig:
+        if value is None:
+            return cls()
+        return cls(
+            strict_affinity=value.get("strict_affinity") is True,
+            auto_allocate_blocks=value.get("auto_allocate_blocks") is True,
+            max_blocks_per_host=int(value.get("maxBlocksPerHost") or value.get("max_blocks_per_host") or 0),
+            ip_cooldown_seconds=int(value.get("ipCooldownSeconds") or 0),
+            other={k: v for k, v in value.items() if k not in cls.STORED and k not in cls.LEGACY},
+        )
+
+    def to_value(self) -> dict:
+        out: dict = {}
+        for key, val in zip(self.STORED, (self.strict_affinity, self.auto_allocate_blocks, self.max_blocks_per_host,
+                                          self.ip_cooldown_seconds), strict=True):
+            if val:
+                out[key] = val
+        return {**out, **self.other}
+
+    @property
+    def max_blocks(self) -> int:
+        return self.max_blocks_per_host or DEFAULT_MAX_BLOCKS
+
+    def problems(self) -> list[str]:
+        """What Calico's SetIPAMConfig refuses."""
+        out = []
+        if not self.strict_affinity and not self.auto_allocate_blocks:
+            out.append("autoAllocateBlocks cannot be false when strictAffinity is false")
+        if self.max_blocks_per_host and not self.strict_affinity:
+            out.append("maxBlocksPerHost can only be set with strictAffinity true")
+        if self.max_blocks_per_host < 0 or self.ip_cooldown_seconds < 0:
+            out.append("maxBlocksPerHost and ipCooldownSeconds cannot be negative")
+        return out
+
+
 # --- IPPool ----------------------------------------------------------------------------------------
 
 
@@ -137,7 +303,9 @@ class IPPool:
     vxlan_mode: str = "Never"
     nat_outgoing: bool = False
     disable_bgp_export: bool = False
-    allowed_uses: tuple[str, ...] = ("Workload", "Tunnel")
+    allowed_uses: tuple[str, ...] = DEFAULT_ALLOWED_USES
+    assignment_mode: str = "Automatic"  # Manual: only when a request names the pool
+    namespace_selector: str = ""
 
     @property
     def family(self) -> int:
@@ -165,15 +333,18 @@ class IPPool:
             vxlan_mode=str(spec.get("vxlanMode") or "Never"),
             nat_outgoing=_true(spec.get("natOutgoing")),
             disable_bgp_export=_true(spec.get("disableBGPExport")),
-            allowed_uses=tuple(str(u) for u in uses) if isinstance(uses, list) and uses else ("Workload", "Tunnel"),
+            allowed_uses=tuple(str(u) for u in uses) if isinstance(uses, list) and uses else DEFAULT_ALLOWED_USES,
+            assignment_mode=str(spec.get("assignmentMode") or "Automatic"),
+            namespace_selector=str(spec.get("namespaceSelector") or ""),
         )
 
 
 def pool_spec(cidr: str, block_size: int, ipip_mode: str = "Never", vxlan_mode: str = "Never",
               nat_outgoing: bool = False, node_selector: str = ALL) -> dict:
-    """The spec of a pool calico-node creates, with every field Calico fills in."""
+    """The spec of a pool calico-node creates, with every field Calico's clientv3 fills in."""
     return {"cidr": cidr, "blockSize": block_size, "ipipMode": ipip_mode, "vxlanMode": vxlan_mode,
-            "natOutgoing": nat_outgoing, "nodeSelector": node_selector}
+            "natOutgoing": nat_outgoing, "nodeSelector": node_selector, "allowedUses": list(DEFAULT_ALLOWED_USES),
+            "assignmentMode": "Automatic"}
 
 
 # --- Node ------------------------------------------------------------------------------------------

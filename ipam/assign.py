@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass, field
 
 from cni_calico import keys
-from cni_calico.datastore import Store, Txn, transact
-from cni_calico.v3 import IPPool
+from cni_calico.datastore import KV, Store, Txn, transact
+from cni_calico.v3 import IPAMConfig, IPPool
 from ipam.allocator import Block, block_cidrs, network
 from ipam.errors import AddressInUse, InvalidRequest, PoolExhausted
 from ipam.lock import node_lock, read_hint, write_hint
@@ -23,6 +23,8 @@ from ipam.pools import parse_pools, select_pools, selects_by_label
 from ipam.store import Assignment, Handle, IpamStore
 
 log = logging.getLogger(__name__)
+
+AFFINITY_CONFIRMED = {"state": "confirmed", "deleted": False}  # Calico's model.BlockAffinity
 
 
 @dataclass
@@ -38,6 +40,8 @@ class AssignArgs:
     ipv4_pools: list[str] = field(default_factory=list)  # names or CIDRs; []: every enabled pool selecting the node
     ipv6_pools: list[str] = field(default_factory=list)
     ips: list[str] = field(default_factory=list)  # exact addresses: these and no others (at most one per family)
+    use: str = "Workload"  # what the addresses are for: a pool must allow it (IPPool allowedUses)
+    namespace_labels: dict[str, str] | None = None  # the pod's namespace's labels, when known (namespaceSelector)
 
     def families(self) -> list[int]:
         exact = {network(ip).version for ip in self.ips}
@@ -74,6 +78,7 @@ class Assigner:
         self._hinted: list[str] = []
         self._seen: set[str] = set()  # hinted blocks that still exist
         self.attempts = 0  # prepare calls: one more than the races lost
+        self.config = IPAMConfig()  # as the last prepare read it
 
     def __enter__(self) -> Assigner:
         self._lock.__enter__()
@@ -90,7 +95,9 @@ class Assigner:
         handle_key = keys.handle(args.handle_id)
         pools_dir = keys.resource_dir("ippools")
         prefixes = [pools_dir] + [keys.affinity_dir(args.node, f) for f in self.families]
-        read = self.ds.multi_get([handle_key, *(keys.block(c) for c in self._hinted)], prefixes)
+        config_key = keys.ipam_config()
+        read = self.ds.multi_get([handle_key, config_key, *(keys.block(c) for c in self._hinted)], prefixes)
+        self.config = IPAMConfig.from_value(read[config_key][0].value if read[config_key] else None)
         blocks = {c: (Block.from_dict(kvs[0].value), kvs[0].mod_revision)
                   for c in self._hinted if (kvs := read[keys.block(c)])}
         self._seen = set(blocks)
@@ -106,19 +113,19 @@ class Assigner:
                 out.append(held[family])
                 continue
             requested = args.ipv4_pools if family == 4 else args.ipv6_pools
-            chosen = select_pools(pools, requested, family, labels)
+            chosen = select_pools(pools, requested, family, labels, args.use, args.namespace_labels)
             exact = [ip for ip in args.ips if network(ip).version == family]
             if exact:
                 got = self._assign_exact(exact[0], chosen, blocks, changed)
             else:
-                affine = [keys.cidr_from_block_key(kv.key) for kv in read[keys.affinity_dir(args.node, family)]]
-                got = self._assign_auto(chosen, family, affine, blocks, changed)
+                affinities = read[keys.affinity_dir(args.node, family)]
+                got = self._assign_auto(chosen, family, affinities, blocks, changed, txn)
             handle.count(got.block, 1)
             out.append(got)
         for cidr, (block, rev, new) in changed.items():
-            txn.put(keys.block(cidr), block.to_dict(), rev)
-            if new:
-                txn.put(keys.affinity(args.node, cidr), {"state": "confirmed", "deleted": False}, 0)
+            txn.put(keys.block(cidr), block.updated(), rev)
+            if new:  # claimed in this very transaction: its affinity goes straight to Calico's final state
+                txn.put(keys.affinity(args.node, cidr), AFFINITY_CONFIRMED, 0)
         if changed:
             txn.put(handle_key, handle.to_dict())
         return Claim(out)
@@ -165,25 +172,43 @@ class Assigner:
         changed[block.cidr] = entry
         return Assignment(ip, block.cidr)
 
-    def _assign_auto(self, pools: list[IPPool], family: int, affine: list[str], blocks: dict,
-                     changed: dict) -> Assignment:
+    def _assign_auto(self, pools: list[IPPool], family: int, affinities: list[KV], blocks: dict,
+                     changed: dict, txn: Txn) -> Assignment:
         if not pools:
             raise PoolExhausted(f"no enabled IP pool to assign an IPv{family} address from (create one with calicoctl)")
-        for cidr in affine:
+        config, owned = self.config, 0
+        for kv in affinities:
+            cidr, state = keys.cidr_from_block_key(kv.key), (kv.value or {}).get("state") or "confirmed"
+            if state == "pendingDeletion":
+                continue  # being released by its node
+            owned += 1
             if not any(p.contains(cidr) for p in pools):
                 continue
             entry = self._block(cidr, blocks, changed)
-            if entry is not None and entry[0].free:
+            if entry is None or entry[0].node != self.args.node:
+                continue  # a claim that never completed (pending), or a block that is not ours
+            if state == "pending":  # Calico's claim stopped after creating the block: finish it
+                txn.put(kv.key, AFFINITY_CONFIRMED, kv.mod_revision)
+            if config.ip_cooldown_seconds and entry[0].collect(config.ip_cooldown_seconds):
+                changed[cidr] = entry  # addresses whose cooldown ended are free again
+            if entry[0].free:
                 return self._take(entry, changed)
-        claimed = self._claim_block(pools, family)
-        if claimed is not None:
-            return self._take((claimed, 0, True), changed)
-        if not self.store.strict_affinity():
+        limit = config.max_blocks
+        if config.auto_allocate_blocks and owned < limit:
+            claimed = self._claim_block(pools, family)
+            if claimed is not None:
+                return self._take((claimed, 0, True), changed)
+        if not config.strict_affinity:
             for kv in self.ds.list(keys.block_dir(family)):
                 block = Block.from_dict(kv.value)
-                if block.free and not block.strict_affinity and any(p.contains(block.cidr) for p in pools):
+                if config.ip_cooldown_seconds:
+                    block.collect(config.ip_cooldown_seconds)
+                if block.free and any(p.contains(block.cidr) for p in pools):
                     log.info("borrowing an address from block %s (affine to %s)", block.cidr, block.node)
                     return self._take((block, kv.mod_revision, False), changed)
+        if owned >= limit:
+            raise PoolExhausted(f"Need to allocate an IPAM block but could not - limit of {limit} blocks reached "
+                                f"for this node (IPv{family})")
         names = ", ".join(f"{p.name} ({p.cidr})" for p in pools)
         raise PoolExhausted(f"no free IPv{family} address: pool {names} is exhausted")
 
@@ -204,8 +229,13 @@ class Assigner:
             raise InvalidRequest(f"requested address {ip} is outside every usable pool")
         cidr = str(network(f"{ip}/{pool.block_size}"))
         entry = self._block(cidr, blocks, changed) or (Block.new(cidr, self.args.node), 0, True)
-        holder = entry[0].handle_of(entry[0].ordinal_of(ip))
-        if holder is not None:
+        block, ordinal = entry[0], entry[0].ordinal_of(ip)
+        if self.config.ip_cooldown_seconds and block.collect(self.config.ip_cooldown_seconds):
+            changed[cidr] = entry
+        if block.cooling(ordinal):
+            raise AddressInUse(f"requested address {ip} was released at {block.cooling(ordinal)} and is cooling down "
+                               f"(ipCooldownSeconds {self.config.ip_cooldown_seconds})")
+        if block.allocations[ordinal] is not None:
             raise AddressInUse(f"requested address {ip} is already in use")
         return self._take(entry, changed, ip)
 

@@ -22,7 +22,7 @@ def parse_pools(values: list[tuple[str, dict]]) -> list[IPPool]:
     return out
 
 
-def node_selected(selector: str, labels: dict[str, str]) -> bool:
+def selects(selector: str, labels: dict[str, str]) -> bool:
     """A pool's nodeSelector in Calico's selector language; one that does not parse selects no node,
     so a pool is never used by mistake."""
     if selector.strip() in ("", ALL):
@@ -40,8 +40,12 @@ def selects_by_label(pools: list[IPPool]) -> bool:
     return any(p.node_selector.strip() not in ("", ALL, "!all()") for p in pools)
 
 
-def select_pools(pools: list[IPPool], requested: list[str], family: int, node_labels: dict[str, str]) -> list[IPPool]:
-    """Pools named (by name or CIDR) in `requested`, else every enabled pool selecting this node."""
+def select_pools(pools: list[IPPool], requested: list[str], family: int, node_labels: dict[str, str],
+                 use: str = "Workload", namespace_labels: dict[str, str] | None = None) -> list[IPPool]:
+    """Pools named (by name or CIDR) in `requested`, else every enabled pool selecting this node that
+    allows `use` (an IPPool's allowedUses: Workload, Tunnel) and is assigned from automatically
+    (assignmentMode Automatic; a Manual pool only when named); with the namespace's labels known (a
+    Kubernetes pod), its namespaceSelector must select the namespace too."""
     same_family = [p for p in pools if p.family == family]
     if requested:
         chosen = []
@@ -52,9 +56,15 @@ def select_pools(pools: list[IPPool], requested: list[str], family: int, node_la
                 raise InvalidRequest(f"requested IPv{family} pool {want!r} does not exist", f"pools: {known}")
             if match[0].disabled:
                 raise InvalidRequest(f"requested IPv{family} pool {want!r} is disabled")
+            if use not in match[0].allowed_uses:
+                raise InvalidRequest(f"requested IPv{family} pool {want!r} does not allow {use} addresses",
+                                     f"its allowedUses: {', '.join(match[0].allowed_uses)}")
             chosen.append(match[0])
         return chosen
-    return [p for p in same_family if not p.disabled and node_selected(p.node_selector, node_labels)]
+    return [p for p in same_family if not p.disabled and use in p.allowed_uses and p.assignment_mode == "Automatic"
+            and selects(p.node_selector, node_labels)
+            and (namespace_labels is None or not p.namespace_selector
+                 or selects(p.namespace_selector, namespace_labels))]
 
 
 def _same_cidr(a: str, b: str) -> bool:

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from cni_calico import keys
 from cni_calico.datastore import KV, ConflictError, Store, Txn, retry_on_conflict, transact
-from cni_calico.v3 import IPAM_CONFIG_FIELDS, IPPool, Resource
+from cni_calico.v3 import IPAMConfig, IPPool, Resource
 from ipam.allocator import Block, network
 from ipam.pools import parse_pools
 
 log = logging.getLogger(__name__)
 
-_HANDLE_FIELDS = frozenset({"handleID", "block", "deleted"})
+_HANDLE_FIELDS = frozenset({"block", "deleted"})
+_HANDLE_DROPPED = frozenset({"handleID"})  # written by our earlier releases; Calico keeps the ID in the key
 
 
 @dataclass
@@ -52,10 +53,11 @@ class Handle:
     @classmethod
     def from_kv(cls, kv: KV) -> Handle:
         return cls(keys.handle_id_of(kv.key), dict(kv.value.get("block") or {}), kv.mod_revision,
-                   {k: v for k, v in kv.value.items() if k not in _HANDLE_FIELDS})
+                   {k: v for k, v in kv.value.items() if k not in _HANDLE_FIELDS and k not in _HANDLE_DROPPED})
 
     def to_dict(self) -> dict:
-        return {"handleID": self.handle_id, "block": self.blocks, "deleted": False, **self.other}
+        """As Calico's model.IPAMHandle: block CIDR -> count (keys sorted), deleted."""
+        return {"block": dict(sorted(self.blocks.items())), "deleted": False, **self.other}
 
     def count(self, cidr: str, delta: int) -> None:
         self.blocks[cidr] = self.blocks.get(cidr, 0) + delta
@@ -76,9 +78,9 @@ class IpamStore:
         kv = self.ds.get(keys.resource("nodes", node))
         return Resource.from_value(kv.value).labels if kv else {}
 
-    def strict_affinity(self) -> bool:
+    def config(self) -> IPAMConfig:
         kv = self.ds.get(keys.ipam_config())
-        return bool(kv and kv.value.get(IPAM_CONFIG_FIELDS["strictAffinity"]))
+        return IPAMConfig.from_value(kv.value if kv else None)
 
     def get_handle(self, handle_id: str) -> Handle | None:
         kv = self.ds.get(keys.handle(handle_id))
@@ -120,15 +122,21 @@ class IpamStore:
 
     # --- release ----------------------------------------------------------------
 
-    def prepare_release(self, handle: Handle, txn: Txn) -> list[str]:
+    def prepare_release(self, handle: Handle, txn: Txn, config: IPAMConfig | None = None) -> list[str]:
         """Contributes the release of everything `handle` holds, and the handle's deletion, to `txn`
-        (guarded by the blocks' and the handle's mod revisions). One read: the handle's blocks."""
+        (guarded by the blocks' and the handle's mod revisions). One read: the handle's blocks.
+        `config`: the IPAM configuration as the caller read it (its cooldown); else it is read.
+        A block left empty and affine to no node goes, as Calico's release does."""
+        config = config or self.config()
         freed: list[str] = []
         for cidr, (block, rev) in self.get_blocks(list(handle.blocks)).items():
-            got = block.release_handle(handle.handle_id)
+            got = block.release_handle(handle.handle_id, config.ip_cooldown_seconds)
             if got:
                 freed += got
-                txn.put(keys.block(cidr), block.to_dict(), rev)
+                if block.is_empty() and block.affinity is None:
+                    txn.delete(keys.block(cidr), rev)
+                else:
+                    txn.put(keys.block(cidr), block.updated(), rev)
         txn.delete(keys.handle(handle.handle_id), handle.mod_revision)
         return freed
 
@@ -138,7 +146,9 @@ class IpamStore:
         def attempt() -> tuple[Txn, list[str]]:
             txn = Txn()
             handle = self.get_handle(handle_id)
-            return txn, ([] if handle is None else self.prepare_release(handle, txn))
+            return txn, ([] if handle is None else self.prepare_release(handle, txn, config))
+
+        config = self.config()
 
         return transact(self.ds, attempt, f"releasing {handle_id}")
 
@@ -163,8 +173,8 @@ class IpamStore:
             holder = block.handle_of(block.ordinal_of(ip))
             if holder is None or (only_if_held_by is not None and holder != only_if_held_by):
                 return []
-            freed = block.release_ips([ip])
-            txn = Txn().put(kv.key, block.to_dict(), kv.mod_revision)
+            freed = block.release_ips([ip], self.config().ip_cooldown_seconds)
+            txn = Txn().put(kv.key, block.updated(), kv.mod_revision)
             handle = self.get_handle(holder)
             if handle is not None:
                 handle.count(block.cidr, -1)
@@ -199,8 +209,8 @@ class IpamStore:
                 txn.delete(keys.block(cidr), rev)
                 outcome = "deleted"
             elif block.affinity is not None:
-                block.affinity = None
-                txn.put(keys.block(cidr), block.to_dict(), rev)
+                block.affinity, block.claim_time = None, None
+                txn.put(keys.block(cidr), block.updated(), rev)
                 outcome = "unaffine"
         if not txn:
             return outcome

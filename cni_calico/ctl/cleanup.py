@@ -165,7 +165,7 @@ def _holders(ipam) -> dict[str, tuple[str, dict]]:
     for block, _ in ipam.blocks():
         for ordinal, index in enumerate(block.allocations):
             if index is not None:
-                attrs = block.attributes[index] if index < len(block.attributes) else {}
+                attrs = block.attributes[index] if index < len(block.attributes or []) else {}
                 out[block.ip_at(ordinal)] = (str(attrs.get("handle_id") or ""), dict(attrs.get("secondary") or {}))
     return out
 

@@ -69,7 +69,8 @@ resource named default (calicoctl get ipamconfig default -o yaml).
 
 examples:
   calicoctl ipam configure --strictaffinity=true
-  calicoctl ipam configure --max-blocks-per-host=4
+  calicoctl ipam configure --strictaffinity=true --max-blocks-per-host=4
+  calicoctl ipam configure --ip-cooldown-seconds=30
 """),
 }
 
@@ -109,7 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     release.set_defaults(func=_lazy("run_release"))
     configure = parsers["configure"]
     configure.add_argument("--strictaffinity", metavar="true|false", help="no borrowing from other nodes' blocks")
-    configure.add_argument("--max-blocks-per-host", metavar="N", help="blocks a node may claim (0: no limit)")
+    configure.add_argument("--max-blocks-per-host", metavar="N",
+                           help="blocks a node may claim per IP version (0: Calico's 20); needs strict affinity")
+    configure.add_argument("--ip-cooldown-seconds", metavar="N",
+                           help="how long a released address rests before it is handed out again (0: not at all)")
     configure.set_defaults(func=_lazy("run_configure"))
 
 

@@ -105,6 +105,11 @@ def node_tunnel_ips(node: Resource) -> list[str]:
     return out
 
 
+def container_of(handle: str) -> str:
+    """The container of a CNI handle, `<network>.<container ID>` (Calico records no containerID)."""
+    return handle.split(".", 1)[1] if "." in handle else ""
+
+
 def belongs(alloc: Allocation, container_id: str) -> bool:
     """Whether an endpoint of this container is the allocation's owner."""
     if not container_id:
@@ -117,15 +122,16 @@ def allocations(snap: Snapshot) -> list[Allocation]:
     out = []
     for block in snap.blocks:
         for ordinal, index in enumerate(block.allocations):
-            if index is None:
-                continue
-            attrs = block.attributes[index] if index < len(block.attributes) else {}
+            if index is None or block.cooling(ordinal):
+                continue  # free, or released and cooling down (ipCooldownSeconds): not a leak
+            attrs = block.attributes[index] if index < len(block.attributes or []) else {}
             extra = dict(attrs.get("secondary") or {})
             handle = str(attrs.get("handle_id") or "")
             out.append(Allocation(
                 ip=block.ip_at(ordinal), block=block.cidr, handle=handle,
                 node=str(extra.get("node") or block.node or ""),
-                containerID=str(extra.get("containerID") or ""), pod=str(extra.get("pod") or ""),
+                containerID=str(extra.get("containerID") or container_of(str(handle or ""))),
+                pod=str(extra.get("pod") or ""),
                 namespace=str(extra.get("namespace") or ""), creationTimestamp=str(extra.get("timestamp") or ""),
                 handleRevision=revisions.get(handle, 0)))
     return out

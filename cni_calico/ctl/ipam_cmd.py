@@ -11,6 +11,7 @@ while a pod was being set up cannot take that pod's address.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -20,7 +21,7 @@ from cni_calico.ctl import CommandError, config, ipam_check, output
 from cni_calico.ctl.kinds.workload import WORKLOADENDPOINT
 from cni_calico.datastore import Txn, transact
 from cni_calico.resources import Resource, from_stored
-from cni_calico.v3 import IPAM_CONFIG_DEFAULTS
+from cni_calico.v3 import IPAMConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,11 @@ def run_show(args: argparse.Namespace) -> int:
             return _show_ip(ds, _address(args.ip))
         if args.show_configuration:
             kv = ds.get(keys.ipam_config())
-            value = {**IPAM_CONFIG_DEFAULTS, **(kv.value if kv else {})}
-            rows = [["StrictAffinity", str(bool(value["strict_affinity"])).lower()],
-                    ["AutoAllocateBlocks", str(bool(value["auto_allocate_blocks"])).lower()],
-                    ["MaxBlocksPerHost", str(int(value["max_blocks_per_host"] or 0))]]
+            value = IPAMConfig.from_value(kv.value if kv else None)
+            rows = [["StrictAffinity", str(value.strict_affinity).lower()],
+                    ["AutoAllocateBlocks", str(value.auto_allocate_blocks).lower()],
+                    ["MaxBlocksPerHost", str(value.max_blocks_per_host)],
+                    ["IPCooldownSeconds", str(value.ip_cooldown_seconds)]]
             print(output.box(["PROPERTY", "VALUE"], rows), end="")
             return 0
         snap = ipam_check.load(ds)
@@ -106,7 +108,7 @@ def _show_ip(ds, ip: str) -> int:
             index = block.allocations[block.ordinal_of(ip)]
             if index is None:
                 break
-            attrs = block.attributes[index] if index < len(block.attributes) else {}
+            attrs = block.attributes[index] if index < len(block.attributes or []) else {}
             print(f"IP {ip} is in use")
             print(f"Handle ID: {attrs.get('handle_id') or '<none>'}")
             secondary = attrs.get("secondary") or {}
@@ -262,25 +264,31 @@ def run_configure(args: argparse.Namespace) -> int:
         if args.strictaffinity.lower() not in ("true", "false"):
             raise CommandError("invalid value for --strictaffinity: use true or false")
         changes["strict_affinity"] = args.strictaffinity.lower() == "true"
-    if args.max_blocks_per_host is not None:
-        if not args.max_blocks_per_host.isdigit():
-            raise CommandError("invalid value for --max-blocks-per-host: use a number (0: no limit)")
-        changes["max_blocks_per_host"] = int(args.max_blocks_per_host)
+    for flag, name in (("max_blocks_per_host", "max_blocks_per_host"), ("ip_cooldown_seconds", "ip_cooldown_seconds")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if not value.isdigit():
+                raise CommandError(f"invalid value for --{flag.replace('_', '-')}: use a number of 0 or more")
+            changes[name] = int(value)
     if not changes:
         raise CommandError("at least one configuration option must be specified (--strictaffinity, "
-                           "--max-blocks-per-host)")
+                           "--max-blocks-per-host, --ip-cooldown-seconds)")
     ds = _connect(args)
 
     def attempt() -> tuple[Txn, None]:
         kv = ds.get(keys.ipam_config())
-        value = {**IPAM_CONFIG_DEFAULTS, **(kv.value if kv else {}), **changes}
-        return Txn().put(keys.ipam_config(), value, kv.mod_revision if kv else 0), None
+        config = dataclasses.replace(IPAMConfig.from_value(kv.value if kv else None), **changes)
+        problems = config.problems()
+        if problems:
+            raise CommandError("; ".join(problems))
+        return Txn().put(keys.ipam_config(), config.to_value(), kv.mod_revision if kv else 0), None
 
     try:
         transact(ds, attempt, "updating the IPAM configuration")
     finally:
         ds.close()
-    for key, label in (("strict_affinity", "StrictAffinity"), ("max_blocks_per_host", "MaxBlocksPerHost")):
+    for key, label in (("strict_affinity", "StrictAffinity"), ("max_blocks_per_host", "MaxBlocksPerHost"),
+                       ("ip_cooldown_seconds", "IPCooldownSeconds")):
         if key in changes:
             print(f"Successfully set {label} to: {str(changes[key]).lower()}")
     return 0

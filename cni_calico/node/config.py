@@ -50,6 +50,7 @@ class NodeConfig:
     rr_cluster_id: str = ""
     cni_server: bool = True  # serve CNI requests on $CALICO_RUN_DIR/cni.sock (the fast path)
     refresh_interval: float = DEFAULT_REFRESH  # seconds between checks that the kernel's rules are as programmed
+    cluster_type: str = ""  # CLUSTER_TYPE, merged into ClusterInformation's clusterType (e.g. "k8s,bgp")
 
     @property
     def nodename_file(self) -> str:
@@ -183,4 +184,5 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         rr_cluster_id=env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID", "").strip(),
         cni_server=env.get("CALICO_CNI_SERVER", "true").strip().lower() not in ("false", "0", "no", "off"),
         refresh_interval=refresh_interval,
+        cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
     )

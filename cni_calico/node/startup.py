@@ -8,7 +8,7 @@ import os
 from cni_calico import keys
 from cni_calico.datastore import Store, Txn, transact
 from cni_calico.node.config import NodeConfig
-from cni_calico.v3 import DEFAULT_POOL_NAMES, Resource, new_resource, pool_spec
+from cni_calico.v3 import CALICO_VERSION, DEFAULT_POOL_NAMES, TIERS, Resource, new_resource, new_uid, pool_spec
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,38 @@ def update_node(ds: Store, name: str, spec: dict | None = None, bgp: dict | None
         return Txn().put(key, node.to_value(), current.mod_revision), True
 
     return transact(ds, attempt, f"updating node {name}")
+
+
+def ensure_initialized(ds: Store, cluster_type: str) -> Resource:
+    """What Calico's EnsureInitialized writes: ClusterInformation `default` (a new cluster GUID,
+    calicoVersion, datastoreReady, the cluster type merged in), the three tiers and an empty
+    BGPConfiguration `default`, each created only where absent (so an operator's are kept)."""
+    key = keys.resource("clusterinformations", "default")
+
+    def attempt() -> tuple[Txn, Resource]:
+        current = ds.get(key)
+        info = Resource.from_value(current.value) if current else new_resource("ClusterInformation", "default", {})
+        spec = info.spec
+        before = dict(spec)
+        spec["clusterGUID"] = spec.get("clusterGUID") or new_uid().replace("-", "")
+        spec["calicoVersion"] = CALICO_VERSION
+        if spec.get("datastoreReady") is None:
+            spec["datastoreReady"] = True
+        types = [t for t in str(spec.get("clusterType") or "").split(",") if t]
+        types += [t for t in cluster_type.split(",") if t and t not in types]
+        if types:
+            spec["clusterType"] = ",".join(types)
+        txn = Txn()
+        if spec != before or current is None:
+            txn.put(key, info.to_value(), current.mod_revision if current else 0)
+        for name, (order, action) in TIERS.items():
+            tier = new_resource("Tier", name, {"order": order, "defaultAction": action})
+            txn.put_if_absent(keys.resource("tiers", name), tier.to_value())
+        txn.put_if_absent(keys.resource("bgpconfigurations", "default"),
+                          new_resource("BGPConfiguration", "default", {}).to_value())
+        return txn, info
+
+    return transact(ds, attempt, "initializing the datastore (ClusterInformation, tiers)")
 
 
 def write_file(path: str, text: str) -> None:

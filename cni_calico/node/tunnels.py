@@ -186,8 +186,10 @@ class Tunnels:
         from ipam.assign import AssignArgs, auto_assign
 
         me = self.cfg.nodename
-        args = AssignArgs(f"{kind}-{me}", me, self.cfg.run_dir, {"node": me, "type": kind},
-                          ipv4_pools=[p.cidr for p in pools])
+        # Calico's handle and attributes for a tunnel address (allocateip.go)
+        kinds = {"vxlan-tunnel-addr": "vxlanTunnelAddress", "ipip-tunnel-addr": "ipipTunnelAddress"}
+        args = AssignArgs(f"{kind}-{me}", me, self.cfg.run_dir, {"node": me, "type": kinds[kind]},
+                          ipv4_pools=[p.cidr for p in pools if "Tunnel" in p.allowed_uses], use="Tunnel")
         got = auto_assign(self.ds, args).assignments[0]
         log.info("%s of %s: %s", kind, me, got.ip)
         return got.ip

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 
 from cni_calico.selector import All, And, Compare, Has, InSet, Not, Or, Selector, parse
+from cni_calico.v3 import NS_LABEL_PREFIX
 
 NAMESPACE_LABEL = "projectcalico.org/namespace"
-NS_PREFIX = "pcns."
+NS_PREFIX = NS_LABEL_PREFIX
 NS_NAME_LABEL = "projectcalico.org/name"
 
 

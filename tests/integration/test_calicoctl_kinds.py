@@ -239,14 +239,18 @@ def test_ipamconfig_is_calicos_ipam_config_json(etcd, tmp_path):
     assert run(etcd, "get", "ipamconfig", "default").returncode == 1  # nothing stored yet
     r = run(etcd, "apply", "-f", write(tmp_path, doc("IPAMConfig", "default", {"strictAffinity": True})))
     assert r.returncode == 0, r.stderr
-    assert etcd.get_json(IPAM_CONFIG) == {"strict_affinity": True, "auto_allocate_blocks": True,
-                                          "max_blocks_per_host": 0}
+    # Calico's model.IPAMConfig: these names exactly, zero values left out
+    assert etcd.get_json(IPAM_CONFIG) == {"strict_affinity": True, "auto_allocate_blocks": True}
     r = run(etcd, "get", "ipamconfigs", "-o", "wide")
     assert r.stdout.split("\n")[1].split() == ["default", "true", "true", "0"]
     r = run(etcd, "ipam", "configure", "--strictaffinity=false", "--max-blocks-per-host", "4")
-    assert r.stdout == "Successfully set StrictAffinity to: false\nSuccessfully set MaxBlocksPerHost to: 4\n"
+    assert r.returncode == 1 and "maxBlocksPerHost can only be set with strictAffinity true" in r.stderr
+    r = run(etcd, "ipam", "configure", "--max-blocks-per-host", "4")
+    assert r.stdout == "Successfully set MaxBlocksPerHost to: 4\n"
+    assert etcd.get_json(IPAM_CONFIG) == {"strict_affinity": True, "auto_allocate_blocks": True, "maxBlocksPerHost": 4}
     got = yaml.safe_load(run(etcd, "get", "ipamconfig", "default", "-o", "yaml").stdout)
-    assert got["spec"] == {"strictAffinity": False, "autoAllocateBlocks": True, "maxBlocksPerHost": 4}
+    assert got["spec"] == {"strictAffinity": True, "autoAllocateBlocks": True, "maxBlocksPerHost": 4,
+                           "ipCooldownSeconds": 0}
     got["spec"]["maxBlocksPerHost"] = 8
     assert run(etcd, "replace", "-f", write(tmp_path, got)).returncode == 0
     r = run(etcd, "replace", "-f", write(tmp_path, got))  # the same resourceVersion again: stale

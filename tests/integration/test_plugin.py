@@ -133,7 +133,9 @@ def test_endpoint_record(lab, node, make_pod, pool, conf, etcd):
     assert etcd.get_json(profile_key)["spec"]["egress"] == []
     assert Lab.run_plugin(node, "DEL", conf(), "wep000000002", Lab.netns_path(other)).rc == 0
     handle = etcd.get_json(f"{HANDLES}net1.wep000000001")
-    assert handle["handleID"] == "net1.wep000000001" and sum(handle["block"].values()) == 1
+    assert list(handle) == ["block", "deleted"] and sum(handle["block"].values()) == 1  # Calico's IPAMHandle
+    assert list(wep["spec"]) == ["orchestrator", "node", "containerID", "pod", "endpoint", "ipNetworks", "profiles",
+                                 "interfaceName", "mac"]  # Go's field order
     assert Lab.run_plugin(node, "DEL", conf(), "wep000000001", Lab.netns_path(pod), args=args).rc == 0
     assert etcd.get_json(key) is None
 

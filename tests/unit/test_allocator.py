@@ -28,7 +28,7 @@ def test_new_block_sizes(cidr, size):
     assert block.allocations == [None] * size
     assert block.unallocated == list(range(size))
     assert block.free == size
-    assert block.attributes == []
+    assert block.attributes is None  # as Calico's newBlock: stored as null until the first assignment
     assert block.is_empty()
 
 
@@ -238,47 +238,71 @@ def test_release_everything_leaves_an_empty_block():
 # --- Calico's JSON shape --------------------------------------------------------------------------------
 
 
-def test_to_dict_uses_calicos_field_names():
+def test_to_dict_is_calicos_allocation_block_field_for_field():
     block = Block.new("10.60.0.0/30", "node1")
+    seq = block.sequence
     block.assign(1, "k8s-pod-network.abc", ATTRS)
-    out = block.to_dict()
-    assert out == {
+    out = block.updated()  # a write: the sequence number goes up by one, the ordinal keeps the old one
+    assert list(out) == ["cidr", "affinity", "affinity_claim_time", "allocations", "unallocated", "attributes",
+                         "sequenceNumber", "sequenceNumberForAllocation", "deleted"]
+    assert out["affinity_claim_time"].endswith("Z") and out["sequenceNumber"] == seq + 1
+    assert {k: v for k, v in out.items() if k not in ("affinity_claim_time", "sequenceNumber")} == {
         "cidr": "10.60.0.0/30",
         "affinity": "host:node1",
-        "strictAffinity": False,
         "allocations": [0, None, None, None],
         "unallocated": [1, 2, 3],
-        "attributes": [{"handle_id": "k8s-pod-network.abc", "secondary": ATTRS}],
+        "attributes": [{"handle_id": "k8s-pod-network.abc", "secondary": dict(sorted(ATTRS.items()))}],
+        "sequenceNumberForAllocation": {"0": seq},
         "deleted": False,
     }
-    assert json.loads(json.dumps(out)) == out
+    assert "strictAffinity" not in out and json.loads(json.dumps(out)) == out
 
 
-def test_from_dict_of_a_calico_block():
+def test_from_dict_of_a_calico_block_keeps_what_it_does_not_use():
     stored = {
         "cidr": "192.168.0.0/30",
         "affinity": "host:node2",
-        "strictAffinity": True,
+        "affinity_claim_time": "2026-08-22T13:33:20Z",
         "allocations": [None, 1, 0, None],
         "unallocated": [3, 0],
         "attributes": [
             {"handle_id": "k8s-pod-network.x", "secondary": {"node": "node2"}},
-            {"handle_id": "ipip-tunnel-addr-node2", "secondary": None},
+            {"handle_id": "ipip-tunnel-addr-node2"},
         ],
+        "sequenceNumber": 1787405600123456790,
+        "sequenceNumberForAllocation": {"1": 1787405600123456788, "2": 1787405600123456789},
         "deleted": False,
+        "hostAffinity": "node2",
     }
     block = Block.from_dict(stored)
     assert block.node == "node2"
-    assert block.strict_affinity is True
     assert block.handle_of(2) == "k8s-pod-network.x"
     assert block.handle_of(1) == "ipip-tunnel-addr-node2"
+    assert block.to_dict() == stored  # read and written back: nothing lost, nothing added
     assert block.assign(1, "h", {}) == ["192.168.0.3"]
-    assert block.to_dict()["unallocated"] == [0]
+    out = block.updated()
+    assert out["unallocated"] == [0] and out["sequenceNumber"] == 1787405600123456791
+    assert out["sequenceNumberForAllocation"]["3"] == 1787405600123456790 and out["hostAffinity"] == "node2"
 
 
-def test_from_dict_defaults():
-    block = Block.from_dict({"cidr": "10.0.0.0/31", "allocations": [None, None], "unallocated": [0, 1]})
-    assert block.affinity is None and block.attributes == [] and block.strict_affinity is False
+def test_from_dict_defaults_and_our_old_field_dropped():
+    block = Block.from_dict({"cidr": "10.0.0.0/31", "allocations": [None, None], "unallocated": [0, 1],
+                             "strictAffinity": False})
+    assert block.affinity is None and block.attributes is None and "strictAffinity" not in block.to_dict()
+
+
+def test_release_with_a_cooldown_holds_the_address_until_it_has_cooled():
+    block = Block.new("10.0.0.0/30", "n")
+    block.assign(2, "h", {})
+    assert block.release_handle("h", cooldown=30) == ["10.0.0.0", "10.0.0.1"]
+    assert block.free == 2 and block.cooling(0) and block.handle_of(0) is None and not block.is_empty()
+    assert block.attributes == [{"releasedAt": block.cooling(0)}]
+    assert not block.collect(30)  # still cooling
+    from cni_calico.v3 import parse_timestamp
+
+    assert block.collect(30, now=parse_timestamp(block.cooling(0)) + 30)
+    assert block.is_empty() and block.unallocated == [2, 3, 0, 1] and block.attributes == []
+    assert block.sequence_for == {}
 
 
 def test_round_trip_through_json():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cni_calico import keys
 from cni_calico.datastore import TooManyConflicts, Txn, transact
-from cni_calico.v3 import IPPool, new_resource, pool_spec
+from cni_calico.v3 import IPAMConfig, IPPool, new_resource, pool_spec
 from ipam.allocator import Block
 from ipam.assign import AssignArgs, Assigner, auto_assign
 from ipam.errors import AddressInUse, InvalidRequest, PoolExhausted
@@ -203,12 +203,13 @@ def test_interleaved_assign_and_release_keep_the_invariants(tmp_path, ops):
 def test_a_block_written_by_another_tool_keeps_its_unknown_fields(tmp_path):
     store = pooled(("p", "10.0.0.0/24", 26))
     block = Block.new("10.0.0.0/26", "n1").to_dict()
-    block.update({"sequenceNumber": 7, "affinityClaimTime": "2026-01-01T00:00:00Z"})
+    block.update({"sequenceNumber": 7, "affinityClaimTime": "2026-01-01T00:00:00Z"})  # a field we do not know
     store.put(keys.block("10.0.0.0/26"), block)
     store.put(keys.affinity("n1", "10.0.0.0/26"), {"state": "confirmed"})
     auto_assign(store, args("net.a", "n1", tmp_path))
     written = store.value(keys.block("10.0.0.0/26"))
-    assert written["sequenceNumber"] == 7 and written["affinityClaimTime"] == "2026-01-01T00:00:00Z"
+    assert written["sequenceNumber"] == 8 and written["affinityClaimTime"] == "2026-01-01T00:00:00Z"
+    assert written["sequenceNumberForAllocation"] == {"0": 7}
     handle = store.value(keys.handle("net.a"))
     store.put(keys.handle("net.a"), {**handle, "note": "kept"})
     auto_assign(store, args("net.a", "n1", tmp_path, num_ipv6=0))
@@ -226,3 +227,76 @@ def test_pools_of_the_other_family_or_disabled_are_not_used(tmp_path):
         auto_assign(store, args("net.a", "n1", tmp_path))
     with pytest.raises(InvalidRequest, match="disabled"):
         auto_assign(store, args("net.a", "n1", tmp_path, ipv4_pools=["off"]))
+
+
+# --- Calico's IPAM rules: block limit, cooldown, pending claims, pool uses --------------------------
+
+
+def test_the_block_limit_per_node_as_calico_enforces_it(tmp_path):
+    store = pooled(("p", "10.0.0.0/24", 30))  # blocks of 4 addresses
+    store.put(keys.ipam_config(), IPAMConfig(strict_affinity=True, max_blocks_per_host=2).to_value())
+    got = [auto_assign(store, args(f"net.{i}", "n1", tmp_path)).assignments[0].block for i in range(8)]
+    assert len(set(got)) == 2
+    with pytest.raises(PoolExhausted, match="limit of 2 blocks reached for this node"):
+        auto_assign(store, args("net.x", "n1", tmp_path))
+    assert auto_assign(store, args("net.y", "n2", tmp_path / "n2")).cidrs  # another node has its own limit
+
+
+def test_without_a_configured_limit_a_node_gets_calicos_twenty_blocks(tmp_path):
+    store = pooled(("p", "10.0.0.0/16", 32))  # one address a block
+    store.put(keys.ipam_config(), IPAMConfig(strict_affinity=True).to_value())
+    for i in range(20):
+        auto_assign(store, args(f"net.{i}", "n1", tmp_path))
+    with pytest.raises(PoolExhausted, match="limit of 20 blocks"):
+        auto_assign(store, args("net.x", "n1", tmp_path))
+
+
+def test_a_released_address_rests_for_the_cooldown(tmp_path):
+    store = pooled(("p", "10.0.0.0/30", 30))
+    store.put(keys.ipam_config(), IPAMConfig(ip_cooldown_seconds=3600).to_value())
+    first = auto_assign(store, args("net.a", "n1", tmp_path)).assignments[0].ip
+    IpamStore(store).release_by_handle("net.a")
+    block = Block.from_dict(store.value(keys.block("10.0.0.0/30")))
+    assert block.cooling(block.ordinal_of(first)) and first not in [block.ip_at(o) for o in block.unallocated]
+    taken = [auto_assign(store, args(f"net.{i}", "n1", tmp_path)).assignments[0].ip for i in range(3)]
+    assert first not in taken
+    with pytest.raises(PoolExhausted):  # the only address left is cooling down
+        auto_assign(store, args("net.z", "n1", tmp_path))
+    with pytest.raises(AddressInUse, match="cooling down"):
+        auto_assign(store, args("net.w", "n1", tmp_path, ips=[first]))
+    value = store.value(keys.block("10.0.0.0/30"))  # an hour later
+    value["attributes"] = [{"releasedAt": "2026-01-01T00:00:00Z"} if "releasedAt" in a else a
+                           for a in value["attributes"]]
+    store.put(keys.block("10.0.0.0/30"), value)
+    assert auto_assign(store, args("net.z", "n1", tmp_path)).assignments[0].ip == first
+    check_invariants(store)
+
+
+def test_a_pending_affinity_of_a_block_that_exists_is_confirmed_and_used(tmp_path):
+    store = pooled(("p", "10.0.0.0/24", 26))
+    store.put(keys.block("10.0.0.64/26"), Block.new("10.0.0.64/26", "n1").to_dict())  # Calico's claim, stopped
+    store.put(keys.affinity("n1", "10.0.0.64/26"), {"state": "pending", "deleted": False})
+    store.put(keys.affinity("n1", "10.0.0.128/26"), {"state": "pending", "deleted": False})  # never got its block
+    got = auto_assign(store, args("net.a", "n1", tmp_path)).assignments[0]
+    assert got.block == "10.0.0.64/26"
+    assert store.value(keys.affinity("n1", "10.0.0.64/26")) == {"state": "confirmed", "deleted": False}
+
+
+def test_pools_by_allowed_use_assignment_mode_and_namespace(tmp_path):
+    store = MemStore()
+    specs = {"lb": {**pool_spec("10.1.0.0/24", 26), "allowedUses": ["LoadBalancer"]},
+             "manual": {**pool_spec("10.2.0.0/24", 26), "assignmentMode": "Manual"},
+             "team": {**pool_spec("10.3.0.0/24", 26), "namespaceSelector": "team == 'a'"},
+             "tunnel": {**pool_spec("10.4.0.0/24", 26), "allowedUses": ["Tunnel"]}}
+    for name, spec in specs.items():
+        store.put(keys.resource("ippools", name), new_resource("IPPool", name, spec).to_value())
+    # A pod in namespace b: neither the LoadBalancer pool, the manual one, team a's nor the tunnel one.
+    with pytest.raises(PoolExhausted):
+        auto_assign(store, args("net.a", "n1", tmp_path, namespace_labels={"team": "b"}))
+    got = auto_assign(store, args("net.b", "n1", tmp_path, namespace_labels={"team": "a"}))
+    assert got.assignments[0].block.startswith("10.3.")
+    assert auto_assign(store, args("net.c", "n1", tmp_path, ipv4_pools=["manual"])).cidrs[0].startswith("10.2.")
+    with pytest.raises(InvalidRequest, match="does not allow Workload"):
+        auto_assign(store, args("net.d", "n1", tmp_path, ipv4_pools=["lb"]))
+    # a tunnel address: any automatic pool that allows Tunnel (a namespaceSelector is for pods)
+    assert auto_assign(store, args("tun", "n1", tmp_path, use="Tunnel")).cidrs[0].startswith(("10.3.", "10.4."))

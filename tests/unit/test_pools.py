@@ -6,7 +6,7 @@ import pytest
 
 from cni_calico.v3 import DEFAULT_BLOCK_SIZE, IPPool
 from ipam.errors import InvalidRequest
-from ipam.pools import node_selected, select_pools
+from ipam.pools import select_pools, selects
 
 
 def resource(name: str, cidr: str, **spec) -> dict:
@@ -148,7 +148,7 @@ def test_no_request_and_no_usable_pool_is_empty():
     assert select_pools([IPPool("v6", "fd00::/64", 122)], [], 4, {}) == []
 
 
-# --- node_selected -------------------------------------------------------------------------------------
+# --- selects -------------------------------------------------------------------------------------
 
 LABELS = {"rack": "a", "zone": "z1", "kubernetes.io/hostname": "node-1", "gpu": ""}
 
@@ -183,7 +183,7 @@ LABELS = {"rack": "a", "zone": "z1", "kubernetes.io/hostname": "node-1", "gpu": 
     ],
 )
 def test_node_selected(selector, expected):
-    assert node_selected(selector, LABELS) is expected
+    assert selects(selector, LABELS) is expected
 
 
 @pytest.mark.parametrize(
@@ -198,14 +198,14 @@ def test_node_selected(selector, expected):
     ],
 )
 def test_malformed_expression_selects_nothing(selector):
-    assert node_selected(selector, LABELS) is False
-    assert node_selected(selector, {}) is False
+    assert selects(selector, LABELS) is False
+    assert selects(selector, {}) is False
 
 
 def test_selector_against_no_labels():
-    assert node_selected("all()", {}) is True
-    assert node_selected("has(rack)", {}) is False
-    assert node_selected("rack != 'a'", {}) is True
+    assert selects("all()", {}) is True
+    assert selects("has(rack)", {}) is False
+    assert selects("rack != 'a'", {}) is True
 
 
 @pytest.mark.parametrize(
@@ -214,5 +214,5 @@ def test_selector_against_no_labels():
 def test_full_selector_language(selector):
     from cni_calico.selector import matches
 
-    assert node_selected(selector, LABELS) is matches(selector, LABELS)
-    assert node_selected(selector, {}) is matches(selector, {})
+    assert selects(selector, LABELS) is matches(selector, LABELS)
+    assert selects(selector, {}) is matches(selector, {})

@@ -56,7 +56,12 @@ def test_defaults_filled_on_write_v4():
     res = pool(cidr="10.0.0.0/16")
     validate(res)
     assert res.spec == {"cidr": "10.0.0.0/16", "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Never",
-                        "natOutgoing": False, "disabled": False, "nodeSelector": "all()"}
+                        "natOutgoing": False, "disabled": False, "nodeSelector": "all()",
+                        "allowedUses": ["Workload", "Tunnel"], "assignmentMode": "Automatic"}
+    # Stored as Calico's clientv3 stores it: Go's field order, false left out.
+    assert res.to_stored()["spec"] == {"cidr": "10.0.0.0/16", "vxlanMode": "Never", "ipipMode": "Never",
+                                       "blockSize": 26, "nodeSelector": "all()", "allowedUses": ["Workload", "Tunnel"],
+                                       "assignmentMode": "Automatic"}
 
 
 def test_defaults_filled_on_write_v6_and_cidr_normalised():

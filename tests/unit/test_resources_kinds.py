@@ -223,12 +223,17 @@ def test_profile_labels():
 
 
 def test_ipamconfig_round_trip():
-    config = res(IPAMCONFIG, {"strictAffinity": True}, name="default")
+    config = res(IPAMCONFIG, {"strictAffinity": True, "maxBlocksPerHost": 3}, name="default")
     validate(config)
-    assert ipam_encode(config) == {"strict_affinity": True, "auto_allocate_blocks": True, "max_blocks_per_host": 0}
-    back = from_stored(IPAMCONFIG, {"strict_affinity": True, "max_blocks_per_host": 3}, 9)
+    # Calico's model.IPAMConfig: mixed-case names, zero values left out
+    assert ipam_encode(config) == {"strict_affinity": True, "auto_allocate_blocks": True, "maxBlocksPerHost": 3}
+    back = from_stored(IPAMCONFIG, {"strict_affinity": True, "max_blocks_per_host": 3}, 9)  # our old name, read
     assert (back.name, back.resource_version, back.spec) == (
-        "default", "9", {"strictAffinity": True, "autoAllocateBlocks": True, "maxBlocksPerHost": 3})
+        "default", "9", {"strictAffinity": True, "autoAllocateBlocks": False, "maxBlocksPerHost": 3,
+                         "ipCooldownSeconds": 0})
+    refused = res(IPAMCONFIG, {"strictAffinity": False, "maxBlocksPerHost": 3}, name="default")
+    with pytest.raises(ValidationError, match="maxBlocksPerHost can only be set with strictAffinity true"):
+        validate(refused)
 
 
 def test_tables_with_namespaces_and_context():

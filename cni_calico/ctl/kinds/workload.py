@@ -1,9 +1,9 @@
 """WorkloadEndpoint (the CNI plugin's record of a pod: get, and delete for clean-up) and IPAMConfig.
 
 Pure. IPAMConfig is not stored as a resource: it is Calico's IPAM config JSON
-at /calico/ipam/v2/config ({"strict_affinity", "auto_allocate_blocks",
-"max_blocks_per_host"}), which calico-ipam reads; calicoctl shows it as the one
-resource `IPAMConfig default` and converts in both directions.
+(cni_calico.v3.IPAMConfig, at keys.ipam_config()), which IPAM reads in etcd mode; calicoctl shows
+it as the one resource `IPAMConfig default` and converts in both directions, refusing what
+Calico's SetIPAMConfig refuses.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from cni_calico import keys
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register
-from cni_calico.v3 import IPAM_CONFIG_DEFAULTS, IPAM_CONFIG_FIELDS
+from cni_calico.v3 import IPAMConfig
 
 WEP_FIELDS = frozenset({"orchestrator", "workload", "node", "containerID", "pod", "endpoint", "interfaceName",
                         "mac", "ipNetworks", "ipNATs", "ipv4Gateway", "ipv6Gateway", "profiles", "ports",
@@ -49,31 +49,41 @@ WORKLOADENDPOINT = register(Kind(
 
 # --- IPAMConfig --------------------------------------------------------------------------------
 
-IPAM_FIELDS = IPAM_CONFIG_FIELDS
-IPAM_DEFAULTS = {key: IPAM_CONFIG_DEFAULTS[stored] for key, stored in IPAM_FIELDS.items()}
-MAX_BLOCKS = 2**31 - 1
+IPAM_SPEC = ("strictAffinity", "autoAllocateBlocks", "maxBlocksPerHost", "ipCooldownSeconds")
+MAX_INT32 = 2**31 - 1
 
 
 def _validate_ipam(res: Resource) -> list[FieldError]:
     spec = res.spec
     errors = fields.types("spec.", spec, {"strictAffinity": bool, "autoAllocateBlocks": bool,
-                                          "maxBlocksPerHost": int})
-    if not errors and spec.get("maxBlocksPerHost") is not None and not 0 <= spec["maxBlocksPerHost"] <= MAX_BLOCKS:
-        errors.append(FieldError("spec.maxBlocksPerHost", f"must be 0 (no limit) to {MAX_BLOCKS}",
-                                 spec["maxBlocksPerHost"]))
+                                          "maxBlocksPerHost": int, "ipCooldownSeconds": int})
+    for key in ("maxBlocksPerHost", "ipCooldownSeconds"):
+        if not errors and spec.get(key) is not None and not 0 <= spec[key] <= MAX_INT32:
+            errors.append(FieldError(f"spec.{key}", f"must be 0 to {MAX_INT32}", spec[key]))
     if not errors:
-        for key, default in IPAM_DEFAULTS.items():
+        defaults = ipam_spec(IPAMConfig())
+        for key, default in defaults.items():
             spec.setdefault(key, default)
+        errors += [FieldError("spec", problem) for problem in _config(spec).problems()]
     return errors
 
 
+def _config(spec: dict) -> IPAMConfig:
+    return IPAMConfig(bool(spec.get("strictAffinity")), bool(spec.get("autoAllocateBlocks", True)),
+                      int(spec.get("maxBlocksPerHost") or 0), int(spec.get("ipCooldownSeconds") or 0))
+
+
+def ipam_spec(config: IPAMConfig) -> dict:
+    return {"strictAffinity": config.strict_affinity, "autoAllocateBlocks": config.auto_allocate_blocks,
+            "maxBlocksPerHost": config.max_blocks_per_host, "ipCooldownSeconds": config.ip_cooldown_seconds}
+
+
 def ipam_encode(res: Resource) -> dict:
-    return {stored: res.spec.get(key, IPAM_DEFAULTS[key]) for key, stored in IPAM_FIELDS.items()}
+    return _config(res.spec).to_value()
 
 
 def ipam_decode(value: dict) -> dict:
-    spec = {key: value.get(stored, IPAM_DEFAULTS[key]) for key, stored in IPAM_FIELDS.items()}
-    return {"metadata": {"name": "default"}, "spec": spec}
+    return {"metadata": {"name": "default"}, "spec": ipam_spec(IPAMConfig.from_value(value))}
 
 
 IPAMCONFIG = register(Kind(
@@ -81,7 +91,7 @@ IPAMCONFIG = register(Kind(
     plural="ipamconfigs",
     aliases=("ipamconfig", "ipamconfigs", "ipamconfiguration", "ipamconfigurations"),
     namespaced=False,
-    spec_fields=frozenset(IPAM_FIELDS),
+    spec_fields=frozenset(IPAM_SPEC),
     headings=("NAME", "STRICTAFFINITY", "AUTOALLOCATEBLOCKS"),
     wide_headings=("NAME", "STRICTAFFINITY", "AUTOALLOCATEBLOCKS", "MAXBLOCKSPERHOST"),
     columns={
