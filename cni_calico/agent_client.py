@@ -106,7 +106,7 @@ def _lost_answer(stdin: bytes, exc: Exception) -> bytes:
 
     try:
         version = str(json.loads(stdin).get("cniVersion") or "1.1.0")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         version = "1.1.0"
     error = {
         "cniVersion": version,

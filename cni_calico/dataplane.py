@@ -192,10 +192,16 @@ def run_in_netns(path: str, fn) -> None:
     Background(joined).join()
 
 
-def check_pod_ifname_free(netns: str, ifname: str) -> None:
+def pod_has_interface(netns: str, ifname: str) -> bool:
     with open_netns(netns) as pod:
-        if _index(pod, ifname) is not None:
-            raise CniError(ADDRESS_CONFLICT, f"interface {ifname} already exists in {netns}")
+        return _index(pod, ifname) is not None
+
+
+def host_owner(host_netlink: HostNetlink, host_ifname: str) -> str | None:
+    """The container a host veth belongs to (its alias; "" if unknown), or None when there is none."""
+    with host_netlink() as host:
+        index = _index(host, host_ifname)
+        return None if index is None else _alias(host, index)
 
 
 def choose_host_ifname(host_netlink: HostNetlink, primary: str, alternate: str, owner: str,
@@ -260,8 +266,11 @@ def _setup(host_netlink: HostNetlink, w: Workload) -> str:
             write_sysctl(setting.format(**{"if": w.host_ifname}))
         host.set_link(host_index, up=True, alias=w.owner or None)
 
-        if 6 in have:
-            run_in_netns(w.netns, lambda: [write_sysctl(x.format(**{"if": w.ifname})) for x in POD_SYSCTLS_V6])
+        # One visit to the pod's namespace for its sysctls. As Calico, forwarding is set either way
+        # (an image may come with it on); IPv6 before its address is added (no DAD for the /128).
+        pod_sysctls = [x.format(**{"if": w.ifname}) for x in POD_SYSCTLS_V6] if 6 in have else []
+        pod_sysctls.append(f"net/ipv4/ip_forward={1 if w.allow_ip_forwarding else 0}")
+        run_in_netns(w.netns, lambda: [write_sysctl(x) for x in pod_sysctls])
         pod.set_link(pod_index, up=True)
         mac = w.mac or pod.get_link(index=pod_index).get_attr("IFLA_ADDRESS")
         for cidr in w.addresses:
@@ -274,11 +283,29 @@ def _setup(host_netlink: HostNetlink, w: Workload) -> str:
             pod.add_route("::/0", pod_index, gateway=GATEWAY_V6)
         for cidr in w.addresses:
             iface = ipaddress.ip_interface(cidr)
-            host_prefix = 32 if iface.version == 4 else 128
-            host.add_route(f"{iface.ip}/{host_prefix}", host_index, scope=SCOPE_LINK, replace=True)
-    if w.allow_ip_forwarding:
-        run_in_netns(w.netns, lambda: write_sysctl("net/ipv4/ip_forward=1"))
+            _add_host_route(host, f"{iface.ip}/{32 if iface.version == 4 else 128}", host_index, w)
     return mac
+
+
+def _add_host_route(host: Rtnl, dst: str, index: int, w: Workload) -> None:
+    """The workload's /32 (/128) through its host veth. A route to that address through another
+    container's interface (or any interface not ours) is refused, never moved: two workloads cannot
+    have one address. Our own container's leftover (a veth of an earlier attempt) is replaced."""
+    try:
+        host.add_route(dst, index, scope=SCOPE_LINK)
+        return
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+    holder = host.route_oif(dst)
+    if holder not in (None, index):
+        link = host.get_link(index=holder)
+        if link is not None and (link.get_attr("IFLA_IFALIAS") or "") != w.owner:
+            name = link.get_attr("IFLA_IFNAME")
+            raise CniError(ADDRESS_CONFLICT, f"route {dst} already exists for an interface other than "
+                           f"{w.host_ifname}: {name} (container {link.get_attr('IFLA_IFALIAS') or 'unknown'})",
+                           "the address is in use on this node; it is not taken over")
+    host.add_route(dst, index, scope=SCOPE_LINK, replace=True)
 
 
 def _wait_link_local(host: Rtnl, index: int, name: str) -> None:

@@ -59,6 +59,11 @@ class ConflictError(Exception):
     """A guarded write lost a race: re-read and retry (never shown to users)."""
 
 
+class DatastoreRefused(DatastoreError):
+    """etcd answered and refused the request itself (a value over its request size limit, an invalid
+    argument): trying again or elsewhere cannot help."""
+
+
 class TooManyConflicts(DatastoreError):
     """`retry_on_conflict` lost every one of its races: others keep changing the same keys."""
 
@@ -269,6 +274,11 @@ class Datastore:
                 self._local.calls = getattr(self._local, "calls", 0) + 1
                 return fn(client)
             except (self._grpc.RpcError, self._pyetcd.Etcd3Exception, ValueError) as exc:
+                code = exc.code() if isinstance(exc, self._grpc.RpcError) and callable(getattr(exc, "code", None)) \
+                    else None
+                if code in (self._grpc.StatusCode.INVALID_ARGUMENT, self._grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise DatastoreRefused(f"etcd at {self.urls[self._current]} refused the {what}",
+                                           _describe(exc)) from None
                 last = exc
                 tried += 1
                 log.debug("etcd %s at %s failed: %r", what, self.urls[self._current], exc)

@@ -45,12 +45,12 @@ class CniError(Exception):
 
 def cni_error(exc: BaseException) -> CniError | None:
     """The CNI error a library error stands for; None for anything else (a bug: code 999)."""
-    from cni_calico.datastore import DatastoreConfigError, DatastoreError
+    from cni_calico.datastore import DatastoreConfigError, DatastoreError, DatastoreRefused
     from ipam.errors import AddressInUse, InvalidRequest, IpamError, PoolExhausted
 
     if isinstance(exc, CniError):
         return exc
-    if isinstance(exc, DatastoreConfigError):
+    if isinstance(exc, DatastoreConfigError | DatastoreRefused):  # retrying cannot help: the request is wrong
         return CniError(INVALID_CONFIG, exc.msg, exc.details)
     if isinstance(exc, DatastoreError):
         return CniError(TRY_AGAIN_LATER, exc.msg, exc.details)

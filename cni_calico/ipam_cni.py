@@ -18,6 +18,10 @@ from ipam.assign import AssignArgs
 
 log = logging.getLogger(__name__)
 
+
+def network_family(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
 CALICO_IPAM = "calico-ipam"
 
 
@@ -27,8 +31,13 @@ def assign_args(conf: NetConf, req: skel.Request, node: str, host: PluginHost,
     allocation's attributes, the families and pools of the config, the pod's exact addresses, and
     (a Kubernetes pod read from the API: `labels` hold its namespace's as `pcns.` labels) the
     namespace's labels for pools' namespaceSelector."""
-    if not (conf.ipam.assign_ipv4 or conf.ipam.assign_ipv6 or conf.ipam.ip_addrs):
+    from cni_calico.netconf import requested_addresses
+
+    ips = requested_addresses(conf, req.args)
+    if not (conf.ipam.assign_ipv4 or conf.ipam.assign_ipv6 or ips):
         raise CniError(INVALID_CONFIG, "ipam assigns no address: both assign_ipv4 and assign_ipv6 are false")
+    if len({network_family(ip) for ip in ips}) < len(ips):
+        raise CniError(INVALID_CONFIG, f"requested addresses {', '.join(ips)}: at most one per IP version")
     attrs = {"node": node, "timestamp": go_time()}  # as Calico's calico-ipam: no containerID
     if req.args.get("K8S_POD_NAME"):
         attrs["namespace"] = req.args.get("K8S_POD_NAMESPACE", "default")
@@ -42,7 +51,7 @@ def assign_args(conf: NetConf, req: skel.Request, node: str, host: PluginHost,
         num_ipv6=int(conf.ipam.assign_ipv6),
         ipv4_pools=list(conf.ipam.ipv4_pools),
         ipv6_pools=list(conf.ipam.ipv6_pools),
-        ips=list(conf.ipam.ip_addrs),
+        ips=ips,
         namespace_labels=({k[len(NS_LABEL_PREFIX):]: v for k, v in labels.items() if k.startswith(NS_LABEL_PREFIX)}
                           if labels else None),
     )

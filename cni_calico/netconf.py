@@ -48,6 +48,7 @@ class NetConf:
     nodename_file: str = DEFAULT_NODENAME_FILE
     mtu: int = 0  # 0: not in the config; the plugin then takes calico-node's mtu file
     allow_ip_forwarding: bool = False
+    requested_ips: list[str] = field(default_factory=list)  # runtimeConfig.ips (the "ips" capability)
     kubeconfig: str = ""
     policy_type: str = ""
     prev_result: Result | None = None
@@ -97,6 +98,31 @@ def _number(conf: dict, key: str, default: float, minimum: float, whole: bool = 
     return value
 
 
+def _addresses(value: object, where: str) -> list[str]:
+    """Addresses (a bare address or address/prefix each) as bare addresses; a config error names `where`."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(f"network config field '{where}' must be a list of IP addresses")
+    import ipaddress
+
+    out = []
+    for text in value:
+        try:
+            out.append(str(ipaddress.ip_interface(text.strip()).ip))
+        except ValueError:
+            raise _fail(f"network config field '{where}' holds {text!r}, which is not an IP address") from None
+    return out
+
+
+def requested_addresses(conf: NetConf, args: Mapping[str, str]) -> list[str]:
+    """The addresses a request asks for, as Calico reads them: `IP=` in CNI_ARGS (comma-separated),
+    else runtimeConfig `ips`, else the pod's ipAddrs annotation (already in `conf.ipam.ip_addrs`)."""
+    if args.get("IP"):
+        return _addresses(args["IP"].split(","), "CNI_ARGS IP")
+    return conf.requested_ips or list(conf.ipam.ip_addrs)
+
+
 def check_version(version: object) -> str:
     if version is None or version == "":
         return "0.1.0"  # as libcni: a config without cniVersion is a 0.1.0 config
@@ -138,6 +164,11 @@ def parse_ipam(conf: dict) -> IpamConf:
         raise _fail("network config field 'ipam.type' is missing")
     if not NAME_RE.fullmatch(ipam_type):
         raise _fail(f"network config field 'ipam.type' {ipam_type!r} is not a plugin name")
+    for key in ("ranges", "routes"):  # host-local's, passed through to a delegated IPAM plugin
+        if ipam.get(key) is not None and not isinstance(ipam[key], list):
+            raise _fail(f"network config field 'ipam.{key}' must be a list, got {type(ipam[key]).__name__}")
+    if ipam.get("subnet") is not None and not isinstance(ipam["subnet"], str):
+        raise _fail(f"network config field 'ipam.subnet' must be a string, got {type(ipam['subnet']).__name__}")
     return IpamConf(
         type=ipam_type,
         assign_ipv4=_bool(ipam, "assign_ipv4", True),
@@ -176,9 +207,10 @@ def parse(conf: object, env: Mapping[str, str] = MappingProxyType({}), need_etcd
     kubernetes = conf.get("kubernetes") or {}
     policy = conf.get("policy") or {}
     settings = conf.get("container_settings") or {}
-    for key, value in (("kubernetes", kubernetes), ("policy", policy), ("container_settings", settings)):
+    for key, value in (("kubernetes", kubernetes), ("policy", policy), ("container_settings", settings),
+                       ("args", conf.get("args") or {}), ("runtimeConfig", conf.get("runtimeConfig") or {})):
         if not isinstance(value, dict):
-            raise _fail(f"network config field '{key}' must be an object")
+            raise _fail(f"network config field '{key}' must be an object, got {type(value).__name__}")
     prev = conf.get("prevResult")
     try:
         prev_result = Result.from_dict(prev) if prev is not None else None
@@ -200,6 +232,7 @@ def parse(conf: object, env: Mapping[str, str] = MappingProxyType({}), need_etcd
         nodename_file=nodename_file,
         mtu=mtu,
         allow_ip_forwarding=_bool(settings, "allow_ip_forwarding", False),
+        requested_ips=_addresses((conf.get("runtimeConfig") or {}).get("ips"), "runtimeConfig.ips"),
         kubeconfig=_str(kubernetes, "kubeconfig"),
         policy_type=_str(policy, "type"),
         prev_result=prev_result,

@@ -182,6 +182,15 @@ class Rtnl:
     def routes(self, family: int, oif: int) -> list[rtmsg]:
         return self._dump(rtmsg, RTM_GETROUTE, family, lambda r: r.get_attr("RTA_OIF") == oif)
 
+    def route_oif(self, dst: str) -> int | None:
+        """The interface of the main table's route to exactly `dst` (a CIDR), if there is one."""
+        network = ipaddress.ip_network(dst)
+        address = str(network.network_address)
+        found = self._dump(rtmsg, RTM_GETROUTE, FAMILY[network.version],
+                           lambda r: r["dst_len"] == network.prefixlen and r.get_attr("RTA_DST") == address
+                           and r.get_attr("RTA_TABLE") in (None, RT_TABLE_MAIN))
+        return found[0].get_attr("RTA_OIF") if found else None
+
     def _dump(self, cls, kind: int, family: int, keep) -> list:
         """Every object of `kind` in `family` (0: all) for which keep(decoded message) holds."""
         msg = cls()

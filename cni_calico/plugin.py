@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from cni_calico import skel
-from cni_calico.errors import DATAPLANE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError, at_cni_edge
+from cni_calico.errors import ADDRESS_CONFLICT, DATAPLANE_FAILURE, PLUGIN_NOT_AVAILABLE, CniError, at_cni_edge
 from cni_calico.host import PluginHost
 from cni_calico.ipam_cni import CALICO_IPAM
 from cni_calico.netconf import NetConf
@@ -91,11 +91,19 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
         from cni_calico.delegate import find
 
         find(ctx.conf.ipam.type, req.path)  # a missing IPAM plugin fails before anything is done
-    dataplane.check_pod_ifname_free(req.netns, req.ifname)
-    ctx.host_ifname = dataplane.choose_host_ifname(host.netlink, ctx.host_ifname, alternate_veth_name(req.container_id),
-                                                   req.container_id, bool(ctx.pod))
     ds = ctx.datastore()
     eid = ctx.endpoint_id()
+    if dataplane.pod_has_interface(req.netns, req.ifname):
+        existing = _repeated_add(ctx, ds, eid)  # the runtime asked again: the same answer, nothing new
+        if existing is not None:
+            return existing
+        raise CniError(ADDRESS_CONFLICT, f"interface {req.ifname} already exists in {req.netns}")
+    if dataplane.host_owner(host.netlink, ctx.host_ifname) == req.container_id:
+        raise CniError(ADDRESS_CONFLICT, f"container {req.container_id} already has an interface through "
+                       f"{ctx.host_ifname}: a second interface ({req.ifname}) would take its host veth",
+                       "one interface per container and network, as Calico")
+    ctx.host_ifname = dataplane.choose_host_ifname(host.netlink, ctx.host_ifname, alternate_veth_name(req.container_id),
+                                                   req.container_id, bool(ctx.pod))
     mac = dataplane.random_mac()
     network = ctx.conf.name
 
@@ -152,6 +160,33 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
     )
     return Result(
         interfaces=[Interface(ctx.host_ifname, dataplane.HOST_MAC), Interface(req.ifname, mac, req.netns)],
+        ips=[IPConfig(a, interface=1) for a in addresses],
+        routes=[Route(dst, gw) for dst, gw in dataplane.result_routes(addresses)],
+    )
+
+
+def _repeated_add(ctx: Context, ds, eid) -> Result | None:
+    """The result of this container's earlier ADD on this interface, if it finished and its dataplane
+    is whole (then a repeated ADD returns it, allocating nothing); None otherwise."""
+    from cni_calico import dataplane, endpoints
+    from cni_calico.v3 import Resource
+
+    current = ds.get(eid.key)
+    if endpoints.owner(current) != ctx.req.container_id or endpoints.unfinished_since(current.value):  # type: ignore
+        return None
+    spec = Resource.from_value(current.value).spec  # type: ignore[union-attr]
+    addresses, host_ifname = list(spec.get("ipNetworks") or []), str(spec.get("interfaceName") or "")
+    if spec.get("endpoint") != ctx.req.ifname or not addresses:
+        return None
+    try:
+        dataplane.check(ctx.host.netlink, dataplane.Workload(ctx.req.netns, host_ifname, ctx.req.ifname, addresses))
+    except CniError as exc:
+        log.info("repeated ADD of %s: the earlier one is not whole (%s)", ctx.req.container_id, exc)
+        return None
+    log.info("ADD container=%s again: returning the earlier result (%s)", ctx.req.container_id, ",".join(addresses))
+    return Result(
+        interfaces=[Interface(host_ifname, dataplane.HOST_MAC), Interface(ctx.req.ifname, str(spec.get("mac") or ""),
+                                                                          ctx.req.netns)],
         ips=[IPConfig(a, interface=1) for a in addresses],
         routes=[Route(dst, gw) for dst, gw in dataplane.result_routes(addresses)],
     )

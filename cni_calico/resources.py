@@ -93,6 +93,10 @@ class Kind:
     store_key: Callable[[Resource], str] | None = None  # where it lives, when not keys.resource(...)
     encode: Callable[[Resource], dict] | None = None  # the stored value, when not Resource.to_stored()
     decode: Callable[[dict], dict] | None = None  # stored value -> {"metadata", "spec"}
+    # Resources that must exist for this one to be written: (plural, name, the field that names it).
+    references: Callable[[Resource], list[tuple[str, str, str]]] = lambda res: []
+    # Why this resource may not be deleted, given a lister of other kinds' resources ("" if it may).
+    check_delete: Callable[[Resource, Callable[[str], list[Resource]]], str] = lambda res, listing: ""
 
 
 @dataclass

@@ -116,6 +116,8 @@ def read_request(env: dict[str, str], stdin: bytes) -> Request:
         conf = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(DECODE_FAILURE, "network config on stdin is not valid JSON", str(exc)) from None
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "network config on stdin is nested too deeply to read") from None
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, "network config on stdin must be a JSON object")
     req.conf = conf
@@ -136,7 +138,7 @@ def _asked_version(stdin: bytes) -> str:
     """The config's cniVersion for error replies, when it is one we speak; else the latest."""
     try:
         asked = json.loads(stdin).get("cniVersion") or DEFAULT_CONFIG_VERSION
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         return LATEST_VERSION
     return asked if asked in SUPPORTED_VERSIONS else LATEST_VERSION
 

@@ -10,7 +10,7 @@ def version_info(stdin: bytes) -> dict:
 
     try:
         asked = json.loads(stdin or b"{}").get("cniVersion")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         asked = None
     return {"cniVersion": asked if asked in SUPPORTED_VERSIONS else LATEST_VERSION,
             "supportedVersions": list(SUPPORTED_VERSIONS)}

@@ -116,6 +116,10 @@ class Block:
     def free(self) -> int:
         return len(self.unallocated)
 
+    def free_for(self, reserved=None) -> int:
+        """Free addresses that no IPReservation holds."""
+        return self.free if reserved is None else sum(not reserved(self.ip_at(o)) for o in self.unallocated)
+
     def ip_at(self, ordinal: int) -> str:
         if not 0 <= ordinal < len(self.allocations):
             raise ValueError(f"ordinal {ordinal} is outside block {self.cidr}")
@@ -128,13 +132,16 @@ class Block:
             raise ValueError(f"{ip} is not in block {self.cidr}")
         return int(addr) - int(net.network_address)
 
-    def assign(self, count: int, handle: str, attrs: dict) -> list[str]:
-        """Takes `count` free ordinals from the front of the queue; [] if not enough room."""
-        if count < 1 or count > len(self.unallocated):
+    def assign(self, count: int, handle: str, attrs: dict, reserved=None) -> list[str]:
+        """Takes `count` free ordinals from the front of the queue, passing over (and keeping in place)
+        addresses `reserved(ip)` says an IPReservation holds; [] if not enough room."""
+        usable = [o for o in self.unallocated if reserved is None or not reserved(self.ip_at(o))]
+        if count < 1 or count > len(usable):
             return []
         index = self._attribute_index(attribute(handle, attrs))
-        taken = self.unallocated[:count]
-        del self.unallocated[:count]
+        taken = usable[:count]
+        chosen = set(taken)
+        self.unallocated = [o for o in self.unallocated if o not in chosen]
         for ordinal in taken:
             self.allocations[ordinal] = index
             self.sequence_for[str(ordinal)] = self.sequence

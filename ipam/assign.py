@@ -79,6 +79,7 @@ class Assigner:
         self._seen: set[str] = set()  # hinted blocks that still exist
         self.attempts = 0  # prepare calls: one more than the races lost
         self.config = IPAMConfig()  # as the last prepare read it
+        self.reserved = None  # ip -> whether an IPReservation holds it (None: there are none)
 
     def __enter__(self) -> Assigner:
         self._lock.__enter__()
@@ -93,8 +94,8 @@ class Assigner:
         self.attempts += 1
         args = self.args
         handle_key = keys.handle(args.handle_id)
-        pools_dir = keys.resource_dir("ippools")
-        prefixes = [pools_dir] + [keys.affinity_dir(args.node, f) for f in self.families]
+        pools_dir, reservations_dir = keys.resource_dir("ippools"), keys.resource_dir("ipreservations")
+        prefixes = [pools_dir, reservations_dir] + [keys.affinity_dir(args.node, f) for f in self.families]
         config_key = keys.ipam_config()
         read = self.ds.multi_get([handle_key, config_key, *(keys.block(c) for c in self._hinted)], prefixes)
         self.config = IPAMConfig.from_value(read[config_key][0].value if read[config_key] else None)
@@ -102,6 +103,7 @@ class Assigner:
                   for c in self._hinted if (kvs := read[keys.block(c)])}
         self._seen = set(blocks)
         pools = parse_pools([(kv.key, kv.value) for kv in read[pools_dir]])
+        self.reserved = reservations([kv.value for kv in read[reservations_dir]])
         labels = self.store.node_labels(args.node) if selects_by_label(pools) else {}
         handle = Handle.from_kv(read[handle_key][0]) if read[handle_key] else Handle(args.handle_id)
         txn.guard(handle_key, handle.mod_revision)
@@ -168,7 +170,7 @@ class Assigner:
         if ip:
             block.assign_ip(ip, self.args.handle_id, self.args.attrs)
         else:
-            (ip,) = block.assign(1, self.args.handle_id, self.args.attrs)
+            (ip,) = block.assign(1, self.args.handle_id, self.args.attrs, self.reserved)
         changed[block.cidr] = entry
         return Assignment(ip, block.cidr)
 
@@ -191,7 +193,7 @@ class Assigner:
                 txn.put(kv.key, AFFINITY_CONFIRMED, kv.mod_revision)
             if config.ip_cooldown_seconds and entry[0].collect(config.ip_cooldown_seconds):
                 changed[cidr] = entry  # addresses whose cooldown ended are free again
-            if entry[0].free:
+            if entry[0].free_for(self.reserved):
                 return self._take(entry, changed)
         limit = config.max_blocks
         if config.auto_allocate_blocks and owned < limit:
@@ -203,7 +205,7 @@ class Assigner:
                 block = Block.from_dict(kv.value)
                 if config.ip_cooldown_seconds:
                     block.collect(config.ip_cooldown_seconds)
-                if block.free and any(p.contains(block.cidr) for p in pools):
+                if block.free_for(self.reserved) and any(p.contains(block.cidr) for p in pools):
                     log.info("borrowing an address from block %s (affine to %s)", block.cidr, block.node)
                     return self._take((block, kv.mod_revision, False), changed)
         if owned >= limit:
@@ -218,8 +220,11 @@ class Assigner:
         for pool in pools:
             for cidr in block_cidrs(pool.cidr, max(pool.block_size, network(pool.cidr).prefixlen)):
                 if cidr not in taken:
+                    block = Block.new(cidr, self.args.node)
+                    if not block.free_for(self.reserved):
+                        continue  # every address of it is reserved (IPReservation)
                     log.info("claiming block %s of pool %s for node %s", cidr, pool.name, self.args.node)
-                    return Block.new(cidr, self.args.node)
+                    return block
         return None
 
     def _assign_exact(self, ip: str, pools: list[IPPool], blocks: dict, changed: dict) -> Assignment:
@@ -238,6 +243,23 @@ class Assigner:
         if block.allocations[ordinal] is not None:
             raise AddressInUse(f"requested address {ip} is already in use")
         return self._take(entry, changed, ip)
+
+
+def reservations(values: list[dict]):
+    """`ip -> bool`: whether an IPReservation's reservedCIDRs hold the address (None when none do)."""
+    nets = []
+    for value in values:
+        for cidr in ((value.get("spec") or {}).get("reservedCIDRs") or []):
+            try:
+                nets.append(network(str(cidr)))
+            except ValueError:
+                log.warning("ignoring IPReservation %s entry %r: not a CIDR", (value.get("metadata") or {}).get("name"),
+                            cidr)
+    if not nets:
+        return None
+    import ipaddress
+
+    return lambda ip: any(ipaddress.ip_address(ip) in net for net in nets)
 
 
 def auto_assign(ds: Store, args: AssignArgs) -> Claim:

@@ -66,6 +66,9 @@ def policy_op(draw):
     if draw(st.integers(0, 4)) == 0:
         return ("policy", key, None)
     spec = {"selector": draw(st.sampled_from(SELECTORS)), "order": draw(st.sampled_from([None, 1, 5, 5.5]))}
+    tier = draw(st.sampled_from([None, None, "default", "t1", "t2", "missing"]))
+    if tier:
+        spec["tier"] = tier
     if draw(st.booleans()):
         spec["ingress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
@@ -76,10 +79,21 @@ def policy_op(draw):
     return ("policy", key, {"metadata": meta, "spec": spec, "_namespaced": namespaced})
 
 
-OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op()), min_size=1, max_size=25)
+@st.composite
+def tier_op(draw):
+    name = draw(st.sampled_from(["t1", "t2", "default"]))
+    if draw(st.integers(0, 4)) == 0:
+        return ("tier", name, None)
+    spec = {"order": draw(st.sampled_from([1, 100, 2000000, None])),
+            "defaultAction": draw(st.sampled_from(["Deny", "Pass"]))}
+    return ("tier", name, {"metadata": {"name": name}, "spec": {k: v for k, v in spec.items() if v is not None}})
 
 
-PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles"}
+OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op()), min_size=1,
+               max_size=25)
+
+
+PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers"}
 
 
 def etcd_key(op) -> str:
@@ -104,6 +118,7 @@ class World:
         self.endpoints: dict[str, model.Endpoint] = {}
         self.profiles: dict[str, model.Profile] = {}
         self.policies: dict[str, model.Policy] = {}
+        self.tiers: dict[str, model.Tier] = {}
 
     def apply(self, op, calc: PolicyCalculator | None = None) -> None:
         """Records an update (and feeds it to `calc`, when given)."""
@@ -118,6 +133,11 @@ class World:
             self._put(self.profiles, key, prof)
             if calc is not None:
                 calc.update_profile(key, prof)
+        elif kind == "tier":
+            tier = None if value is None else model.tier_from_resource(value)
+            self._put(self.tiers, key, tier)
+            if calc is not None:
+                calc.update_tier(key, tier)
         else:
             pol = None if value is None else model.policy_from_resource(value, namespaced=value["_namespaced"])
             self._put(self.policies, key, pol)
@@ -134,7 +154,7 @@ class World:
     def render(self) -> dict:
         eps = model.with_effective_labels(list(self.endpoints.values()), self.profiles)
         local = render.local_endpoints(eps, NODE)
-        return render.render_all(local, eps, list(self.policies.values()), self.profiles)
+        return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers)
 
 
 def apply_changes(state: dict, changes: Changes) -> None:

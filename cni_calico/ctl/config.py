@@ -34,11 +34,13 @@ from cni_calico.datastore import (
 from cni_calico.resources import (
     AlreadyExists,
     DoesNotExist,
+    FieldError,
     Kind,
     Resource,
     UpdateConflict,
     ValidationError,
     from_stored,
+    lookup,
 )
 from cni_calico.v3 import API_VERSION, new_uid, timestamp
 
@@ -167,7 +169,15 @@ class ResourceStore:
         kvs = self.ds.list(keys.resource_dir(kind.plural, namespace))
         return [from_stored(kind, kv.value, kv.mod_revision) for kv in kvs]
 
+    def _check_references(self, res: Resource) -> None:
+        missing = [FieldError(field, f"{plural.removesuffix('s')} {name!r} does not exist", name)
+                   for plural, name, field in res.kind.references(res)
+                   if self.ds.get(keys.resource(plural, name)) is None]
+        if missing:
+            raise ValidationError(res.ident, missing)
+
     def create(self, res: Resource) -> Resource:
+        self._check_references(res)
         errors = res.kind.check_create(res, self.list(res.kind, res.namespace))
         if errors:
             raise ValidationError(res.ident, errors)
@@ -195,6 +205,8 @@ class ResourceStore:
             raise UpdateConflict(res.ident, exc.msg) from None
 
     def replace(self, res: Resource) -> Resource:
+        self._check_references(res)
+
         def change(current: Resource):
             errors = res.kind.check_update(current, res)
             if errors:
@@ -214,6 +226,9 @@ class ResourceStore:
         return self.replace(res)
 
     def delete(self, res: Resource) -> Resource:
+        why = res.kind.check_delete(res, lambda kind_name: self.list(lookup(kind_name)))
+        if why:
+            raise ValidationError(res.ident, [FieldError("metadata.name", why, res.name)])
         return self._guarded(res, lambda current: (
             Txn().delete(self.key(res), int(current.resource_version)), current), "deleting")
 

@@ -10,6 +10,7 @@ update touches only what depends on it:
   and the dispatch chains when its interface comes or goes;
 - a policy or profile: its chains where a local endpoint uses them, the local endpoints it
   selects (a policy) or labels (a profile's labelsToApply: its endpoints are re-indexed);
+- a tier: the local endpoints' own chains (tiers are few and rarely change);
 - nothing else: endpoint updates never re-render policy chains, and nothing re-renders BIRD.
 
 Set and chain lifetimes are reference counts: a policy or profile chain lives while some local
@@ -112,6 +113,7 @@ class PolicyCalculator:
         self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
         self.profiles: dict[str, model.Profile] = {}
         self.policies: dict[str, model.Policy] = {}
+        self.tiers: dict[str, model.Tier] = {}
         self.ordered: list[model.Policy] = []  # policies with a selector, in Felix's order
         self.index = SelectorIndex()
         self.by_interface: dict[str, set[str]] = {}  # local interface -> endpoints claiming it
@@ -169,6 +171,15 @@ class PolicyCalculator:
             labels = self.index.labels(ep_key)
             if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
                 self._dirty_local.add(iface)
+        self._refresh_locals()
+
+    def update_tier(self, name: str, tier: model.Tier | None) -> None:
+        """A tier's order or default action shapes every local endpoint's chains (tiers are few and rare)."""
+        if tier is None:
+            self.tiers.pop(name, None)
+        else:
+            self.tiers[name] = tier
+        self._dirty_local.update(self.local)
         self._refresh_locals()
 
     # --- the result ----------------------------------------------------------------------------
@@ -261,7 +272,8 @@ class PolicyCalculator:
             ep, labels = self.endpoints[key], self.index.labels(key)
             selecting = [p for p in self.ordered if matches(p.selector, labels)]
             present = present_profiles(ep, self.profiles)
-            self._set_jumps(iface, body_chains(selecting, present), workload_chains(iface, selecting, present))
+            self._set_jumps(iface, body_chains(selecting, present, self.tiers),
+                            workload_chains(iface, selecting, present, self.tiers))
         if interfaces_changed:
             for fam in self.families.values():
                 for name, rules in fixed_chains(sorted(self.local), fam.version).items():

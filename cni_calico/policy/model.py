@@ -30,6 +30,9 @@ from cni_calico.v3 import ICMP_PROTOCOL_VERSION, PORT_PROTOCOLS, RULE_ACTIONS, R
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TIER = "default"
+DEFAULT_TIER_ORDER = 1000000.0
+
 # The v3 schema's names (cni_calico.v3), as this parser spells them: lower case, numbers as strings.
 ACTIONS = RULE_ACTIONS
 PROTOCOLS = {p.lower(): p.lower() for p in RULE_PROTOCOLS}
@@ -71,10 +74,31 @@ class Policy:
     selector: str  # scoped, canonical; "" selects nothing
     ingress: tuple[Rule, ...] | None  # None: the policy's types leave Ingress out
     egress: tuple[Rule, ...] | None
+    tier: str = DEFAULT_TIER
 
     def sort_key(self) -> tuple:
         """Lower order first; no order after every ordered policy; then by name (as Felix)."""
         return (self.order is None, self.order or 0.0, self.key)
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A Calico Tier: policies are evaluated tier by tier, lowest order first; a packet no policy of a
+    tier decides meets the tier's default action (Deny: dropped; Pass: on to the next tier)."""
+
+    name: str
+    order: float | None = DEFAULT_TIER_ORDER
+    default_action: str = "Deny"
+
+    def sort_key(self) -> tuple:
+        return (self.order is None, self.order or 0.0, self.name)
+
+
+def tier_from_resource(resource: dict) -> Tier:
+    meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    action = "Pass" if str(spec.get("defaultAction") or "Deny") == "Pass" else "Deny"
+    return Tier(str(meta.get("name") or ""), _order(spec.get("order")) if "order" in spec else DEFAULT_TIER_ORDER,
+                action)
 
 
 @dataclass(frozen=True)
@@ -250,8 +274,9 @@ def policy_from_resource(resource: dict, namespaced: bool) -> Policy:
     except (SelectorError, ValueError) as exc:
         log.warning("policy %s selects nothing: bad selector: %s", key, exc)
         selector = ""
+    tier = str(spec.get("tier") or DEFAULT_TIER)
     return Policy(key, _order(spec.get("order")), selector,
-                  ingress if "ingress" in types else None, egress if "egress" in types else None)
+                  ingress if "ingress" in types else None, egress if "egress" in types else None, tier)
 
 
 def profile_from_resource(resource: dict) -> Profile:

@@ -58,7 +58,7 @@ from cni_calico.policy.layout import (
     chain_name,
     set_name,
 )
-from cni_calico.policy.model import ICMP_PROTOCOLS, Endpoint, Policy, Profile, Rule
+from cni_calico.policy.model import DEFAULT_TIER, ICMP_PROTOCOLS, Endpoint, Policy, Profile, Rule, Tier
 from cni_calico.selector import Selector, parse
 
 log = logging.getLogger(__name__)
@@ -192,13 +192,18 @@ class RuleRenderer:
         return tuple(line for r in rules for line in self.rule(r))
 
 
-def _endpoint_chain(policies: list[str], profiles: list[str]) -> tuple[str, ...]:
+def _endpoint_chain(tiers: list[tuple[Tier, list[str]]], profiles: list[str]) -> tuple[str, ...]:
+    """One endpoint's chain for one direction: its tiers in order, each with the chains of its policies
+    that apply (a tier none of whose policies apply is skipped), then its profiles."""
     rules = ["-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "-m conntrack --ctstate INVALID -j DROP",
              f"-j MARK --set-xmark 0x0/{MARKS:#x}"]
-    for chain in policies:
-        rules += [f"{_NOT_PASSED} -j {chain}", f"{_ACCEPTED} -j RETURN"]
-    if policies:
-        rules.append(f"{_NOT_PASSED} -j DROP")
+    for i, (tier, chains) in enumerate(tiers):
+        if i:
+            rules.append(f"-j MARK --set-xmark 0x0/{PASS_MARK:#x}")  # a Pass reaches this tier only
+        for chain in chains:
+            rules += [f"{_NOT_PASSED} -j {chain}", f"{_ACCEPTED} -j RETURN"]
+        if tier.default_action == "Deny":
+            rules.append(f"{_NOT_PASSED} -j DROP")
     for chain in profiles:
         rules += [f"-j {chain}", f"{_ACCEPTED} -j RETURN"]
     return (*rules, "-j DROP")
@@ -219,21 +224,43 @@ def own_chain(interface: str, kind: str) -> str:
     return chain_name(f"cali-{kind}-", interface)
 
 
-def workload_chains(interface: str, selecting: list[Policy], present: list[Profile]) -> dict[str, tuple[str, ...]]:
-    """A local endpoint's own chains (cali-fw-/cali-tw-), given the policies selecting it (in order)
-    and its profiles that exist (in order); the chains they jump to are rendered by the caller."""
+DEFAULT_TIERS = {DEFAULT_TIER: Tier(DEFAULT_TIER)}
+
+
+def tiered(selecting: list[Policy], tiers: dict[str, Tier]) -> list[tuple[Tier, list[Policy]]]:
+    """The selecting policies (in order) grouped by tier, tiers in order. The default tier is there
+    even when the datastore has no Tier record; a policy of a tier that does not exist applies to
+    nothing (as Felix)."""
+    tiers = {DEFAULT_TIER: DEFAULT_TIERS[DEFAULT_TIER], **tiers}
+    groups: dict[str, list[Policy]] = {}
+    for policy in selecting:
+        if policy.tier in tiers:
+            groups.setdefault(policy.tier, []).append(policy)
+    return [(tiers[name], groups[name]) for name in sorted(groups, key=lambda n: tiers[n].sort_key())]
+
+
+def workload_chains(interface: str, selecting: list[Policy], present: list[Profile],
+                    tiers: dict[str, Tier] | None = None) -> dict[str, tuple[str, ...]]:
+    """A local endpoint's own chains (cali-fw-/cali-tw-), given the policies selecting it (in order),
+    its profiles that exist (in order) and the tiers; the chains they jump to are rendered by the
+    caller (`body_chains`)."""
     out = {}
+    groups = tiered(selecting, tiers or {})
     for direction, letter, kind, _ in DIRECTIONS:
-        pol = [policy_chain(p, letter) for p in selecting if getattr(p, direction) is not None]
-        out[own_chain(interface, kind)] = _endpoint_chain(pol, [profile_chain(p, letter) for p in present])
+        by_tier = [(tier, [policy_chain(p, letter) for p in pols if getattr(p, direction) is not None])
+                   for tier, pols in groups]
+        out[own_chain(interface, kind)] = _endpoint_chain([(t, c) for t, c in by_tier if c],
+                                                          [profile_chain(p, letter) for p in present])
     return out
 
 
-def body_chains(selecting: list[Policy], present: list[Profile]) -> dict[str, tuple[str, Policy | Profile]]:
+def body_chains(selecting: list[Policy], present: list[Profile],
+                tiers: dict[str, Tier] | None = None) -> dict[str, tuple[str, Policy | Profile]]:
     """The policy and profile chains a local endpoint's chains jump to: name -> (direction, source)."""
     out: dict[str, tuple[str, Policy | Profile]] = {}
+    applying = [p for _, pols in tiered(selecting, tiers or {}) for p in pols]
     for direction, letter, _, _ in DIRECTIONS:
-        for policy in selecting:
+        for policy in applying:
             if getattr(policy, direction) is not None:
                 out[policy_chain(policy, letter)] = (direction, policy)
         for profile in present:
@@ -286,14 +313,16 @@ def local_endpoints(endpoints: list[Endpoint], node: str) -> list[Endpoint]:
 
 
 def render_all(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
-               profiles: dict[str, Profile], versions: Iterable[int] = tuple(FAMILIES)) -> dict[int, Ruleset]:
+               profiles: dict[str, Profile], versions: Iterable[int] = tuple(FAMILIES),
+               tiers: dict[str, Tier] | None = None) -> dict[int, Ruleset]:
     """The rulesets of ``versions`` (selectors evaluated once for all)."""
     matcher = Matcher()
-    return {v: render(local, endpoints, policies, profiles, v, matcher) for v in versions}
+    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers) for v in versions}
 
 
 def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
-           profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None) -> Ruleset:
+           profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None,
+           tiers: dict[str, Tier] | None = None) -> Ruleset:
     """``version``'s ruleset, from scratch. ``local``: this node's endpoints (see local_endpoints);
     ``endpoints``: the whole cluster's; both with effective labels. Only the policies and profiles
     some local endpoint uses are rendered. (cni_calico.policy.calc keeps the same result up to date
@@ -310,8 +339,8 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
             selecting_by_labels[labels] = [p for p in ordered if matcher.matches(p.selector, labels)]
         selecting = selecting_by_labels[labels]
         present = present_profiles(ep, profiles)
-        chains.update(workload_chains(ep.interface, selecting, present))
-        for name, (direction, source) in body_chains(selecting, present).items():
+        chains.update(workload_chains(ep.interface, selecting, present, tiers))
+        for name, (direction, source) in body_chains(selecting, present, tiers).items():
             if name not in chains:
                 chains[name] = rr.rules_chain(getattr(source, direction))
     chains.update(fixed_chains([ep.interface for ep in local], version))

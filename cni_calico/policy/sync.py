@@ -25,7 +25,7 @@ from cni_calico.policy.iptables import Dataplane, ipv6_available
 
 log = logging.getLogger(__name__)
 
-PLURALS = ("workloadendpoints", "profiles", "networkpolicies", "globalnetworkpolicies")
+PLURALS = ("workloadendpoints", "profiles", "networkpolicies", "globalnetworkpolicies", "tiers")
 
 
 class PolicySync:
@@ -71,6 +71,8 @@ class PolicySync:
                 self.calc.update_endpoint(name, None if value is None else model.endpoint_from_resource(value))
             elif parsed.plural == "profiles":
                 self.calc.update_profile(name, None if value is None else model.profile_from_resource(value))
+            elif parsed.plural == "tiers":
+                self.calc.update_tier(name, None if value is None else model.tier_from_resource(value))
             else:
                 namespaced = parsed.plural == "networkpolicies"
                 policy = None if value is None else model.policy_from_resource(value, namespaced=namespaced)

@@ -110,7 +110,9 @@ def test_kind_create_get_replace_delete(etcd, tmp_path, kind):
     r = run(etcd, "replace", "-f", write(tmp_path, changed, name="current.yaml"))
     assert (r.returncode, r.stdout) == (0, f"Successfully replaced 1 '{kind}' resource(s)\n"), r.stderr
     after = etcd.get_json(key)
-    assert after["metadata"]["labels"] == {"changed": "yes"} and after["metadata"]["uid"] == stored["metadata"]["uid"]
+    tier = {"projectcalico.org/tier": "default"} if kind in ("NetworkPolicy", "GlobalNetworkPolicy") else {}
+    assert after["metadata"]["labels"] == {"changed": "yes", **tier}  # policies: Calico's tier label, always
+    assert after["metadata"]["uid"] == stored["metadata"]["uid"]
     latest = mod_revision(etcd, key)
     r = run(etcd, "replace", "-f", write(tmp_path, changed, name="stale.yaml"))
     assert r.returncode == 1
@@ -301,3 +303,44 @@ def test_unreachable_etcd_fails_in_one_line(args):
 def test_help_with_examples(command):
     r = run(None, *command, "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: calicoctl") and "example" in r.stdout
+
+
+def test_tiers_and_policies_in_them_as_calico_stores_them(etcd, tmp_path):
+    r = run(etcd, "create", "-f", write(tmp_path, doc("Tier", "security", {"order": 100, "defaultAction": "Pass"})))
+    assert r.returncode == 0, r.stderr
+    tier = etcd.get_json(RES + "tiers/security")
+    assert tier["spec"] == {"order": 100, "defaultAction": "Pass"} and tier["status"] == {}
+    r = run(etcd, "create", "-f", write(tmp_path, doc("Tier", "defaults", {})))
+    assert etcd.get_json(RES + "tiers/defaults")["spec"] == {"order": 1000000, "defaultAction": "Deny"}
+    assert run(etcd, "get", "tiers", "-o", "wide").stdout.split("\n")[1:3] == [
+        "defaults   1000000   Deny", "security   100       Pass"]
+    gnp = doc("GlobalNetworkPolicy", "security.gate", {"tier": "security", "selector": "all()",
+                                                       "ingress": [{"action": "Pass"}]})
+    assert run(etcd, "create", "-f", write(tmp_path, gnp)).returncode == 0
+    stored = etcd.get_json(RES + "globalnetworkpolicies/security.gate")
+    assert stored["metadata"]["labels"] == {"projectcalico.org/tier": "security"}
+    assert stored["metadata"]["annotations"] == {"projectcalico.org/metadata": '{"name": "security.gate"}'}
+    assert list(stored["spec"]) == ["tier", "ingress", "selector", "types"]  # Go's field order
+    shown = yaml.safe_load(run(etcd, "get", "gnp", "security.gate", "-o", "yaml").stdout)
+    assert "annotations" not in shown["metadata"] and shown["spec"]["tier"] == "security"
+    ghost = doc("GlobalNetworkPolicy", "ghost.p", {"tier": "ghost", "selector": "all()"})
+    r = run(etcd, "create", "-f", write(tmp_path, ghost))
+    assert r.returncode == 1 and "spec.tier = 'ghost' (tier 'ghost' does not exist)" in r.stderr
+    r = run(etcd, "delete", "tier", "security")
+    assert r.returncode == 1 and "tier security still has policies: GlobalNetworkPolicy(security.gate)" in r.stderr
+    assert run(etcd, "delete", "gnp", "security.gate").returncode == 0
+    assert run(etcd, "delete", "tier", "security").returncode == 0
+    etcd.put_json(RES + "tiers/default", {"kind": "Tier", "apiVersion": "projectcalico.org/v3",
+                                         "metadata": {"name": "default"}, "spec": {"order": 1000000}})
+    r = run(etcd, "delete", "tier", "default")
+    assert r.returncode == 1 and "the default tier is Calico's own and cannot be deleted" in r.stderr
+
+
+def test_clusterinformation_is_shown_not_written(etcd, tmp_path):
+    etcd.put_json(RES + "clusterinformations/default", {
+        "kind": "ClusterInformation", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "default"},
+        "spec": {"clusterGUID": "9f0c" * 8, "clusterType": "k8s,bgp", "calicoVersion": "v3.32.0",
+                 "datastoreReady": True}})
+    assert run(etcd, "get", "clusterinformation").stdout.split("\n")[1].split() == ["default", "v3.32.0", "k8s,bgp"]
+    r = run(etcd, "apply", "-f", write(tmp_path, doc("ClusterInformation", "default", {"clusterType": "x"})))
+    assert r.returncode == 1

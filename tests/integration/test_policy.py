@@ -236,3 +236,38 @@ def test_order_deny_pass_and_global_policy_across_namespaces(cluster):
     put_policy(etcd, "no-ping", {"order": 0, "selector": "all()", "ingress": [
         {"action": "Deny", "protocol": "ICMP"}, {"action": "Pass"}]})
     expect(checks + [(ping, p1, p2_ip, 1), (ping, p1, d1_ip, 1)], [True, True, False, True, False, False])
+
+
+def test_tiers_in_order_with_their_default_actions(cluster):
+    start_nodes(cluster, "10.74.0.0/16")
+    client, _ = add_pod(cluster, "node1")
+    other, _ = add_pod(cluster, "node1")
+    server, server_ip = add_pod(cluster, "node1")
+    label(cluster, client, role="client")
+    serve(cluster.lab, server, 80)
+    checks = [(tcp, client, server_ip, 80, 1), (tcp, other, server_ip, 80, 1)]
+    expect(checks, [True, True], timeout=30)  # the profile lets the network in
+    etcd = cluster.etcd
+
+    def tier(name: str, order: float, action: str) -> None:
+        etcd.put_json(f"{RES}/tiers/{name}", {"kind": "Tier", "apiVersion": "projectcalico.org/v3",
+                                               "metadata": {"name": name},
+                                               "spec": {"order": order, "defaultAction": action}, "status": {}})
+
+    # A security tier before the default one: the client is passed on (to the profile), anyone else
+    # meets the tier's default action, Deny.
+    tier("security", 100, "Deny")
+    put_policy(etcd, "security.gate", {"tier": "security", "selector": "all()", "ingress": [
+        {"action": "Pass", "source": {"selector": "role == 'client'"}}]})
+    expect(checks, [True, False])
+    tier("security", 100, "Pass")  # its default action now hands the rest on too
+    expect(checks, [True, True])
+    # The default tier after it still decides: a Deny there for everyone but the client.
+    put_policy(etcd, "deny-others", {"selector": "all()", "ingress": [
+        {"action": "Allow", "source": {"selector": "role == 'client'"}}]})
+    expect(checks, [True, False])
+    # A policy of a tier that does not exist applies to nothing.
+    put_policy(etcd, "ghost.deny", {"tier": "ghost", "order": 0, "selector": "all()",
+                                    "ingress": [{"action": "Deny"}]})
+    time.sleep(1)
+    assert reach(checks) == [True, False]

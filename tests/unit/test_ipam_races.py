@@ -300,3 +300,17 @@ def test_pools_by_allowed_use_assignment_mode_and_namespace(tmp_path):
         auto_assign(store, args("net.d", "n1", tmp_path, ipv4_pools=["lb"]))
     # a tunnel address: any automatic pool that allows Tunnel (a namespaceSelector is for pods)
     assert auto_assign(store, args("tun", "n1", tmp_path, use="Tunnel")).cidrs[0].startswith(("10.3.", "10.4."))
+
+
+def test_reserved_addresses_are_never_handed_out_automatically(tmp_path):
+    store = pooled(("p", "10.0.0.0/29", 30))  # two blocks of four
+    store.put(keys.resource("ipreservations", "r"), {"kind": "IPReservation", "apiVersion": "projectcalico.org/v3",
+                                                     "metadata": {"name": "r"},
+                                                     "spec": {"reservedCIDRs": ["10.0.0.1", "10.0.0.4/30"]}})
+    got = {auto_assign(store, args(f"net.{i}", "n1", tmp_path)).assignments[0].ip for i in range(3)}
+    assert got == {"10.0.0.0", "10.0.0.2", "10.0.0.3"}  # the second block is reserved whole: never claimed
+    with pytest.raises(PoolExhausted):
+        auto_assign(store, args("net.x", "n1", tmp_path))
+    block = Block.from_dict(store.value(keys.block("10.0.0.0/30")))
+    assert block.unallocated == [1]  # the reserved address stays in its place in the queue
+    assert auto_assign(store, args("net.y", "n1", tmp_path, ips=["10.0.0.1"])).cidrs == ["10.0.0.1/32"]  # asked for

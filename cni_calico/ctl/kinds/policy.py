@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cni_calico.ctl.kinds import fields, rules
-from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
+from cni_calico.resources import DNS1123_LABEL, FieldError, Kind, Resource, register, selector_errors
 
 POLICY_TYPES = ("Ingress", "Egress")
 POLICY_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "order": (int, float), "selector": str, "types": list, "ingress": list, "egress": list,
+    "tier": str, "order": (int, float), "selector": str, "types": list, "ingress": list, "egress": list,
     "serviceAccountSelector": str,
 }
+TIER_LABEL = "projectcalico.org/tier"
+NAME_ANNOTATION = "projectcalico.org/metadata"  # Calico keeps the policy's name as given here
 GLOBAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     **POLICY_FIELDS, "namespaceSelector": str, "doNotTrack": bool, "preDNAT": bool, "applyOnForward": bool,
 }
@@ -32,6 +34,8 @@ def _validate_policy(res: Resource) -> list[FieldError]:
         return errors
     for key in ("selector", "serviceAccountSelector", "namespaceSelector"):
         errors += selector_errors(f"spec.{key}", spec.get(key))
+    if spec.get("tier") is not None and not DNS1123_LABEL.match(spec["tier"]):
+        errors.append(FieldError("spec.tier", "a tier's name is a lowercase RFC 1123 label", spec["tier"]))
     errors += rules.check_rules("spec.ingress", spec.get("ingress"))
     errors += rules.check_rules("spec.egress", spec.get("egress"))
     errors += _types(spec)
@@ -69,6 +73,32 @@ def _global_flags(spec: dict) -> list[FieldError]:
     return errors
 
 
+def _policy_encode(res: Resource) -> dict:
+    """As Calico's clientv3 and etcd backend store a policy: the tier label always, and the name as
+    given in the projectcalico.org/metadata annotation."""
+    import json
+
+    meta = dict(res.metadata)
+    meta["labels"] = {**(meta.get("labels") or {}), TIER_LABEL: res.spec.get("tier") or "default"}
+    meta["annotations"] = {**(meta.get("annotations") or {}), NAME_ANNOTATION: json.dumps({"name": res.name})}
+    return Resource(res.kind, meta, res.spec).to_stored()
+
+
+def _policy_decode(value: dict) -> dict:
+    """The stored policy as calicoctl shows it: the name annotation is the store's, not the user's."""
+    meta = dict(value.get("metadata") or {})
+    notes = {k: v for k, v in (meta.get("annotations") or {}).items() if k != NAME_ANNOTATION}
+    meta["annotations"] = notes
+    if not notes:
+        del meta["annotations"]
+    return {**value, "metadata": meta}
+
+
+def _policy_references(res: Resource) -> list[tuple[str, str, str]]:
+    tier = res.spec.get("tier") or "default"
+    return [] if tier == "default" else [("tiers", tier, "spec.tier")]
+
+
 def _order(res: Resource, ctx: Mapping) -> str:
     order = res.spec.get("order")
     if isinstance(order, float) and order.is_integer():
@@ -90,6 +120,9 @@ NETWORKPOLICY = register(Kind(
         "SELECTOR": lambda r, c: str(r.spec.get("selector") or ""),
     },
     validate_spec=_validate_policy,
+    encode=_policy_encode,
+    decode=_policy_decode,
+    references=_policy_references,
 ))
 
 GLOBALNETWORKPOLICY = register(Kind(
@@ -102,6 +135,9 @@ GLOBALNETWORKPOLICY = register(Kind(
     wide_headings=("NAME", "ORDER", "SELECTOR"),
     columns=NETWORKPOLICY.columns,
     validate_spec=_validate_policy,
+    encode=_policy_encode,
+    decode=_policy_decode,
+    references=_policy_references,
 ))
 
 

@@ -1,4 +1,5 @@
-"""WorkloadEndpoint (the CNI plugin's record of a pod: get, and delete for clean-up) and IPAMConfig.
+"""WorkloadEndpoint (the CNI plugin's record of a pod: get, and delete for clean-up), IPAMConfig and
+IPReservation (addresses IPAM never hands out automatically).
 
 Pure. IPAMConfig is not stored as a resource: it is Calico's IPAM config JSON
 (cni_calico.v3.IPAMConfig, at keys.ipam_config()), which IPAM reads in etcd mode; calicoctl shows
@@ -105,4 +106,33 @@ IPAMCONFIG = register(Kind(
     store_key=lambda res: keys.ipam_config(),
     encode=ipam_encode,
     decode=ipam_decode,
+))
+
+
+# --- IPReservation -----------------------------------------------------------------------------
+
+
+def _validate_reservation(res: Resource) -> list[FieldError]:
+    cidrs = res.spec.get("reservedCIDRs")
+    if not isinstance(cidrs, list) or not cidrs:
+        return [FieldError("spec.reservedCIDRs", "must be a list of at least one CIDR or address", cidrs)]
+    errors: list[FieldError] = []
+    for i, cidr in enumerate(cidrs):
+        errors += fields.ip(f"spec.reservedCIDRs[{i}]", cidr, cidr="allowed")
+    return errors
+
+
+IPRESERVATION = register(Kind(
+    name="IPReservation",
+    plural="ipreservations",
+    aliases=("ipreservation", "ipreservations", "ipr", "iprs"),
+    namespaced=False,
+    spec_fields=frozenset({"reservedCIDRs"}),
+    headings=("NAME", "CIDRS"),
+    wide_headings=("NAME", "CIDRS"),
+    columns={
+        "NAME": lambda r, c: r.name,
+        "CIDRS": lambda r, c: ",".join(str(x) for x in r.spec.get("reservedCIDRs") or []),
+    },
+    validate_spec=_validate_reservation,
 ))
