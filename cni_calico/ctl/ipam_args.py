@@ -17,7 +17,7 @@ blocks (affine to a node); every allocated address belongs to a handle
 
 examples:
   calicoctl ipam show                      usage per IP pool
-  calicoctl ipam show --show-blocks        usage per block, with its node
+  calicoctl ipam show --show-blocks        usage per block too
   calicoctl ipam show --ip=10.60.0.5       who holds an address
   calicoctl ipam check -o report.json      find leaked addresses and handles
   calicoctl ipam release --from-report=report.json
@@ -25,9 +25,9 @@ examples:
 """
 SUBCOMMANDS = {
     "show": ("Show IPAM usage, one address's holder, or the IPAM configuration.", """\
-Without options: one row per IP pool (total, in use, free). --show-blocks adds
-a row per block with the node it is affine to (blocks whose pool was deleted
-are listed too). --ip tells whether an address is allocated, its handle and
+Without options: one row per IP pool (total, in use, reserved by an
+IPReservation, free), as real calicoctl. --show-blocks adds a row per block
+(blocks whose pool was deleted are listed too). --ip tells whether an address is allocated, its handle and
 attributes, its block, and the WorkloadEndpoint using it.
 
 examples:

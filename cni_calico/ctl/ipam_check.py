@@ -51,6 +51,7 @@ class Snapshot:
     endpoints: list[Resource]
     nodes: list[Resource]
     pools: list[Resource]
+    reserved: list = field(default_factory=list)  # the IPReservations' networks (ipaddress), collapsed
 
 
 @dataclass
@@ -78,7 +79,16 @@ def load(ds) -> Snapshot:
     weps, nodes, pools = ([from_stored(kind, kv.value, kv.mod_revision)
                            for kv in listing(keys.resource_dir(kind.plural))]
                           for kind in (WORKLOADENDPOINT, NODE, IPPOOL))
-    return Snapshot(revision, blocks, handles, weps, nodes, pools)
+    nets = []
+    for kv in listing(keys.resource_dir("ipreservations")):
+        for cidr in (kv.value.get("spec") or {}).get("reservedCIDRs") or []:
+            try:
+                nets.append(ipaddress.ip_network(str(cidr), strict=False))
+            except ValueError:
+                log.warning("ignoring IPReservation entry %r: not a CIDR", cidr)
+    reserved = [*ipaddress.collapse_addresses(n for n in nets if n.version == 4),
+                *ipaddress.collapse_addresses(n for n in nets if n.version == 6)]
+    return Snapshot(revision, blocks, handles, weps, nodes, pools, reserved)
 
 
 def endpoint_ips(wep: Resource) -> list[str]:

@@ -66,6 +66,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def _usage_table(snap: ipam_check.Snapshot, show_blocks: bool) -> str:
+    """Real calicoctl's table (GetUtilization): IN USE counts allocated addresses (cooling ones too),
+    RESERVED those an IPReservation covers, FREE those that are neither; a pool's figures cover its
+    whole CIDR, blocks carved from it or not."""
     nets = []
     for pool in snap.pools:
         try:
@@ -75,23 +78,44 @@ def _usage_table(snap: ipam_check.Snapshot, show_blocks: bool) -> str:
     blocks = sorted(snap.blocks, key=lambda b: (ipaddress.ip_network(b.cidr).version, ipaddress.ip_network(b.cidr)))
     rows: list[list[str]] = []
 
-    def row(group: str, cidr: str, affinity: str, total: int, used: int) -> None:
-        cells = [group, cidr, affinity] if show_blocks else [group, cidr]
-        rows.append([*cells, f"{total:.5g}", _pct(used, total), _pct(total - used, total)])
+    def row(group: str, cidr: str, total: int, used: int, reserved: int, free: int) -> None:
+        rows.append([group, cidr, f"{total:.5g}", _pct(used, total), _pct(reserved, total), _pct(free, total)])
+
+    def reserved_in(net) -> int:
+        return sum(_overlap(net, r) for r in snap.reserved)
+
+    def is_reserved(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in r for r in snap.reserved)
+
+    def block_figures(b) -> tuple[int, int, int, int]:
+        size = len(b.allocations)
+        free = sum(not is_reserved(b.ip_at(o)) for o in b.unallocated) if snap.reserved else b.free
+        return size, size - b.free, reserved_in(ipaddress.ip_network(b.cidr)), free
 
     placed: set[str] = set()
     for net in sorted(nets, key=lambda n: (n.version, n)):
         inside = [b for b in blocks if _within(b.cidr, net)]
-        used = sum(len(b.allocations) - b.free for b in inside)
-        row("IP Pool", str(net), "", net.num_addresses, used)
-        for b in inside if show_blocks else []:
-            row("Block", b.cidr, b.node or "<none>", len(b.allocations), len(b.allocations) - b.free)
+        figures = [block_figures(b) for b in inside]
+        carved = sum(f[0] for f in figures)
+        reserved = reserved_in(net)
+        reserved_carved = sum(f[2] for f in figures)
+        free = sum(f[3] for f in figures) + (net.num_addresses - carved) - (reserved - reserved_carved)
+        row("IP Pool", str(net), net.num_addresses, sum(f[1] for f in figures), reserved, free)
+        for b, f in zip(inside, figures, strict=True) if show_blocks else []:
+            row("Block", b.cidr, *f)
         placed.update(b.cidr for b in inside)
     for b in (b for b in blocks if b.cidr not in placed) if show_blocks else []:  # the pool is gone
-        row("Block", b.cidr, b.node or "<none>", len(b.allocations), len(b.allocations) - b.free)
-    headings = ["GROUPING", "CIDR", *(["AFFINITY"] if show_blocks else []), "IPS TOTAL", "IPS IN USE", "IPS FREE"]
-    numbers = frozenset(range(len(headings) - 3, len(headings)))
-    return output.box(headings, rows, right=numbers)
+        row("Block", b.cidr, *block_figures(b))
+    headings = ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS RESERVED", "IPS FREE"]
+    return output.box(headings, rows, right=frozenset(range(2, 6)))
+
+
+def _overlap(a, b) -> int:
+    """Addresses two CIDRs share (CIDRs nest or are disjoint)."""
+    if a.version != b.version or not a.overlaps(b):
+        return 0
+    return min(a.num_addresses, b.num_addresses)
 
 
 def _within(cidr: str, net) -> bool:

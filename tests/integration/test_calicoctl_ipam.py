@@ -80,13 +80,18 @@ def test_ipam_show(node, make_pod, pool, conf, etcd):
     ips = [add(node, conf(), cid, pod) for cid, pod in zip(cids, pods, strict=True)]
     r = run(etcd, "ipam", "show")
     assert r.returncode == 0, r.stderr
-    assert table_rows(r.stdout) == [["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"],
-                                    ["IP Pool", "10.60.0.0/24", "256", "2 (1%)", "254 (99%)"]]
-    assert r.stdout.splitlines()[0] == "+----------+--------------+-----------+------------+-----------+"
+    # Real calicoctl's columns (ipam show's GetUtilization): IN USE, RESERVED, FREE.
+    assert table_rows(r.stdout) == [["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS RESERVED", "IPS FREE"],
+                                    ["IP Pool", "10.60.0.0/24", "256", "2 (1%)", "0 (0%)", "254 (99%)"]]
+    assert r.stdout.splitlines()[0] == "+----------+--------------+-----------+------------+--------------+-----------+"
+    etcd.put_json("/calico/resources/v3/projectcalico.org/ipreservations/r", {
+        "kind": "IPReservation", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "r"},
+        "spec": {"reservedCIDRs": ["10.60.0.60/30", "10.60.0.128/26"]}})
     rows = table_rows(run(etcd, "ipam", "show", "--show-blocks").stdout)
-    assert rows[0] == ["GROUPING", "CIDR", "AFFINITY", "IPS TOTAL", "IPS IN USE", "IPS FREE"]
-    assert rows[1:] == [["IP Pool", "10.60.0.0/24", "", "256", "2 (1%)", "254 (99%)"],
-                        ["Block", "10.60.0.0/26", "node1", "64", "2 (3%)", "62 (97%)"]]
+    assert rows[0] == ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS RESERVED", "IPS FREE"]
+    assert rows[1:] == [["IP Pool", "10.60.0.0/24", "256", "2 (1%)", "68 (27%)", "186 (73%)"],
+                        ["Block", "10.60.0.0/26", "64", "2 (3%)", "4 (6%)", "58 (91%)"]]
+    etcd.ctl("del", "/calico/resources/v3/projectcalico.org/ipreservations/r")
     out = run(etcd, "ipam", "show", f"--ip={ips[1]}").stdout.splitlines()
     assert out[:3] == [f"IP {ips[1]} is in use", f"Handle ID: net1.{cids[1]}", "Active Owner Attributes:"]
     assert "  node: node1" in out and "containerID" not in "\n".join(out)  # Calico's: node, timestamp (k8s: pod...)
