@@ -80,7 +80,7 @@ class Kind:
     plural: str  # the etcd directory, e.g. ippools
     aliases: tuple[str, ...]  # what `calicoctl get <KIND>` accepts, lower case
     namespaced: bool
-    spec_fields: frozenset[str]
+    spec_fields: frozenset[str] | None  # None: validate_spec judges every field (FelixConfiguration)
     headings: tuple[str, ...]
     wide_headings: tuple[str, ...]
     columns: Mapping[str, Callable[[Resource, Mapping], str]]  # (resource, context such as the default ASN)
@@ -181,7 +181,8 @@ def validate(res: Resource) -> None:
             isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
         ):
             errors.append(FieldError(f"metadata.{key}", "must map strings to strings"))
-    errors += [FieldError(f"spec.{k}", "unknown field") for k in res.spec if k not in res.kind.spec_fields]
+    if res.kind.spec_fields is not None:
+        errors += [FieldError(f"spec.{k}", "unknown field") for k in res.spec if k not in res.kind.spec_fields]
     errors += res.kind.validate_spec(res)
     if errors:
         raise ValidationError(res.ident, errors)

@@ -289,6 +289,50 @@ class IPAMConfig:
         return out
 
 
+# --- FelixConfiguration -------------------------------------------------------------------------------
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration ("90s", "1m30s", "500ms") in seconds; ValueError when it is none."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)", text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 90s or 1m30s")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+# What calico-node honours of a FelixConfiguration, and the fields it accepts only at the value that
+# describes what it does anyway (Calico's start-up writes them so): anything else is refused.
+FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen")
+FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
+               "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
+               "defaultEndpointToHostAction": "Return"}
+LOG_SEVERITIES = ("Debug", "Info", "Warning", "Error", "Fatal")
+
+
+@dataclass
+class FelixConfiguration:
+    """The FelixConfiguration fields calico-node honours (None: not set here)."""
+
+    name: str
+    refresh_interval: float | None = None  # iptablesRefreshInterval, seconds
+    log_severity: str | None = None  # logSeverityScreen
+
+    @classmethod
+    def from_value(cls, value: dict) -> FelixConfiguration:
+        res = Resource.from_value(value, "FelixConfiguration")
+        refresh = res.spec.get("iptablesRefreshInterval")
+        try:
+            seconds = parse_duration(str(refresh)) if refresh else None
+        except ValueError:
+            seconds = None
+        level = res.spec.get("logSeverityScreen")
+        return cls(res.name, seconds, str(level) if level in LOG_SEVERITIES else None)
+
+
 # --- IPPool ----------------------------------------------------------------------------------------
 
 

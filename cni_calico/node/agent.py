@@ -16,12 +16,15 @@ import os
 import threading
 import time
 
+from cni_calico import keys
 from cni_calico.datastore import Datastore, DatastoreError
+from cni_calico.logsetup import LEVELS
 from cni_calico.node import birdconf, startup
 from cni_calico.node.bird import Bird, BirdError
-from cni_calico.node.config import NodeConfig
+from cni_calico.node.config import DEFAULT_REFRESH, NodeConfig
 from cni_calico.node.model import Routing
 from cni_calico.node.syncer import Syncer
+from cni_calico.v3 import FelixConfiguration
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class Agent:
         self.policy = None  # cni_calico.policy.sync.PolicySync, made in start()
         self.routing = Routing()
         self.routing_dirty = True
+        self.felix: dict[str, FelixConfiguration] = {}  # default and node.<me>, as read
+        self.refresh_interval = cfg.refresh_interval
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -132,6 +137,7 @@ class Agent:
         """A fresh snapshot follows: start the views again (the kernel keeps its state until the flush)."""
         self.routing = Routing()
         self.routing_dirty = True
+        self.felix = {}
         if self.policy is not None:
             self.policy.reset()
 
@@ -141,6 +147,35 @@ class Agent:
             self.policy.update(key, value)
         elif Routing.wants(key):
             self.routing_dirty = self.routing.update(key, value) or self.routing_dirty
+        else:
+            parsed = keys.parse_resource(key)
+            if parsed is not None and parsed.plural == "felixconfigurations":
+                self._felix_update(parsed.name, value)
+
+    def _felix_update(self, name: str, value: dict | None) -> None:
+        """FelixConfiguration `default` and `node.<me>` (which wins field by field): the drift check's
+        interval and the log level, unless the environment set them."""
+        if name not in ("default", f"node.{self.cfg.nodename}"):
+            return
+        if value is None:
+            self.felix.pop(name, None)
+        else:
+            self.felix[name] = FelixConfiguration.from_value(value)
+        chosen = [self.felix.get(f"node.{self.cfg.nodename}"), self.felix.get("default")]
+
+        def pick(attr: str):
+            return next((getattr(c, attr) for c in chosen if c is not None and getattr(c, attr) is not None), None)
+
+        if not self.cfg.refresh_from_env:
+            refresh = pick("refresh_interval") or DEFAULT_REFRESH
+            if refresh != self.refresh_interval:
+                log.info("policy drift check every %g s (FelixConfiguration iptablesRefreshInterval)", refresh)
+                self.refresh_interval = refresh
+        if not self.cfg.log_level_from_env:
+            level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)
+            if logging.getLogger().level != level:
+                logging.getLogger().setLevel(level)
+                log.warning("log level %s (FelixConfiguration logSeverityScreen)", logging.getLevelName(level))
 
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""
@@ -169,15 +204,15 @@ class Agent:
             self.tunnels.sync(snap)
 
     def run(self) -> None:
-        next_repair = time.monotonic() + self.cfg.refresh_interval
+        last_repair = time.monotonic()
         while not self.stop_event.is_set():
             try:
-                self.sync_once(TICK)
+                self.sync_once(min(TICK, self.refresh_interval))
                 if not self.etcd_ok:
                     log.info("etcd is back; in sync at revision %d", self.syncer.revision)
                 self.etcd_ok = True
-                if self.policy is not None and time.monotonic() >= next_repair:
-                    next_repair = time.monotonic() + self.cfg.refresh_interval
+                if self.policy is not None and time.monotonic() >= last_repair + self.refresh_interval:
+                    last_repair = time.monotonic()
                     self.policy.repair()
             except DatastoreError as exc:
                 if self.etcd_ok:

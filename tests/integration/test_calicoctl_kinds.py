@@ -344,3 +344,23 @@ def test_clusterinformation_is_shown_not_written(etcd, tmp_path):
     assert run(etcd, "get", "clusterinformation").stdout.split("\n")[1].split() == ["default", "v3.32.0", "k8s,bgp"]
     r = run(etcd, "apply", "-f", write(tmp_path, doc("ClusterInformation", "default", {"clusterType": "x"})))
     assert r.returncode == 1
+
+
+def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(etcd, tmp_path):
+    spec = {"iptablesRefreshInterval": "30s", "logSeverityScreen": "Warning", "reportingInterval": "0s",
+            "floatingIPs": "Disabled", "bpfLogLevel": ""}
+    r = run(etcd, "apply", "-f", write(tmp_path, doc("FelixConfiguration", "default", spec)))
+    assert r.returncode == 0, r.stderr
+    assert etcd.get_json(RES + "felixconfigurations/default")["spec"]["iptablesRefreshInterval"] == "30s"
+    assert run(etcd, "get", "felixconfig", "-o", "wide").stdout.split("\n")[1].split() == ["default", "30s", "Warning"]
+    r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "node.node1", {
+        "iptablesRefreshInterval": "soon", "logSeverityScreen": "Chatty", "floatingIPs": "Enabled",
+        "bpfEnabled": True})))
+    assert r.returncode == 1
+    for problem in ("spec.iptablesRefreshInterval = 'soon' ('soon' is not a duration",
+                    "spec.logSeverityScreen = 'Chatty' (must be one of Debug, Info, Warning, Error, Fatal)",
+                    "spec.floatingIPs = 'Enabled' (not supported by this calico-node: only 'Disabled'",
+                    "spec.bpfEnabled = 'true' (not supported by this calico-node (it honours iptablesRefreshInterval"):
+        assert problem in r.stderr, r.stderr
+    r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "nodes.x", {})))
+    assert r.returncode == 1 and "a FelixConfiguration is named default or node.<node name>" in r.stderr

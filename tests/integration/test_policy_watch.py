@@ -5,8 +5,9 @@ iptables and ipset in a namespace:
   (resumed from its last revision) or broken while etcd compacts (a fresh snapshot): after each
   sequence the kernel holds exactly what a from-scratch render of the same etcd state gives;
 - a real calico-node: a remote endpoint reaches the ipsets without a resync, drift (a flushed chain,
-  a deleted member, a lost FORWARD jump) is put back within the refresh interval and logged, and at
-  rest it sends etcd no requests at all (only the watch stream and its keep-alive).
+  a deleted member, a lost FORWARD jump) is put back within the refresh interval (FelixConfiguration
+  iptablesRefreshInterval) and logged, and at rest it sends etcd no requests at all (only the watch
+  stream and its keep-alive).
 """
 
 from __future__ import annotations
@@ -147,8 +148,14 @@ def test_a_real_calico_node_follows_repairs_and_rests(lab, etcd, node):
                          "profiles": ["k8s"]}}
 
     etcd.put_json(wep + "local-0001", endpoint("local-0001", "node1", "10.50.0.1", {}))
+    # The drift check's interval from FelixConfiguration (node.<name> wins over default, field by field).
+    felix = f"{RESOURCES}felixconfigurations/"
+    etcd.put_json(felix + "default", {"kind": "FelixConfiguration", "apiVersion": "projectcalico.org/v3",
+                                      "metadata": {"name": "default"}, "spec": {"iptablesRefreshInterval": "1m"}})
+    etcd.put_json(felix + "node.node1", {"kind": "FelixConfiguration", "apiVersion": "projectcalico.org/v3",
+                                         "metadata": {"name": "node.node1"}, "spec": {"iptablesRefreshInterval": "1s"}})
     calico = lab.calico_node(node, etcd, "node1", IP="none", CALICO_NETWORKING_BACKEND="none",
-                             FELIX_IPTABLESREFRESHINTERVAL="1", CALICO_NODE_LOG_LEVEL="info")
+                             CALICO_NODE_LOG_LEVEL="info")
     run = netns_runner(node)
 
     def in_set(ip: str) -> bool:
@@ -171,6 +178,7 @@ def test_a_real_calico_node_follows_repairs_and_rests(lab, etcd, node):
     wait_for(lambda: in_set("10.50.0.3") and "cali-pri-k8s" in run(["iptables", "-S", "cali-tw-cali0001"]).stdout
              and "cali-FORWARD" in run(["iptables", "-S", "FORWARD"]).stdout, 10, "the drift to be repaired")
     assert "policy drift repaired (IPv4): chain cali-tw-cali0001" in calico.log()
+    assert "policy drift check every 1 s (FelixConfiguration iptablesRefreshInterval)" in calico.log()
 
     # At rest: the watch stream and its keep-alive only, no request (the refresh reads the kernel, not etcd).
     before = etcd_requests(etcd)

@@ -2,11 +2,11 @@
 
 IPPool lives in cni_calico.resources itself; importing this package adds, in
 this order (the order `--help` lists them): Node, BGPPeer, BGPConfiguration,
-NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig, Tier,
-ClusterInformation.
+NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig, IPReservation, Tier,
+ClusterInformation, FelixConfiguration.
 `fields` and `rules` hold the checks the kinds share.
 """
 
-from cni_calico.ctl.kinds import bgp, policy, tier, workload  # noqa: F401 - registers the kinds
+from cni_calico.ctl.kinds import bgp, felix, policy, tier, workload  # noqa: F401 - registers the kinds
 
-__all__ = ["bgp", "policy", "tier", "workload"]
+__all__ = ["bgp", "felix", "policy", "tier", "workload"]

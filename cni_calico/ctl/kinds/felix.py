@@ -1,0 +1,61 @@
+"""FelixConfiguration: `default` for every node, `node.<name>` for one (it wins field by field).
+
+Pure. calico-node honours iptablesRefreshInterval (the policy drift check's interval) and
+logSeverityScreen (its log level); unless FELIX_IPTABLESREFRESHINTERVAL or a log level variable
+is set in its environment, which wins, as Felix's environment does. A few fields are accepted at
+the one value that says what calico-node does anyway (Calico's start-up writes them so: see
+cni_calico.v3.FELIX_INERT); every other field is refused naming it, never stored and ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cni_calico.resources import FieldError, Kind, Resource, register
+from cni_calico.v3 import FELIX_HONOURED, FELIX_INERT, LOG_SEVERITIES, parse_duration
+
+NAME = re.compile(r"^(default|node\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
+
+
+def _validate(res: Resource) -> list[FieldError]:
+    errors = []
+    if not NAME.match(res.name):
+        errors.append(FieldError("metadata.name", "a FelixConfiguration is named default or node.<node name>",
+                                 res.name))
+    for key, value in res.spec.items():
+        if key == "iptablesRefreshInterval":
+            try:
+                seconds = parse_duration(str(value))
+            except ValueError as exc:
+                errors.append(FieldError(f"spec.{key}", str(exc), value))
+                continue
+            if not 0.5 <= seconds <= 86400:
+                errors.append(FieldError(f"spec.{key}", "must be from 500ms to 24h", value))
+        elif key == "logSeverityScreen":
+            if value not in LOG_SEVERITIES:
+                errors.append(FieldError(f"spec.{key}", f"must be one of {', '.join(LOG_SEVERITIES)}", value))
+        elif key in FELIX_INERT:
+            if value != FELIX_INERT[key]:
+                errors.append(FieldError(f"spec.{key}", f"not supported by this calico-node: only "
+                                         f"{FELIX_INERT[key]!r}, what it does", value))
+        else:
+            errors.append(FieldError(f"spec.{key}", "not supported by this calico-node (it honours "
+                                     f"{', '.join(FELIX_HONOURED)})", value))
+    return errors
+
+
+FELIXCONFIGURATION = register(Kind(
+    name="FelixConfiguration",
+    plural="felixconfigurations",
+    aliases=("felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs"),
+    namespaced=False,
+    spec_fields=None,
+    headings=("NAME",),
+    wide_headings=("NAME", "REFRESH", "LOGSEVERITY"),
+    columns={
+        "NAME": lambda r, c: r.name,
+        "REFRESH": lambda r, c: str(r.spec.get("iptablesRefreshInterval") or ""),
+        "LOGSEVERITY": lambda r, c: str(r.spec.get("logSeverityScreen") or ""),
+    },
+    validate_spec=_validate,
+))
