@@ -89,6 +89,9 @@ def validate_ifname(name: str) -> None:
         raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is longer than {MAX_IFNAME} bytes")
     if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
         raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
+    if "%" in name:  # the kernel reads it as a template ("eth%d" → eth0): the link would get another name
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {name!r} is not a valid interface name: '%' makes the kernel "
+                       "choose the name")
 
 
 def read_request(env: dict[str, str], stdin: bytes) -> Request:

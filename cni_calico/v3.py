@@ -75,10 +75,14 @@ SPEC_ORDER = {
     "Tier": ("order", "defaultAction"),
     "NetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "serviceAccountSelector",
                       "performanceHints"),
+    "FelixConfiguration": ("iptablesRefreshInterval", "defaultEndpointToHostAction", "logSeverityScreen",
+                           "reportingInterval", "bpfLogLevel", "bpfConnectTimeLoadBalancing",
+                           "bpfHostNetworkedNATWithoutCTLB", "floatingIPs"),
     "GlobalNetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "doNotTrack", "preDNAT",
                             "applyOnForward", "serviceAccountSelector", "namespaceSelector", "performanceHints"),
 }
-ALWAYS = {"IPPool": frozenset({"cidr"})}  # spec fields written even when empty
+# Spec fields written even when empty (not omitempty in Go).
+ALWAYS = {"IPPool": frozenset({"cidr"}), "FelixConfiguration": frozenset({"bpfLogLevel"})}
 NODE_BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
 WITH_STATUS = frozenset({"Node", "Tier"})  # a struct status Go always writes (`"status":{}`)
 
@@ -310,6 +314,12 @@ FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
                "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
                "defaultEndpointToHostAction": "Return"}
+# What clientv3 fills in on every create and update of a FelixConfiguration (bpfLogLevel is the one
+# field Go always writes); and what calico-node's start-up writes into `default` and `node.<name>`.
+FELIX_DEFAULTS = {"bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP", "bpfHostNetworkedNATWithoutCTLB": "Enabled",
+                  "floatingIPs": "Disabled"}
+FELIX_START_DEFAULT = {"reportingInterval": "0s", "logSeverityScreen": "Info"}
+FELIX_START_NODE = {"defaultEndpointToHostAction": "Return"}
 LOG_SEVERITIES = ("Debug", "Info", "Warning", "Error", "Fatal")
 
 

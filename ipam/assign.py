@@ -3,7 +3,11 @@ the block, handle and affinity writes to the caller's `Txn`; the caller adds its
 endpoint) and commits once (cni_calico.datastore.transact re-runs `prepare` after a lost race).
 
 The common path is one read (pools, the node's affinities, the handle, and the blocks the node's
-last assignments used, named by a hint file) and the caller's one commit. Both families of a
+last assignments used, named by a hint file) and the caller's one commit. A new block is claimed
+as Calico claims it: its affinity is first written `pending` (a commit of its own), then the block
+is created and the affinity `confirmed` in the caller's commit; a claim that loses the block to
+another node deletes its pending affinity, one that never got its block is resumed, and one whose
+commit fails for good is taken back when the Assigner closes. Both families of a
 dual-stack request go in that one transaction: all or nothing. A handle that already holds an
 address of a family (a repeated ADD) keeps it: the same addresses come back.
 """
@@ -14,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from cni_calico import keys
-from cni_calico.datastore import KV, Store, Txn, transact
+from cni_calico.datastore import KV, ConflictError, Store, Txn, transact
 from cni_calico.v3 import IPAMConfig, IPPool
 from ipam.allocator import Block, block_cidrs, network
 from ipam.errors import AddressInUse, InvalidRequest, PoolExhausted
@@ -25,6 +29,7 @@ from ipam.store import Assignment, Handle, IpamStore
 log = logging.getLogger(__name__)
 
 AFFINITY_CONFIRMED = {"state": "confirmed", "deleted": False}  # Calico's model.BlockAffinity
+AFFINITY_PENDING = {"state": "pending", "deleted": False}
 
 
 @dataclass
@@ -80,6 +85,8 @@ class Assigner:
         self.attempts = 0  # prepare calls: one more than the races lost
         self.config = IPAMConfig()  # as the last prepare read it
         self.reserved = None  # ip -> whether an IPReservation holds it (None: there are none)
+        self._resumable: dict[str, int] = {}  # cidr -> mod revision of our pending affinity with no block
+        self._pending: set[str] = set()  # affinity keys this Assigner wrote pending, not yet confirmed
 
     def __enter__(self) -> Assigner:
         self._lock.__enter__()
@@ -87,7 +94,24 @@ class Assigner:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.__exit__(*exc)
+        try:
+            self._take_back_pending()
+        finally:
+            self._lock.__exit__(*exc)
+
+    def _take_back_pending(self) -> None:
+        """The claims whose commit never came (an error, or the caller gave up): their pending
+        affinities go, so a failed ADD leaves nothing behind."""
+        from cni_calico.datastore import Failure
+
+        for key in sorted(self._pending):
+            try:
+                kv = self.ds.get(key)
+                if kv is not None and (kv.value or {}).get("state") == "pending":
+                    self.ds.commit(Txn().delete(key, kv.mod_revision))
+            except Failure as exc:
+                log.warning("could not take back the pending block affinity %s: %s", key, exc)
+        self._pending.clear()
 
     def prepare(self, txn: Txn) -> Claim:
         """One attempt: reads, chooses, and contributes the writes to `txn` (nothing is written)."""
@@ -109,6 +133,7 @@ class Assigner:
         txn.guard(handle_key, handle.mod_revision)
         held = self._held(handle, blocks)
         changed: dict[str, tuple[Block, int, bool]] = {}  # cidr -> (block, mod revision, newly claimed)
+        self._resumable = {}
         out: list[Assignment] = []
         for family in self.families:
             if family in held:
@@ -124,16 +149,31 @@ class Assigner:
                 got = self._assign_auto(chosen, family, affinities, blocks, changed, txn)
             handle.count(got.block, 1)
             out.append(got)
+        claims = [cidr for cidr, (_, _, new) in changed.items() if new]
+        self._write_pending([c for c in claims if c not in self._resumable])
         for cidr, (block, rev, new) in changed.items():
             txn.put(keys.block(cidr), block.updated(), rev)
-            if new:  # claimed in this very transaction: its affinity goes straight to Calico's final state
-                txn.put(keys.affinity(args.node, cidr), AFFINITY_CONFIRMED, 0)
+            if new:  # the block is created only if absent: then the claim is ours and confirmed with it
+                txn.put(keys.affinity(args.node, cidr), AFFINITY_CONFIRMED, self._resumable.get(cidr))
         if changed:
             txn.put(handle_key, handle.to_dict())
         return Claim(out)
 
+    def _write_pending(self, cidrs: list[str]) -> None:
+        """Calico's first step of a claim: the affinity, `pending`, in a commit of its own (all the
+        new blocks of this assignment in one). Lost to a concurrent writer: the attempt starts over."""
+        if not cidrs:
+            return
+        txn = Txn()
+        for cidr in cidrs:
+            txn.put(keys.affinity(self.args.node, cidr), AFFINITY_PENDING, 0)
+        if not self.ds.commit(txn):
+            raise ConflictError(f"claiming block(s) {', '.join(cidrs)} for node {self.args.node}")
+        self._pending.update(txn.puts)
+
     def committed(self, claim: Claim) -> None:
         """After the caller's commit: the blocks used become the hint for the node's next ADDs."""
+        self._pending.clear()
         log.debug("assigned %s to %s (%d conflicts)", claim.cidrs, self.args.handle_id, self.attempts - 1)
         used = {a.block for a in claim.assignments}
         if used and not used <= self._seen:
@@ -187,8 +227,13 @@ class Assigner:
             if not any(p.contains(cidr) for p in pools):
                 continue
             entry = self._block(cidr, blocks, changed)
-            if entry is None or entry[0].node != self.args.node:
-                continue  # a claim that never completed (pending), or a block that is not ours
+            if entry is None:  # a claim that stopped before its block: resumed when a block is needed
+                self._resumable[cidr] = kv.mod_revision
+                continue
+            if entry[0].node != self.args.node:
+                if state == "pending":  # another node created the block first: our claim is void
+                    txn.delete(kv.key, kv.mod_revision)
+                continue
             if state == "pending":  # Calico's claim stopped after creating the block: finish it
                 txn.put(kv.key, AFFINITY_CONFIRMED, kv.mod_revision)
             if config.ip_cooldown_seconds and entry[0].collect(config.ip_cooldown_seconds):
@@ -196,7 +241,8 @@ class Assigner:
             if entry[0].free_for(self.reserved):
                 return self._take(entry, changed)
         limit = config.max_blocks
-        if config.auto_allocate_blocks and owned < limit:
+        resumable = any(network(c).version == family for c in self._resumable)
+        if config.auto_allocate_blocks and (owned < limit or resumable):
             claimed = self._claim_block(pools, family)
             if claimed is not None:
                 return self._take((claimed, 0, True), changed)
@@ -215,7 +261,13 @@ class Assigner:
         raise PoolExhausted(f"no free IPv{family} address: pool {names} is exhausted")
 
     def _claim_block(self, pools: list[IPPool], family: int) -> Block | None:
-        """A fresh block from the first pool with an unused block CIDR (not yet in etcd)."""
+        """A fresh block: the one a stopped claim of ours left pending, else the first pool's first
+        block CIDR not yet in etcd."""
+        for cidr in self._resumable:
+            block = Block.new(cidr, self.args.node)
+            if network(cidr).version == family and block.free_for(self.reserved):
+                log.info("resuming the claim of block %s for node %s", cidr, self.args.node)
+                return block
         taken = {keys.cidr_from_block_key(kv.key) for kv in self.ds.list(keys.block_dir(family), keys_only=True)}
         for pool in pools:
             for cidr in block_cidrs(pool.cidr, max(pool.block_size, network(pool.cidr).prefixlen)):
@@ -233,7 +285,12 @@ class Assigner:
         if pool is None:
             raise InvalidRequest(f"requested address {ip} is outside every usable pool")
         cidr = str(network(f"{ip}/{pool.block_size}"))
-        entry = self._block(cidr, blocks, changed) or (Block.new(cidr, self.args.node), 0, True)
+        entry = self._block(cidr, blocks, changed)
+        if entry is None:
+            entry = (Block.new(cidr, self.args.node), 0, True)
+            stopped = self.ds.get(keys.affinity(self.args.node, cidr))  # a claim of ours that never got its block
+            if stopped is not None:
+                self._resumable[cidr] = stopped.mod_revision
         block, ordinal = entry[0], entry[0].ordinal_of(ip)
         if self.config.ip_cooldown_seconds and block.collect(self.config.ip_cooldown_seconds):
             changed[cidr] = entry

@@ -7,8 +7,10 @@ allocation's container (or a Node names it as its tunnel address); otherwise
 it is an orphan (leaked: e.g. a plugin killed between IPAM and the endpoint).
 Also found: endpoint addresses not allocated to that endpoint, and handles
 whose block counts do not match the blocks (a handle holding nothing is
-leaked). The report (`-o FILE`, JSON) lists the orphans with handle, node and
-the handle's revision, which `ipam release --from-report` re-checks.
+leaked). Addresses released but still cooling down (ipCooldownSeconds) are listed as such, never as
+leaks, as real calicoctl does (`coolingDown: true`); one released in the future says the clocks
+disagree, which real calicoctl calls an invalid block. The report (`-o FILE`, JSON) lists the
+orphans with handle, node and the handle's revision, which `ipam release --from-report` re-checks.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ class Allocation:
 
 
 @dataclass
+class Cooling:
+    """A released address resting for ipCooldownSeconds before it can be assigned again."""
+
+    ip: str
+    block: str
+    releasedAt: str  # noqa: N815
+    coolingDown: bool = True  # noqa: N815 - real calicoctl's report field
+
+
+@dataclass
 class Snapshot:
     revision: int
     blocks: list[Block]
@@ -61,10 +73,12 @@ class Findings:
     endpoint_problems: list[dict]  # {ip, endpoint, problem}
     handle_problems: list[dict]  # {handle, problem}
     leaked_handles: list[Handle]
+    cooling: list[Cooling] = field(default_factory=list)
+    block_problems: list[dict] = field(default_factory=list)  # {block, problem}
 
     @property
     def problems(self) -> int:
-        return len(self.orphans) + len(self.endpoint_problems) + len(self.handle_problems)
+        return len(self.orphans) + len(self.endpoint_problems) + len(self.handle_problems) + len(self.block_problems)
 
 
 def load(ds) -> Snapshot:
@@ -125,6 +139,28 @@ def belongs(alloc: Allocation, container_id: str) -> bool:
     if not container_id:
         return False
     return alloc.containerID == container_id or alloc.handle.endswith(f".{container_id}")
+
+
+def cooling(snap: Snapshot, now: float | None = None) -> tuple[list[Cooling], list[dict]]:
+    """The cooling-down addresses, and the blocks with a release in the future (clock skew)."""
+    import time
+
+    from cni_calico.v3 import parse_timestamp
+
+    now = time.time() if now is None else now
+    out, problems = [], []
+    for block in snap.blocks:
+        future = ""
+        for ordinal in range(len(block.allocations)):
+            released = block.cooling(ordinal)
+            if released:
+                out.append(Cooling(block.ip_at(ordinal), block.cidr, released))
+                if parse_timestamp(released) > now + 1:
+                    future = released
+        if future:
+            problems.append({"block": block.cidr, "problem": f"has an address released in the future ({future}): "
+                             "are the nodes' clocks skewed?"})
+    return out, problems
 
 
 def allocations(snap: Snapshot) -> list[Allocation]:
@@ -193,7 +229,8 @@ def analyse(snap: Snapshot, grace: float = UNFINISHED_GRACE) -> Findings:
                 alloc.owners.append(f"Node({node.name})")
     orphans = [a for a in allocs if not a.owners]
     handle_problems, leaked = _check_handles(snap, allocs)
-    return Findings(allocs, orphans, endpoint_problems, handle_problems, leaked)
+    resting, block_problems = cooling(snap)
+    return Findings(allocs, orphans, endpoint_problems, handle_problems, leaked, resting, block_problems)
 
 
 def _check_handles(snap: Snapshot, allocs: list[Allocation]) -> tuple[list[dict], list[Handle]]:
@@ -232,6 +269,8 @@ def report(snap: Snapshot, found: Findings) -> dict:
         "leakedHandles": [{"handle": h.handle_id, "revision": h.mod_revision} for h in found.leaked_handles],
         "endpointProblems": found.endpoint_problems,
         "handleProblems": found.handle_problems,
+        "coolingDown": [asdict(c) for c in found.cooling],
+        "blockProblems": found.block_problems,
     }
 
 
@@ -251,6 +290,10 @@ def print_check(snap: Snapshot, found: Findings, show_all: bool = False) -> None
         print(f"  {a.ip} leaked; handle {a.handle}, node {a.node or '-'}"
               + (f", pod {a.namespace}/{a.pod}" if a.pod else f", container {a.containerID or '-'}"))
     print(f"Found {len(found.orphans)} IPs that are allocated in IPAM but not actually in use.")
+    if show_all:
+        for c in found.cooling:
+            print(f"  {c.ip} cooling down since {c.releasedAt}")
+    print(f"Found {len(found.cooling)} IPs released and cooling down (ipCooldownSeconds); not leaks.")
     print("Scanning for IPs that are in use by a workload but not allocated to it in IPAM...")
     for p in found.endpoint_problems:
         print(f"  {p['ip']} in use by {p['endpoint']}: {p['problem']}")
@@ -259,6 +302,8 @@ def print_check(snap: Snapshot, found: Findings, show_all: bool = False) -> None
     for p in found.handle_problems:
         print(f"  handle {p['handle']} {p['problem']}")
     print(f"Found {len(found.handle_problems)} handle problems ({len(found.leaked_handles)} handles hold no address).")
+    for p in found.block_problems:
+        print(f"  block {p['block']} {p['problem']}")
     print(f"Check complete; found {found.problems} problems.")
 
 

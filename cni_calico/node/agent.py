@@ -97,7 +97,7 @@ class Agent:
         while True:
             try:
                 startup.register_node(self.ds, self.cfg, self.ipv4_cidr, self.ipv6_cidr)
-                startup.ensure_initialized(self.ds, self.cfg.cluster_type)
+                startup.ensure_initialized(self.ds, self.cfg.cluster_type, self.cfg.nodename)
                 startup.ensure_default_pool(self.ds, self.cfg)
                 break
             except DatastoreError as exc:

@@ -8,7 +8,18 @@ import os
 from cni_calico import keys
 from cni_calico.datastore import Store, Txn, transact
 from cni_calico.node.config import NodeConfig
-from cni_calico.v3 import CALICO_VERSION, DEFAULT_POOL_NAMES, TIERS, Resource, new_resource, new_uid, pool_spec
+from cni_calico.v3 import (
+    CALICO_VERSION,
+    DEFAULT_POOL_NAMES,
+    FELIX_DEFAULTS,
+    FELIX_START_DEFAULT,
+    FELIX_START_NODE,
+    TIERS,
+    Resource,
+    new_resource,
+    new_uid,
+    pool_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +71,12 @@ def update_node(ds: Store, name: str, spec: dict | None = None, bgp: dict | None
     return transact(ds, attempt, f"updating node {name}")
 
 
-def ensure_initialized(ds: Store, cluster_type: str) -> Resource:
-    """What Calico's EnsureInitialized writes: ClusterInformation `default` (a new cluster GUID,
-    calicoVersion, datastoreReady, the cluster type merged in), the three tiers and an empty
-    BGPConfiguration `default`, each created only where absent (so an operator's are kept)."""
+def ensure_initialized(ds: Store, cluster_type: str, nodename: str = "") -> Resource:
+    """What Calico's start-up writes: ClusterInformation `default` (a new cluster GUID, calicoVersion,
+    datastoreReady, the cluster type merged in), the three tiers, FelixConfiguration `default`
+    (reportingInterval 0s, logSeverityScreen Info) and `node.<nodename>` (defaultEndpointToHostAction
+    Return) and an empty BGPConfiguration `default`; each created where absent, an existing one only
+    given the start-up's fields it lacks (so an operator's values are kept)."""
     key = keys.resource("clusterinformations", "default")
 
     def attempt() -> tuple[Txn, Resource]:
@@ -85,11 +98,29 @@ def ensure_initialized(ds: Store, cluster_type: str) -> Resource:
         for name, (order, action) in TIERS.items():
             tier = new_resource("Tier", name, {"order": order, "defaultAction": action})
             txn.put_if_absent(keys.resource("tiers", name), tier.to_value())
+        _felix(ds, txn, "default", FELIX_START_DEFAULT)
+        if nodename:
+            _felix(ds, txn, f"node.{nodename}", FELIX_START_NODE)
         txn.put_if_absent(keys.resource("bgpconfigurations", "default"),
                           new_resource("BGPConfiguration", "default", {}).to_value())
         return txn, info
 
     return transact(ds, attempt, "initializing the datastore (ClusterInformation, tiers)")
+
+
+def _felix(ds: Store, txn: Txn, name: str, fields: dict) -> None:
+    """Adds to `txn` the FelixConfiguration `name` with `fields` where it lacks them (clientv3's
+    defaults filled, as on any write); nothing when it has them all."""
+    key = keys.resource("felixconfigurations", name)
+    current = ds.get(key)
+    felix = Resource.from_value(current.value) if current else new_resource("FelixConfiguration", name, {})
+    missing = {k: v for k, v in fields.items() if felix.spec.get(k) in (None, "")}
+    if current is not None and not missing:
+        return
+    felix.spec.update(missing)
+    for k, v in FELIX_DEFAULTS.items():
+        felix.spec.setdefault(k, v)
+    txn.put(key, felix.to_value(), current.mod_revision if current else 0)
 
 
 def write_file(path: str, text: str) -> None:

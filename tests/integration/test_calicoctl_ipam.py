@@ -137,6 +137,25 @@ def test_check_finds_a_killed_add_and_release_frees_only_it(node, make_pod, pool
     delete(node, conf(), live_cid, live_pod)
 
 
+def test_check_lists_a_cooling_address_apart_never_as_a_leak(node, make_pod, pool, conf, etcd, tmp_path):
+    assert run(etcd, "ipam", "configure", "--ip-cooldown-seconds", "3600").returncode == 0
+    try:
+        cid, pod = "cool0".ljust(16, "0"), make_pod()
+        ip = add(node, conf(), cid, pod)
+        delete(node, conf(), cid, pod)
+        report = tmp_path / "report.json"
+        r = run(etcd, "ipam", "check", "--show-all-ips", "-o", str(report))
+        assert r.returncode == 0, r.stderr
+        assert "Found 0 IPs that are allocated in IPAM but not actually in use." in r.stdout
+        assert "Found 1 IPs released and cooling down (ipCooldownSeconds); not leaks." in r.stdout
+        assert re.search(rf"  {re.escape(ip)} cooling down since \d{{4}}-\d\d-\d\dT", r.stdout)
+        assert "Check complete; found 0 problems." in r.stdout
+        doc = json.loads(report.read_text())
+        assert [(c["ip"], c["coolingDown"]) for c in doc["coolingDown"]] == [(ip, True)] and doc["orphans"] == []
+    finally:
+        run(etcd, "ipam", "configure", "--ip-cooldown-seconds", "0")
+
+
 def test_release_from_report_rechecks_every_address(node, make_pod, pool, conf, etcd, tmp_path):
     cid = "back0".ljust(16, "0")
     pod = make_pod()

@@ -329,3 +329,13 @@ def test_found_an_ifname_is_measured_in_bytes():
            "CNI_IFNAME": "\u00e9" * 8}  # 8 characters, 16 bytes: the kernel answered ERANGE (code 999 then)
     status, out = skel.execute(plugin.handlers(PluginHost()), env, b'{"cniVersion": "1.0.0", "name": "n"}')
     assert status == 1 and json.loads(out)["code"] == 4 and "15 bytes" in json.loads(out)["msg"]
+
+
+def test_found_a_percent_in_the_ifname_is_refused():
+    from cni_calico import plugin, skel
+    from cni_calico.host import PluginHost
+
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/nonexistent", "CNI_PATH": "/nonexistent",
+           "CNI_IFNAME": "%d"}  # the kernel named the link "0" and the CHECK right after the ADD found no "%d"
+    status, out = skel.execute(plugin.handlers(PluginHost()), env, b'{"cniVersion": "1.0.0", "name": "n"}')
+    assert status == 1 and json.loads(out)["code"] == 4 and "'%' makes the kernel choose" in json.loads(out)["msg"]

@@ -106,7 +106,7 @@ def test_calico_node_start_up():
         '{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node1","uid":"U",'
         '"creationTimestamp":"T","labels":{"kubernetes.io/hostname":"node1"}},"spec":{"bgp":{"asNumber":65001,'
         '"ipv4Address":"10.0.0.5/24"}},"status":{}}')
-    ensure_initialized(store, cfg.cluster_type)
+    ensure_initialized(store, cfg.cluster_type, "node1")
     info = store.value(keys.resource("clusterinformations", "default"))
     assert list(info["spec"]) == ["clusterGUID", "clusterType", "calicoVersion", "datastoreReady"]
     assert re.fullmatch(r"[0-9a-f]{32}", info["spec"]["clusterGUID"])
@@ -120,11 +120,48 @@ def test_calico_node_start_up():
     assert '"spec":{"order":1000,"defaultAction":"Pass"}' in tiers["kube-admin"]
     assert '"spec":{"order":10000000,"defaultAction":"Pass"}' in tiers["kube-baseline"]
     assert store.value(keys.resource("bgpconfigurations", "default"))["spec"] == {}
+    felix = {name: normal(encode(store.value(keys.resource("felixconfigurations", name))))
+             for name in ("default", "node.node1")}
+    assert felix["default"] == (
+        '{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default","uid":"U",'
+        '"creationTimestamp":"T"},"spec":{"logSeverityScreen":"Info","reportingInterval":"0s","bpfLogLevel":"",'
+        '"bpfConnectTimeLoadBalancing":"TCP","bpfHostNetworkedNATWithoutCTLB":"Enabled","floatingIPs":"Disabled"}}')
+    assert felix["node.node1"] == (
+        '{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"node.node1","uid":"U",'
+        '"creationTimestamp":"T"},"spec":{"defaultEndpointToHostAction":"Return","bpfLogLevel":"",'
+        '"bpfConnectTimeLoadBalancing":"TCP","bpfHostNetworkedNATWithoutCTLB":"Enabled","floatingIPs":"Disabled"}}')
     # Again, with another cluster type: the GUID stays, the types merge, nothing else moves.
     guid = info["spec"]["clusterGUID"]
     ensure_initialized(store, "k8s,kubeadm")
     again = store.value(keys.resource("clusterinformations", "default"))["spec"]
     assert again["clusterGUID"] == guid and again["clusterType"] == "k8s,bgp,kubeadm"
+
+
+def test_start_up_keeps_an_operators_felix_configuration_and_fills_only_what_it_lacks():
+    store = MemStore()
+    mine = new_resource("FelixConfiguration", "default", {"iptablesRefreshInterval": "30s",
+                                                          "logSeverityScreen": "Debug"})
+    store.put(keys.resource("felixconfigurations", "default"), mine.to_value())
+    ensure_initialized(store, "k8s", "node1")
+    spec = store.value(keys.resource("felixconfigurations", "default"))["spec"]
+    assert list(spec) == ["iptablesRefreshInterval", "logSeverityScreen", "reportingInterval", "bpfLogLevel",
+                          "bpfConnectTimeLoadBalancing", "bpfHostNetworkedNATWithoutCTLB", "floatingIPs"]
+    assert spec["logSeverityScreen"] == "Debug" and spec["reportingInterval"] == "0s"
+    revision = store.get(keys.resource("felixconfigurations", "default")).mod_revision
+    ensure_initialized(store, "k8s", "node1")  # complete now: not written again
+    assert store.get(keys.resource("felixconfigurations", "default")).mod_revision == revision
+
+
+def test_calicoctl_write_of_a_felix_configuration_gets_clientv3s_defaults():
+    from cni_calico.ctl.kinds.felix import FELIXCONFIGURATION
+
+    felix = Resource(FELIXCONFIGURATION, {"name": "default"}, {"iptablesRefreshInterval": "1m0s"})
+    validate(felix)
+    felix.metadata.update({"uid": "u", "creationTimestamp": "2026-08-22T13:33:20Z"})
+    assert encode(felix.to_stored()) == (
+        '{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default","uid":"u",'
+        '"creationTimestamp":"2026-08-22T13:33:20Z"},"spec":{"iptablesRefreshInterval":"1m0s","bpfLogLevel":"",'
+        '"bpfConnectTimeLoadBalancing":"TCP","bpfHostNetworkedNATWithoutCTLB":"Enabled","floatingIPs":"Disabled"}}')
 
 
 def test_go_encoding_rules():

@@ -111,6 +111,7 @@ def test_the_callers_writes_ride_in_the_same_transaction_and_fail_with_it(tmp_pa
         txn.put(endpoint, {"spec": {"containerID": "a"}}, stale)  # the endpoint's guard is out of date
         assert not store.commit(txn)
     assert IpamStore(store).blocks() == [] and store.value(endpoint) == {"spec": {"containerID": "newer"}}
+    assert store.list(keys.affinity_dir("n1", 4)) == []  # the claim's pending affinity was taken back
 
 
 def test_exact_address_in_use_and_outside_every_pool(tmp_path):
@@ -280,6 +281,31 @@ def test_a_pending_affinity_of_a_block_that_exists_is_confirmed_and_used(tmp_pat
     got = auto_assign(store, args("net.a", "n1", tmp_path)).assignments[0]
     assert got.block == "10.0.0.64/26"
     assert store.value(keys.affinity("n1", "10.0.0.64/26")) == {"state": "confirmed", "deleted": False}
+
+
+def test_a_new_block_is_claimed_pending_then_confirmed_with_the_block(tmp_path):
+    store = pooled(("p", "10.0.0.0/24", 26))
+    seen = []
+    store.before_commit = lambda s, txn: seen.append(dict(txn.puts))
+    got = auto_assign(store, args("net.a", "n1", tmp_path)).assignments[0]
+    affinity = keys.affinity("n1", got.block)
+    assert seen == [{affinity: {"state": "pending", "deleted": False}}]  # Calico's first step, alone
+    assert store.commits == 2 and store.value(affinity) == {"state": "confirmed", "deleted": False}
+    auto_assign(store, args("net.b", "n1", tmp_path))
+    assert store.commits == 3  # an address of a block already ours: one commit
+
+
+def test_a_claim_that_stopped_before_its_block_is_resumed(tmp_path):
+    store = pooled(("p", "10.0.0.0/24", 26))
+    store.put(keys.affinity("n1", "10.0.0.128/26"), {"state": "pending", "deleted": False})
+    got = auto_assign(store, args("net.a", "n1", tmp_path)).assignments[0]
+    assert got.block == "10.0.0.128/26" and store.commits == 1
+    assert store.value(keys.affinity("n1", "10.0.0.128/26")) == {"state": "confirmed", "deleted": False}
+    store.put(keys.affinity("n1", "10.0.0.192/26"), {"state": "pending", "deleted": False})
+    exact = auto_assign(store, args("net.b", "n1", tmp_path, ips=["10.0.0.200"])).assignments[0]
+    assert exact.block == "10.0.0.192/26"
+    assert store.value(keys.affinity("n1", "10.0.0.192/26")) == {"state": "confirmed", "deleted": False}
+    assert sorted(cidr for _, cidr in IpamStore(store).affinities()) == ["10.0.0.128/26", "10.0.0.192/26"]
 
 
 def test_pools_by_allowed_use_assignment_mode_and_namespace(tmp_path):

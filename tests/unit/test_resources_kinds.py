@@ -309,3 +309,24 @@ def test_ipam_check_analysis():
     assert [h.handle_id for h in found.leaked_handles] == ["net1.gone"] and found.problems == 5
     doc = ipam_check.report(snap, found)
     assert doc["revision"] == 11 and doc["orphans"][0]["node"] == "n1" and "owners" not in doc["orphans"][0]
+    assert doc["coolingDown"] == [] and doc["blockProblems"] == []
+
+
+def test_ipam_check_lists_cooling_addresses_apart_and_a_future_release_as_clock_skew():
+    import datetime
+
+    from cni_calico.v3 import timestamp
+
+    block = Block.new("10.0.0.0/30", "n1")
+    block.assign(2, "net1.gone", {"node": "n1"})
+    block.release_handle("net1.gone", cooldown=3600)
+    snap = ipam_check.Snapshot(3, [block], [], [], [], [])
+    found = ipam_check.analyse(snap)
+    assert found.orphans == [] and found.handle_problems == [] and found.problems == 0
+    assert [(c.ip, c.coolingDown) for c in found.cooling] == [("10.0.0.0", True), ("10.0.0.1", True)]
+    assert ipam_check.report(snap, found)["coolingDown"][0] == {
+        "ip": "10.0.0.0", "block": "10.0.0.0/30", "releasedAt": block.cooling(0), "coolingDown": True}
+    later = timestamp(datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    block.attributes[block.allocations[0]]["releasedAt"] = later
+    found = ipam_check.analyse(snap)
+    assert found.problems == 1 and "released in the future" in found.block_problems[0]["problem"]

@@ -121,7 +121,7 @@ def test_good_ifname_is_accepted(ifname):
     assert skel.read_request(env_for("ADD", CNI_IFNAME=ifname), conf_bytes()).ifname == ifname
 
 
-@pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a:b", "a b", ".", ".."])
+@pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a:b", "a b", ".", "..", "%d", "eth%d", "a%"])
 def test_validate_ifname_rejects(name):
     with pytest.raises(CniError) as info:
         skel.validate_ifname(name)

@@ -5,6 +5,7 @@ logSeverityScreen (its log level); unless FELIX_IPTABLESREFRESHINTERVAL or a log
 is set in its environment, which wins, as Felix's environment does. A few fields are accepted at
 the one value that says what calico-node does anyway (Calico's start-up writes them so: see
 cni_calico.v3.FELIX_INERT); every other field is refused naming it, never stored and ignored.
+clientv3's defaults (cni_calico.v3.FELIX_DEFAULTS) are filled in on every write, as Calico's are.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 
 from cni_calico.resources import FieldError, Kind, Resource, register
-from cni_calico.v3 import FELIX_HONOURED, FELIX_INERT, LOG_SEVERITIES, parse_duration
+from cni_calico.v3 import FELIX_DEFAULTS, FELIX_HONOURED, FELIX_INERT, LOG_SEVERITIES, parse_duration
 
 NAME = re.compile(r"^(default|node\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
 
@@ -41,6 +42,8 @@ def _validate(res: Resource) -> list[FieldError]:
         else:
             errors.append(FieldError(f"spec.{key}", "not supported by this calico-node (it honours "
                                      f"{', '.join(FELIX_HONOURED)})", value))
+    for key, value in FELIX_DEFAULTS.items():
+        res.spec.setdefault(key, value)
     return errors
 
 
