@@ -76,7 +76,7 @@ SPEC_ORDER = {
     "NetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "serviceAccountSelector",
                       "performanceHints"),
     "FelixConfiguration": ("iptablesRefreshInterval", "defaultEndpointToHostAction", "logSeverityScreen",
-                           "reportingInterval", "bpfLogLevel", "bpfConnectTimeLoadBalancing",
+                           "reportingInterval", "natOutgoingAddress", "bpfLogLevel", "bpfConnectTimeLoadBalancing",
                            "bpfHostNetworkedNATWithoutCTLB", "floatingIPs"),
     "GlobalNetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "doNotTrack", "preDNAT",
                             "applyOnForward", "serviceAccountSelector", "namespaceSelector", "performanceHints"),
@@ -310,7 +310,7 @@ def parse_duration(text: str) -> float:
 
 # What calico-node honours of a FelixConfiguration, and the fields it accepts only at the value that
 # describes what it does anyway (Calico's start-up writes them so): anything else is refused.
-FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen")
+FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
                "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
                "defaultEndpointToHostAction": "Return"}
@@ -330,6 +330,7 @@ class FelixConfiguration:
     name: str
     refresh_interval: float | None = None  # iptablesRefreshInterval, seconds
     log_severity: str | None = None  # logSeverityScreen
+    nat_outgoing_address: str | None = None  # natOutgoingAddress: SNAT to it instead of masquerading
 
     @classmethod
     def from_value(cls, value: dict) -> FelixConfiguration:
@@ -340,7 +341,19 @@ class FelixConfiguration:
         except ValueError:
             seconds = None
         level = res.spec.get("logSeverityScreen")
-        return cls(res.name, seconds, str(level) if level in LOG_SEVERITIES else None)
+        nat = res.spec.get("natOutgoingAddress")
+        return cls(res.name, seconds, str(level) if level in LOG_SEVERITIES else None,
+                   str(nat) if nat and ipv4_address(str(nat)) else None)
+
+
+def ipv4_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --- IPPool ----------------------------------------------------------------------------------------

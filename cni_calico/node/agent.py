@@ -1,4 +1,5 @@
-"""calico-node's composition root: start-up, then keep BIRD, tunnel routes and policy rules in step with etcd.
+"""calico-node's composition root: start-up, then keep BIRD, tunnel routes, outgoing NAT and policy
+rules in step with etcd.
 
 One snapshot of etcd, then a watch (cni_calico.node.syncer): each change goes to the view that wants
 it, the routing view (nodes, pools, peers, BGP configuration, affinities: BIRD's config and the
@@ -49,6 +50,8 @@ class Agent:
         self.routing_dirty = True
         self.felix: dict[str, FelixConfiguration] = {}  # default and node.<me>, as read
         self.refresh_interval = cfg.refresh_interval
+        self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
+        self.nat: dict = {}  # IP version -> cni_calico.policy.natout.NatDataplane, made in start()
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -114,8 +117,11 @@ class Agent:
 
             self.cni_server = CniServerProcess(self.cfg.run_dir)
             self.cni_server.start()
+        from cni_calico.policy.iptables import ipv6_available
+        from cni_calico.policy.natout import NatDataplane
         from cni_calico.policy.sync import PolicySync
 
+        self.nat = {v: NatDataplane(version=v) for v in ((4, 6) if ipv6_available() else (4,))}
         self.policy = PolicySync(self.cfg.nodename)
         self.syncer.resync()
         self.sync_once(0.0)
@@ -171,6 +177,11 @@ class Agent:
             if refresh != self.refresh_interval:
                 log.info("policy drift check every %g s (FelixConfiguration iptablesRefreshInterval)", refresh)
                 self.refresh_interval = refresh
+        nat = pick("nat_outgoing_address") or ""
+        if nat != self.nat_address:
+            log.info("outgoing NAT to %s (FelixConfiguration natOutgoingAddress)", nat or "the node's address")
+            self.nat_address = nat
+            self.routing_dirty = True
         if not self.cfg.log_level_from_env:
             level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)
             if logging.getLogger().level != level:
@@ -190,6 +201,7 @@ class Agent:
     def _apply_routing(self) -> None:
         self.routing.revision = self.syncer.revision
         snap = self.routing.snapshot()
+        self._apply_nat(snap.pools)
         me = self.cfg.nodename
         if me not in snap.nodes:
             log.warning("node %s is no longer registered: withdrawing its routes", me)
@@ -203,6 +215,21 @@ class Agent:
         if self.tunnels is not None:
             self.tunnels.sync(snap)
 
+    def _apply_nat(self, pools: list, repair: bool = False) -> None:
+        """Outgoing NAT follows the pools (a failure is logged and retried at the next change or check)."""
+        from cni_calico.policy.iptables import PolicyError
+        from cni_calico.policy.natout import plan
+
+        for version, dataplane in self.nat.items():
+            wanted = plan(pools, version, self.nat_address)
+            try:
+                if repair and dataplane.applied is not None:
+                    dataplane.repair(wanted)
+                else:
+                    dataplane.apply(wanted)
+            except PolicyError as exc:
+                log.error("outgoing NAT (IPv%d) not programmed: %s", version, exc)
+
     def run(self) -> None:
         last_repair = time.monotonic()
         while not self.stop_event.is_set():
@@ -214,6 +241,7 @@ class Agent:
                 if self.policy is not None and time.monotonic() >= last_repair + self.refresh_interval:
                     last_repair = time.monotonic()
                     self.policy.repair()
+                    self._apply_nat(list(self.routing.pools.values()), repair=True)
             except DatastoreError as exc:
                 if self.etcd_ok:
                     log.warning("etcd unavailable, keeping the last configuration: %s", exc.msg)

@@ -19,15 +19,16 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--cleanup", action="store_true",
-                        help="remove calico-node's policy rules (iptables and ip6tables chains, jump, ipsets) "
-                        "from this network namespace and exit")
+                        help="remove calico-node's policy and outgoing NAT rules (iptables and ip6tables chains, "
+                        "jumps, ipsets) from this network namespace and exit")
     parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
     args = parser.parse_args(argv)
     if args.cleanup:
-        from cni_calico.policy.iptables import PolicyError, cleanup
+        from cni_calico.policy import natout
+        from cni_calico.policy.iptables import PolicyError, cleanup, ipv6_available
 
         try:
-            for what in cleanup():
+            for what in natout.cleanup(versions=(4, 6) if ipv6_available() else (4,)) + cleanup():
                 print(f"removed {what}")
         except PolicyError as exc:
             sys.stderr.write(f"calico-node: {exc}\n")

@@ -39,6 +39,7 @@ from cni_calico.policy.layout import (
     Family,
     IpSet,
     Ruleset,
+    policy_set,
     restore_text,
     set_name,
 )
@@ -72,9 +73,9 @@ def _run(args: list[str], stdin: str = "", check: bool = True) -> subprocess.Com
     return proc
 
 
-def saved_filter(run: Runner = _run, family: Family = V4) -> list[str]:
-    """``iptables-save -t filter`` (``ip6tables-save``) as lines, without comments."""
-    out = run([family.save, "-t", "filter"]).stdout
+def saved_filter(run: Runner = _run, family: Family = V4, table: str = "filter") -> list[str]:
+    """``iptables-save -t filter`` (``ip6tables-save``; or another table) as lines, without comments."""
+    out = run([family.save, "-t", table]).stdout
     return [line for line in out.splitlines() if line and not line.startswith("#")]
 
 
@@ -94,6 +95,16 @@ def foreign_jumps(lines: list[str]) -> list[str]:
     return out
 
 
+def jump_fix(lines: list[str], builtin: str, chain: str, jump: str) -> list[str]:
+    """The repair of our one jump from a built-in chain (saved table `lines`): nothing when it is the
+    built-in's first rule and the table's only jump into our chains; else delete those, insert ours."""
+    first = next((line for line in lines if line.startswith(f"-A {builtin} ")), "")
+    ours = foreign_jumps(lines)
+    if first and first in ours and len(ours) == 1 and f"-j {chain}" in first:
+        return []
+    return ["-D" + line[2:] for line in ours] + [f"-I {builtin} 1 {jump}"]
+
+
 def restore_command(run: Runner = _run, family: Family = V4) -> list[str]:
     """iptables-restore --noflush, waiting for the xtables lock where this iptables has one (legacy >= 1.6.2;
     the nf_tables variant needs none, 1.4 has no such option)."""
@@ -103,7 +114,8 @@ def restore_command(run: Runner = _run, family: Family = V4) -> list[str]:
 
 
 def ipsets(run: Runner = _run, family: Family = V4) -> list[str]:
-    return [n for n in run(["ipset", "list", "-n"]).stdout.split() if n.startswith(family.set_prefix)]
+    """The policy's sets of the family in the kernel (not outgoing NAT's)."""
+    return [n for n in run(["ipset", "list", "-n"]).stdout.split() if policy_set(n, family)]
 
 
 def _ipset_script(wanted: dict[str, IpSet], have: dict[str, IpSet | None], family: Family = V4) -> list[str]:
@@ -136,13 +148,14 @@ def canonical(rule: str) -> str:
     return " ".join(parts)
 
 
-def saved_sets(run: Runner = _run, family: Family = V4) -> dict[str, IpSet]:
-    """Every set of ours in the kernel with its members (``ipset save``)."""
+def saved_sets(run: Runner = _run, family: Family = V4, mine: Callable[[str, Family], bool] = policy_set
+               ) -> dict[str, IpSet]:
+    """Every set of ours (the policy's, unless `mine` says otherwise) in the kernel with its members."""
     kinds: dict[str, str] = {}
     members: dict[str, list[str]] = {}
     for line in run(["ipset", "save"]).stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[1].startswith(family.set_prefix):
+        if len(parts) >= 3 and mine(parts[1], family):
             if parts[0] == "create":
                 kinds[parts[1]] = parts[2]
                 members.setdefault(parts[1], [])
@@ -229,12 +242,7 @@ class Dataplane:
         return True
 
     def _jump_fix(self, lines: list[str]) -> list[str]:
-        """The FORWARD jump's repair: nothing when ours is FORWARD's first rule and the only one."""
-        forward = [line for line in lines if line.startswith("-A FORWARD ")]
-        ours = foreign_jumps(lines)
-        if forward and forward[0] in ours and len(ours) == 1 and f"-j {FORWARD_CHAIN}" in forward[0]:
-            return []
-        return ["-D" + line[2:] for line in ours] + [f"-I FORWARD 1 {JUMP}"]
+        return jump_fix(lines, "FORWARD", FORWARD_CHAIN, JUMP)
 
     def _ipset(self, lines: list[str]) -> None:
         self.run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
@@ -360,10 +368,17 @@ class Dataplane:
         return repaired
 
 
-def _pristine(lines: list[str]) -> bool:
-    """Whether the saved filter table is just the three built-in chains, accepting, with no rules."""
-    body = [line.split(" [")[0] for line in lines if line not in ("*filter", "COMMIT")]
-    return sorted(body) == sorted(f":{c} ACCEPT" for c in BUILTIN)
+def drop_if_pristine(run: Runner, family: Family, table: str, builtins: tuple[str, ...]) -> None:
+    """With the nf_tables backend, deletes a table left with just its built-in chains, accepting,
+    and no rule (an empty table accepts everything, exactly as no table): iptables-save then prints
+    what it printed before we started."""
+    version = run([family.iptables, "--version"], check=False).stdout
+    if "nf_tables" not in version or not shutil.which("nft"):
+        return
+    tables = [line for line in run([family.save]).stdout.splitlines() if line.startswith("*")]
+    body = [line.split(" [")[0] for line in saved_filter(run, family, table) if line not in (f"*{table}", "COMMIT")]
+    if f"*{table}" in tables and sorted(body) == sorted(f":{c} ACCEPT" for c in builtins):
+        run(["nft", "delete", "table", family.nft_family, table], check=False)
 
 
 def cleanup(run: Runner = _run, versions: tuple[int, ...] | None = None) -> list[str]:
@@ -389,10 +404,5 @@ def _cleanup(run: Runner, family: Family) -> list[str]:
         run(["ipset", "destroy", name])
         removed.append(f"ipset: {name}")
     if chains or jumps:
-        full = run([family.save]).stdout
-        version = run([family.iptables, "--version"], check=False).stdout
-        tables = [line for line in full.splitlines() if line.startswith("*")]
-        if ("nf_tables" in version and "*filter" in tables and _pristine(saved_filter(run, family))
-                and shutil.which("nft")):
-            run(["nft", "delete", "table", family.nft_family, "filter"], check=False)
+        drop_if_pristine(run, family, "filter", BUILTIN)
     return removed

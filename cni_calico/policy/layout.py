@@ -7,7 +7,8 @@ What holds:
   table's tools, the ipset family and name prefix, the ICMP spelling and "any address" differ (``Family``).
 - Every chain is named ``cali-...`` in at most 28 characters; every ipset ``cali40...`` (IPv4, family
   inet) or ``cali60...`` (IPv6, family inet6) in at most 31 (longer names are hashed), so the two
-  families' sets never share a name.
+  families' sets never share a name. The policy's sets are ``cali40<kind>:…`` (``policy_set``); outgoing
+  NAT's (cni_calico.policy.natout) are named as Felix names them, with no colon.
 """
 
 from __future__ import annotations
@@ -99,11 +100,18 @@ def set_name(kind: str, key: str, version: int = 4) -> str:
     return prefix + _digest(kind + key, MAX_SET - len(prefix))
 
 
-def restore_text(chains: dict[str, tuple[str, ...]], remove: Iterable[str] = (), jump: Iterable[str] = ()) -> str:
-    """A *-restore --noflush transaction for the filter table: declare (= flush) every chain written or
+def policy_set(name: str, family: Family) -> bool:
+    """Whether an ipset is the policy's (``cali40<kind>:…``), not outgoing NAT's (``cali40masq-ipam-pools``)."""
+    prefix = family.set_prefix
+    return name.startswith(prefix) and name[len(prefix) + 1:len(prefix) + 2] == ":"
+
+
+def restore_text(chains: dict[str, tuple[str, ...]], remove: Iterable[str] = (), jump: Iterable[str] = (),
+                 table: str = "filter") -> str:
+    """A *-restore --noflush transaction for one table: declare (= flush) every chain written or
     removed, write ``chains``, apply the ``jump`` lines, then delete the ``remove`` chains."""
     remove = sorted(set(remove) - set(chains))
-    lines = ["*filter"] + [f":{c} - [0:0]" for c in [*chains, *remove]] + list(jump)
+    lines = [f"*{table}"] + [f":{c} - [0:0]" for c in [*chains, *remove]] + list(jump)
     for chain, rules in chains.items():
         lines += [f"-A {chain} {rule}" for rule in rules]
     lines += [f"-X {c}" for c in remove] + ["COMMIT", ""]

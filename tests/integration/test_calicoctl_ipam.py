@@ -278,7 +278,7 @@ def test_delete_pool_refused_while_in_use_unless_forced(node, make_pod, pool, co
     assert etcd.get_json(pool_key) is None and etcd.keys(AFFINITY) == []
     assert etcd.get_json(BLOCKS + "10.60.0.0-26")["affinity"] is None and allocated(etcd) == [ip]
     rows = table_rows(run(etcd, "ipam", "show", "--show-blocks").stdout)
-    assert rows[1:] == [["Block", "10.60.0.0/26", "<none>", "64", "1 (2%)", "63 (98%)"]]
+    assert rows[1:] == [["Block", "10.60.0.0/26", "64", "1 (2%)", "0 (0%)", "63 (98%)"]]  # no pool row: it is gone
     delete(node, conf(), cid, pod)
     assert allocated(etcd) == []
 

@@ -355,9 +355,10 @@ def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(
     assert run(etcd, "get", "felixconfig", "-o", "wide").stdout.split("\n")[1].split() == ["default", "30s", "Warning"]
     r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "node.node1", {
         "iptablesRefreshInterval": "soon", "logSeverityScreen": "Chatty", "floatingIPs": "Enabled",
-        "bpfEnabled": True})))
+        "bpfEnabled": True, "natOutgoingAddress": "fd00::1"})))
     assert r.returncode == 1
     for problem in ("spec.iptablesRefreshInterval = 'soon' ('soon' is not a duration",
+                    "spec.natOutgoingAddress = 'fd00::1' (must be an IPv4 address)",
                     "spec.logSeverityScreen = 'Chatty' (must be one of Debug, Info, Warning, Error, Fatal)",
                     "spec.floatingIPs = 'Enabled' (not supported by this calico-node: only 'Disabled'",
                     "spec.bpfEnabled = 'true' (not supported by this calico-node (it honours iptablesRefreshInterval"):

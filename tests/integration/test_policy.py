@@ -27,7 +27,8 @@ def checked_cluster(lab, etcd):
         yield c
     finally:
         c.close()
-    assert "cali" not in sh("iptables-save").stdout, "calico-node touched the machine's own iptables"
+    for tool in ("iptables-save", "ip6tables-save"):
+        assert "cali" not in sh(tool).stdout, f"calico-node touched the machine's own {tool}"
     assert "cali" not in sh("ipset", "list", "-n").stdout, "calico-node touched the machine's own ipsets"
 
 

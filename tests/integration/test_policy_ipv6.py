@@ -15,6 +15,7 @@ import pytest
 from tests.integration.cluster import Cluster
 from tests.integration.test_policy import (
     JUMP,
+    checked_cluster,
     eventually,
     expect,
     label,
@@ -25,7 +26,7 @@ from tests.integration.test_policy import (
     serve,
     tcp,
 )
-from tests.lab import Lab, add_pool, netconf, plugin_dir, sh
+from tests.lab import Lab, add_pool, netconf, plugin_dir
 
 DUAL = {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}
 ND_RULE = "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT"
@@ -33,14 +34,7 @@ ND_RULE = "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT"
 
 @pytest.fixture
 def cluster(lab, etcd):
-    c = Cluster(lab, etcd)
-    try:
-        yield c
-    finally:
-        c.close()
-    for tool in ("iptables-save", "ip6tables-save"):
-        assert "cali" not in sh(tool).stdout, f"calico-node touched the machine's own {tool}"
-    assert "cali" not in sh("ipset", "list", "-n").stdout, "calico-node touched the machine's own ipsets"
+    yield from checked_cluster(lab, etcd)
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -155,12 +155,14 @@ def test_start_up_keeps_an_operators_felix_configuration_and_fills_only_what_it_
 def test_calicoctl_write_of_a_felix_configuration_gets_clientv3s_defaults():
     from cni_calico.ctl.kinds.felix import FELIXCONFIGURATION
 
-    felix = Resource(FELIXCONFIGURATION, {"name": "default"}, {"iptablesRefreshInterval": "1m0s"})
+    felix = Resource(FELIXCONFIGURATION, {"name": "default"}, {"natOutgoingAddress": "192.168.200.101",
+                                                               "iptablesRefreshInterval": "1m0s"})
     validate(felix)
     felix.metadata.update({"uid": "u", "creationTimestamp": "2026-08-22T13:33:20Z"})
     assert encode(felix.to_stored()) == (
         '{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default","uid":"u",'
-        '"creationTimestamp":"2026-08-22T13:33:20Z"},"spec":{"iptablesRefreshInterval":"1m0s","bpfLogLevel":"",'
+        '"creationTimestamp":"2026-08-22T13:33:20Z"},"spec":{"iptablesRefreshInterval":"1m0s",'
+        '"natOutgoingAddress":"192.168.200.101","bpfLogLevel":"",'
         '"bpfConnectTimeLoadBalancing":"TCP","bpfHostNetworkedNATWithoutCTLB":"Enabled","floatingIPs":"Disabled"}}')
 
 
