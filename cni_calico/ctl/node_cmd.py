@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass
 
 from cni_calico.ctl import output
+from cni_calico.host import DEFAULT_RUN_DIR
 
-DEFAULT_RUN_DIR = "/var/run/calico"
 BIRDC_TIMEOUT = 5.0
 PEER_NAME = re.compile(r"^(Global|Node|Mesh)_(.+)$")
 PEER_TYPES = {"Global": "global", "Mesh": "node-to-node mesh", "Node": "node specific"}
@@ -129,12 +129,18 @@ def status(run_dir: str) -> list[Peer]:
 
 def run_status(args: argparse.Namespace) -> int:
     try:
-        peers = status(os.environ.get("CALICO_RUN_DIR") or DEFAULT_RUN_DIR)
+        run_dir = os.environ.get("CALICO_RUN_DIR") or DEFAULT_RUN_DIR
+        peers = status(run_dir)
     except NotRunning as exc:
         print("Calico process is not running.")
         print(str(exc), file=sys.stderr)
         return 1
     print("Calico process is running.")
+    from cni_calico.node import readiness
+
+    problems = readiness.read(run_dir)
+    for problem in problems or []:
+        print(f"Calico node is not ready: {problem}")
     for version in (4, 6):
         print(f"\nIPv{version} BGP status")
         rows = [[p.address, p.kind, p.state, p.since, p.info] for p in peers if p.version == version]

@@ -52,6 +52,7 @@ class Agent:
         self.refresh_interval = cfg.refresh_interval
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
         self.nat: dict = {}  # IP version -> cni_calico.policy.natout.NatDataplane, made in start()
+        self.reported: list[str] | None = None  # the readiness problems last written (None: none yet)
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -194,6 +195,7 @@ class Agent:
         if self.routing_dirty:
             self.routing_dirty = False
             self._apply_routing()
+            self._report_readiness()
         if self.policy is not None:
             self.policy.flush()
         return came
@@ -214,6 +216,15 @@ class Agent:
             self.bird.apply(birdconf.render(snap, me, subnet))
         if self.tunnels is not None:
             self.tunnels.sync(snap)
+
+    def _report_readiness(self) -> None:
+        """What this node cannot do, for `calico-node --ready` and `calicoctl node status`."""
+        from cni_calico.node import readiness
+
+        problems = list(self.tunnels.problems) if self.tunnels is not None else []
+        if problems != self.reported:
+            readiness.write(self.cfg.run_dir, problems)
+            self.reported = problems
 
     def _apply_nat(self, pools: list, repair: bool = False) -> None:
         """Outgoing NAT follows the pools (a failure is logged and retried at the next change or check)."""
@@ -275,6 +286,10 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - stopping goes on; the rules stay as they were
                 log.warning("final policy sync failed, rules left as they were: %s", exc)
         self.syncer.close()
+        if self.reported is not None:  # a stopped node is not ready
+            from cni_calico.node import readiness
+
+            readiness.clear(self.cfg.run_dir)
         if self.bird:
             self.bird.stop(graceful=True)
         self.ds.close()

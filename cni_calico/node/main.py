@@ -21,8 +21,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cleanup", action="store_true",
                         help="remove calico-node's policy and outgoing NAT rules (iptables and ip6tables chains, "
                         "jumps, ipsets) from this network namespace and exit")
+    parser.add_argument("--ready", action="store_true",
+                        help="readiness probe: exit 0 if the calico-node of this host (CALICO_RUN_DIR) is running "
+                        "and can serve every pool that selects it; else exit 1 saying why")
     parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
     args = parser.parse_args(argv)
+    if args.ready:
+        return ready()
     if args.cleanup:
         from cni_calico.policy import natout
         from cni_calico.policy.iptables import PolicyError, cleanup, ipv6_available
@@ -73,3 +78,19 @@ def main(argv: list[str]) -> int:
         agent.shutdown()
     log.info("calico-node stopped")
     return 0
+
+
+def ready() -> int:
+    import os
+
+    from cni_calico.host import DEFAULT_RUN_DIR
+    from cni_calico.node import readiness
+
+    run_dir = os.environ.get("CALICO_RUN_DIR") or DEFAULT_RUN_DIR
+    problems = readiness.read(run_dir)
+    if problems is None:
+        sys.stderr.write(f"calico-node is not ready: it is not running (no {readiness.FILE} in {run_dir})\n")
+        return 1
+    for problem in problems:
+        sys.stderr.write(f"calico-node is not ready: {problem}\n")
+    return 1 if problems else 0

@@ -18,6 +18,7 @@ from cni_calico.datastore import Store
 from cni_calico.node.config import NodeConfig
 from cni_calico.node.model import Snapshot
 from cni_calico.node.startup import update_node, write_file
+from ipam.pools import selects
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,15 @@ def tunnel_mtu(uplink_mtu: int, snap: Snapshot) -> int:
 
 
 class Tunnels:
-    """Applies the VXLAN plan on this node; IPIP is planned only (this kernel has no ipip driver)."""
+    """Applies the VXLAN and IPIP plans on this node. An IPIP pool that selects the node on a kernel
+    without the ipip driver is a problem it reports (`problems`: the node is not ready)."""
 
     def __init__(self, ds: Store, cfg: NodeConfig, my_cidr: str) -> None:
         self.ds = ds
         self.cfg = cfg
         self.my_cidr = my_cidr
         self.programmed: set[TunnelRoute] = set()
-        self.ipip_warned = False
+        self.problems: list[str] = []  # what this node cannot do for its pools (it is not ready)
 
     def sync(self, snap: Snapshot) -> None:
         from pyroute2 import IPRoute
@@ -135,26 +137,38 @@ class Tunnels:
         self._apply(ipr, index, plan_vxlan(snap, me, self.my_cidr))
 
     def _sync_ipip(self, ipr, snap: Snapshot, uplink_mtu: int) -> None:
-        pools = [p for p in snap.pools if p.family == 4 and p.ipip_mode != "Never" and not p.disabled]
-        if not pools:
-            return
-        found = ipr.link_lookup(ifname=IPIP_DEVICE)
-        if not found:
-            try:
-                ipr.link("add", ifname=IPIP_DEVICE, kind="ipip")
-                found = ipr.link_lookup(ifname=IPIP_DEVICE)
-            except Exception as exc:  # noqa: BLE001 - reported once, the rest of the node goes on
-                if not self.ipip_warned:
-                    log.error("IPIP pool %s cannot be programmed: this kernel has no ipip driver (%s)",
-                              pools[0].cidr, exc)
-                    self.ipip_warned = True
+        me = self.cfg.nodename
+        labels = snap.nodes[me].labels if me in snap.nodes else {}
+        pools = [p for p in snap.pools if p.family == 4 and p.ipip_mode != "Never" and not p.disabled
+                 and selects(p.node_selector, labels)]
+        problems: list[str] = []
+        try:
+            if not pools:
                 return
+            found = ipr.link_lookup(ifname=IPIP_DEVICE)
+            if not found:
+                try:
+                    ipr.link("add", ifname=IPIP_DEVICE, kind="ipip")
+                    found = ipr.link_lookup(ifname=IPIP_DEVICE)
+                except Exception as exc:  # noqa: BLE001 - reported (not ready), the rest of the node goes on
+                    names = ", ".join(f"{p.name} ({p.cidr})" for p in pools)
+                    problems.append(f"IPIP pool {names} selects this node, but this kernel has no ipip driver "
+                                    f"({exc}): that pool's traffic to other nodes is lost")
+                    return
+            self._program_ipip(ipr, snap, pools, found[0], uplink_mtu)
+        finally:
+            for problem in set(problems) - set(self.problems):
+                log.error("not ready: %s", problem)
+            if self.problems and not problems:
+                log.info("ready again: %s resolved", "; ".join(self.problems))
+            self.problems = problems
+
+    def _program_ipip(self, ipr, snap: Snapshot, pools: list, index: int, uplink_mtu: int) -> None:
         me = self.cfg.nodename
         address = snap.nodes[me].ipip_addr
         if not address:
             address = self._allocate_tunnel_address(pools, "ipip-tunnel-addr")
             update_node(self.ds, me, bgp={"ipv4IPIPTunnelAddr": address})
-        index = found[0]
         ipr.link("set", index=index, mtu=uplink_mtu - IPIP_OVERHEAD, state="up")
         if address not in {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}:
             ipr.addr("add", index=index, address=address, prefixlen=32)

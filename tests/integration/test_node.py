@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.integration.cluster import SETTLE, Cluster
-from tests.lab import add_pool, plugin_dir, sh
+from tests.lab import add_pool, plugin_dir, pool, sh, wait_for
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_mesh_three_nodes_every_pod_reaches_every_pod(cluster, etcd):
         assert states == {peer: "Established" for peer in others}
         status = cluster.lab.in_ns(cluster.ns[name], "env", f"CALICO_RUN_DIR={cluster.calico[name].run_dir}",
                                    f"{plugin_dir()}/calicoctl", "node", "status").stdout
-        assert "Calico process is running." in status
+        assert "Calico process is running." in status and "not ready" not in status
         for other in cluster.ns:
             if other != name:
                 assert re.search(rf"\| {re.escape(cluster.ip(other))} +\| node-to-node mesh \| up +\|.*Established",
@@ -229,6 +229,36 @@ def _kernel_has_ipip(lab) -> bool:
         return lab.in_ns(ns, "ip", "link", "add", "probe0", "type", "ipip").returncode == 0
     finally:
         lab.remove_netns(ns)
+
+
+def test_an_ipip_pool_this_kernel_cannot_serve_makes_the_node_not_ready(cluster, etcd, lab):
+    if _kernel_has_ipip(lab):
+        pytest.skip("this kernel has the ipip driver: the not-ready path needs one without it")
+    add_pool(etcd, "plain", "10.89.0.0/16", 26)
+    cluster.add_node(1)
+    node = cluster.calico["node1"]
+
+    def probe(*args: str):
+        return cluster.lab.in_ns(cluster.ns["node1"], "env", f"CALICO_RUN_DIR={node.run_dir}", *args)
+
+    ready = [f"{plugin_dir()}/calico-node", "--ready"]
+    wait_for(lambda: probe(*ready).returncode == 0, 20, "calico-node to report ready")
+    tunnelled = pool("tunnelled", "10.88.0.0/16", ipip="Always")
+    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/tunnelled", tunnelled)
+    wait_for(lambda: probe(*ready).returncode == 1, 20, "calico-node to report not ready")
+    problem = "IPIP pool tunnelled (10.88.0.0/16) selects this node, but this kernel has no ipip driver"
+    assert problem in probe(*ready).stderr
+    status = probe(f"{plugin_dir()}/calicoctl", "node", "status").stdout
+    assert "Calico process is running." in status and f"Calico node is not ready: {problem}" in status
+    assert f"not ready: {problem}" in node.log()
+    # A pool that does not select the node asks nothing of it.
+    tunnelled["spec"]["nodeSelector"] = "rack == 'elsewhere'"
+    etcd.put_json("/calico/resources/v3/projectcalico.org/ippools/tunnelled", tunnelled)
+    wait_for(lambda: probe(*ready).returncode == 0, 20, "calico-node to report ready again")
+    assert "not ready" not in probe(f"{plugin_dir()}/calicoctl", "node", "status").stdout
+    node.stop(graceful=True)
+    stopped = probe(*ready)
+    assert stopped.returncode == 1 and "it is not running" in stopped.stderr
 
 
 def test_ipip_pool_goes_through_tunl0(cluster, etcd, lab):
