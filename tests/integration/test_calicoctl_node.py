@@ -140,6 +140,8 @@ def test_node_status_with_only_a_mesh_peer_prints_calicos_table(birds):
     (birds.workdir / "b" / "bird.cfg").write_text(_config("b").split("protocol bgp Mesh_fd00")[0])
     assert "Reconfigur" in birds.birdc("b", "configure")
     wait_for(lambda: "Mesh_fd00" not in birds.birdc("b", "show", "protocols"), 10, "the IPv6 peer to go")
+    # A loaded machine may see the IPv4 session restart around the reconfiguration: wait it back.
+    wait_for(lambda: "Established" in birds.birdc("b", "show", "protocols"), 30, "b's session to be Established")
     r = run(None, "node", "status", env={"CALICO_RUN_DIR": birds.run_dir("b")})
     since = re.search(r"\| (\d\d:\d\d:\d\d) \|", r.stdout).group(1)
     assert r.stdout == (
