@@ -89,19 +89,42 @@ def tier_op(draw):
     return ("tier", name, {"metadata": {"name": name}, "spec": {k: v for k, v in spec.items() if v is not None}})
 
 
-OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op()), min_size=1,
-               max_size=25)
+@st.composite
+def netset_op(draw):
+    """A NetworkSet (in namespace "a" or "b") or a GlobalNetworkSet; nets overlap the endpoints' addresses
+    (a set member held by both), include /0 (two halves) and full-length nets (bare members)."""
+    ns, n = draw(st.sampled_from(["a", "b", ""])), draw(st.integers(0, 2))
+    key = f"{ns}/s{n}" if ns else f"s{n}"
+    if draw(st.integers(0, 4)) == 0:
+        return ("netset", key, None)
+    nets = draw(st.lists(st.sampled_from(["10.0.0.1/32", "10.0.0.1", "10.7.0.0/16", "0.0.0.0/0", "fd00::2/128",
+                                          "fd00:7::/48", "not-a-net"]), max_size=3, unique=True))
+    labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
+                                ("role", draw(st.sampled_from(["r1", None])))) if v}
+    meta = {"name": f"s{n}", "labels": labels, **({"namespace": ns} if ns else {})}
+    return ("netset", key, {"metadata": meta, "spec": {"nets": nets}})
+
+
+OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op(), netset_op()),
+               min_size=1, max_size=25)
 
 
 PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers"}
 
 
+def netset_key(key: str) -> str:
+    """The calculator's key of a network set (as cni_calico.policy.sync feeds it)."""
+    return f"networkset:{key}" if "/" in key else f"globalnetworkset:{key}"
+
+
 def etcd_key(op) -> str:
     """Where an update's resource lives in etcd."""
     kind, key, value = op
-    if kind == "policy":
+    if kind in ("policy", "netset"):
         ns, _, name = key.rpartition("/")
-        return keys.resource("networkpolicies" if ns else "globalnetworkpolicies", name, ns)
+        plurals = ("networkpolicies", "globalnetworkpolicies") if kind == "policy" else ("networksets",
+                                                                                       "globalnetworksets")
+        return keys.resource(plurals[0] if ns else plurals[1], name, ns)
     ns, _, name = key.rpartition("/")
     return keys.resource(PLURALS[kind], name, ns)
 
@@ -133,6 +156,11 @@ class World:
             self._put(self.profiles, key, prof)
             if calc is not None:
                 calc.update_profile(key, prof)
+        elif kind == "netset":
+            netset = None if value is None else model.network_set_from_resource(value, namespaced="/" in key)
+            self._put(self.endpoints, netset_key(key), netset)
+            if calc is not None:
+                calc.update_endpoint(netset_key(key), netset)
         elif kind == "tier":
             tier = None if value is None else model.tier_from_resource(value)
             self._put(self.tiers, key, tier)

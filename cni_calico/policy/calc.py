@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from cni_calico.policy import model
 from cni_calico.policy.index import SelectorIndex, discard
-from cni_calico.policy.layout import FAMILIES, IpSet, Ruleset
+from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, IpSet, Ruleset
 from cni_calico.policy.render import (
     DIRECTIONS,
     RuleRenderer,
@@ -207,7 +207,7 @@ class PolicyCalculator:
     def _ipset(self, fam: _Family, name: str) -> IpSet:
         if name in fam.static:
             return IpSet("hash:net", fam.static[name])
-        return IpSet("hash:ip", tuple(sorted(fam.members[name])))
+        return IpSet(SELECTOR_SET, tuple(sorted(fam.members[name])))
 
     # --- endpoints and labels ------------------------------------------------------------------
 
@@ -355,7 +355,7 @@ class PolicyCalculator:
                 if fam.family.holds(address):
                     counts = fam.members[name]
                     counts[address] = counts.get(address, 0) + 1
-        fam.pending.created[name] = IpSet("hash:ip", ())
+        fam.pending.created[name] = IpSet(SELECTOR_SET, ())
         fam.pending.added.pop(name, None)
         fam.pending.deleted.pop(name, None)
 

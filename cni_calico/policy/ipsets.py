@@ -7,7 +7,9 @@ a few µs a member. Sets are created, filled, swapped and destroyed with the `ip
 (cni_calico.policy.iptables): only membership changes come here.
 
 The messages are the ones `ipset add/del -exist` sends: protocol 6, the set's name, and one
-address (no NLM_F_EXCL, so adding a present member or deleting an absent one is not an error).
+address, with its prefix length when the member is a network (hash:net; without one the kernel takes
+a full-length network). No NLM_F_EXCL, so adding a present member or deleting an absent one is not an
+error.
 A socket belongs to the network namespace of the thread that made it.
 """
 
@@ -23,7 +25,7 @@ NFNL_SUBSYS_IPSET = 6
 IPSET_CMD_ADD, IPSET_CMD_DEL = 9, 10
 IPSET_PROTOCOL = 6
 ATTR_PROTOCOL, ATTR_SETNAME, ATTR_DATA = 1, 2, 7
-ATTR_IP, ATTR_IPADDR_IPV4, ATTR_IPADDR_IPV6 = 1, 1, 2
+ATTR_IP, ATTR_CIDR, ATTR_IPADDR_IPV4, ATTR_IPADDR_IPV6 = 1, 3, 1, 2
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
@@ -59,10 +61,12 @@ class MemberSocket:
     def _message(self, set_name: str, member: str, add: bool) -> bytes:
         family = socket.AF_INET6 if ":" in member else socket.AF_INET
         ip_kind = ATTR_IPADDR_IPV6 if family == socket.AF_INET6 else ATTR_IPADDR_IPV4
-        address = _attr(ip_kind | NLA_F_NET_BYTEORDER, socket.inet_pton(family, member))
+        text, _, length = member.partition("/")
+        address = _attr(ip_kind | NLA_F_NET_BYTEORDER, socket.inet_pton(family, text))
+        data = _attr(ATTR_IP | NLA_F_NESTED, address) + (_attr(ATTR_CIDR, bytes([int(length)])) if length else b"")
         body = NFGEN.pack(family, 0, 0) + _attr(ATTR_PROTOCOL, bytes([IPSET_PROTOCOL]))
         body += _attr(ATTR_SETNAME, set_name.encode() + b"\0")
-        body += _attr(ATTR_DATA | NLA_F_NESTED, _attr(ATTR_IP | NLA_F_NESTED, address))
+        body += _attr(ATTR_DATA | NLA_F_NESTED, data)
         self.seq += 1
         kind = (NFNL_SUBSYS_IPSET << 8) | (IPSET_CMD_ADD if add else IPSET_CMD_DEL)
         return HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, self.seq, 0) + body

@@ -41,6 +41,7 @@ from cni_calico.policy.layout import (
     Ruleset,
     policy_set,
     restore_text,
+    set_member,
     set_name,
 )
 
@@ -165,11 +166,11 @@ def saved_sets(run: Runner = _run, family: Family = V4, mine: Callable[[str, Fam
 
 
 def _normal(member: str, family: Family) -> str:
-    """ipset prints a hash:net member of the full length as a bare address (and /128 for IPv6)."""
+    """A member as ours are written (cni_calico.policy.layout.set_member): the canonical network, a
+    full-length one as its bare address."""
     import ipaddress
 
-    net = ipaddress.ip_network(member, strict=False)
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen and "/" not in member else str(net)
+    return set_member(str(ipaddress.ip_network(member, strict=False)))
 
 
 NETLINK_MEMBERS = 4096  # member changes up to this many go by netlink in one send; more: one ipset restore

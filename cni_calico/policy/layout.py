@@ -93,11 +93,23 @@ def chain_name(prefix: str, name: str) -> str:
     return prefix + "_" + _digest(name, MAX_CHAIN - len(prefix) - 1)
 
 
+SELECTOR_SET = "hash:net"  # as Felix: a selector matches endpoints' addresses and network sets' CIDRs
+
+
 def set_name(kind: str, key: str, version: int = 4) -> str:
-    """``cali40<kind>:<hash>`` (``cali60`` for IPv6), 31 chars: kind "s" (selector, hash:ip), "n" (nets,
-    hash:net), "t" (temp)."""
+    """``cali40<kind>:<hash>`` (``cali60`` for IPv6), 31 chars: kind "s" (selector), "n" (nets), "t"
+    (temp); all hash:net. The digest covers the set type: selector sets were hash:ip before network
+    sets, and ipset cannot swap sets of different types, so after an upgrade the new sets have new
+    names and the old ones go as stale once no rule names them."""
     prefix = f"{FAMILIES[version].set_prefix}{kind}:"
-    return prefix + _digest(kind + key, MAX_SET - len(prefix))
+    salt = SELECTOR_SET if kind == "s" else ""
+    return prefix + _digest(kind + salt + key, MAX_SET - len(prefix))
+
+
+def set_member(net: str) -> str:
+    """A hash:net member as the kernel prints it: a full-length network is its bare address."""
+    address, _, length = net.partition("/")
+    return address if length in ("32", "128") and (length == "128") == (":" in address) else net
 
 
 def policy_set(name: str, family: Family) -> bool:

@@ -24,9 +24,10 @@ import socket
 from dataclasses import dataclass, field
 from sys import intern
 
+from cni_calico.policy.layout import set_member
 from cni_calico.policy.scope import NAMESPACE_LABEL, NS_NAME_LABEL, NS_PREFIX, applies_to, scoped_selector
 from cni_calico.selector import SelectorError, parse
-from cni_calico.v3 import ICMP_PROTOCOL_VERSION, PORT_PROTOCOLS, RULE_ACTIONS, RULE_PROTOCOLS
+from cni_calico.v3 import ICMP_PROTOCOL_VERSION, KNS_PREFIX, PORT_PROTOCOLS, RULE_ACTIONS, RULE_PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,14 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    key: str  # "<ns>/<name>"
-    namespace: str
+    """A workload endpoint, or a network set: what a rule's selector can match (network sets have no
+    node nor interface, so they are never policed themselves)."""
+
+    key: str  # "<ns>/<name>"; network sets: "networkset:<ns>/<name>", "globalnetworkset:<name>"
+    namespace: str  # "" for a global network set
     node: str
     interface: str
-    addresses: tuple[str, ...]  # bare IPv4 and IPv6 addresses
+    addresses: tuple[str, ...]  # bare IPv4 and IPv6 addresses; a network set's nets (layout.set_member)
     profiles: tuple[str, ...]
     labels: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -304,6 +308,31 @@ def endpoint_from_resource(resource: dict) -> Endpoint:
     )
 
 
+def network_set_from_resource(resource: dict, namespaced: bool) -> Endpoint:
+    """A NetworkSet (``namespaced``) or GlobalNetworkSet as libcalico-go hands it to Felix: its nets
+    (an unparseable one is logged and skipped), its labels, and for a NetworkSet its namespace and
+    the namespace's profile ``kns.<ns>``, so it carries the namespace's labels as a pod does."""
+    meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    name = str(meta.get("name") or "")
+    namespace = str(meta.get("namespace") or "default") if namespaced else ""
+    key = f"networkset:{namespace}/{name}" if namespaced else f"globalnetworkset:{name}"
+    members: set[str] = set()
+    for value in spec.get("nets") or []:
+        try:
+            net = ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            log.warning("%s: ignoring invalid net %r", key, value)
+            continue
+        if net.prefixlen == 0:  # hash:net holds no /0: its two halves
+            members.update(str(half) for half in net.subnets())
+        else:
+            members.add(set_member(str(net)))
+    labels = meta.get("labels") or {}
+    return Endpoint(key=key, namespace=namespace, node="", interface="", addresses=tuple(sorted(members)),
+                    profiles=(f"{KNS_PREFIX}{namespace}",) if namespaced else (),
+                    labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {})
+
+
 def _address(net: object) -> str:
     """The canonical address of an ipNetworks entry ("" if malformed), without ipaddress's cost:
     calico-node parses every endpoint of the cluster."""
@@ -323,8 +352,9 @@ def effective_labels(endpoint: Endpoint, profiles: dict[str, Profile]) -> dict[s
         if name in profiles:
             labels.update(profiles[name].labels)
     labels.update(endpoint.labels)
-    labels[NAMESPACE_LABEL] = endpoint.namespace
-    labels[NS_PREFIX + NS_NAME_LABEL] = endpoint.namespace
+    if endpoint.namespace:  # not a global network set
+        labels[NAMESPACE_LABEL] = endpoint.namespace
+        labels[NS_PREFIX + NS_NAME_LABEL] = endpoint.namespace
     return labels
 
 

@@ -26,9 +26,11 @@ family, ``ICMP`` is ``-p icmp -m icmp --icmp-type`` in IPv4 and ``ICMPv6`` ``-p 
 --icmpv6-type`` in IPv6, and a ``notProtocol`` naming the other family's ICMP (always true) is dropped.
 
 Invariants: see cni_calico.policy.layout for the names. Every chain a rule jumps to and every set a rule
-names is part of the same Ruleset. Selector sets (hash:ip, ``cali40s:`` family inet / ``cali60s:``
-family inet6) hold the family's addresses of every endpoint of the cluster that matches; net sets
-(hash:net) hold a rule's CIDRs of the family (0.0.0.0/0 or ::/0 as its two halves).
+names is part of the same Ruleset. Selector sets (hash:net, ``cali40s:`` family inet / ``cali60s:``
+family inet6) hold the family's addresses of every endpoint of the cluster that matches and the nets of
+every matching network set (see model.network_set_from_resource); net sets (hash:net) hold a rule's
+CIDRs of the family. In both, 0.0.0.0/0 or ::/0 is held as its two halves (hash:net holds no /0), and a
+full-length network as its bare address (``set_member``: the kernel prints it so).
 
 Not policed (Calico's DefaultEndpointToHostAction=ACCEPT): traffic between a workload and its own node
 (INPUT, OUTPUT; neighbour discovery with the gateway is such traffic) is left to the host's own rules;
@@ -51,11 +53,13 @@ from cni_calico.policy.layout import (
     MARKS,
     ND_TYPES,
     PASS_MARK,
+    SELECTOR_SET,
     TO_WL,
     Family,
     IpSet,
     Ruleset,
     chain_name,
+    set_member,
     set_name,
 )
 from cni_calico.policy.model import DEFAULT_TIER, ICMP_PROTOCOLS, Endpoint, Policy, Profile, Rule, Tier
@@ -94,7 +98,7 @@ def _port_chunks(ports: tuple[str, ...]) -> list[str]:
 def _set_members(nets: Iterable[str], family: Family) -> tuple[str, ...]:
     out = set()
     for net in nets:
-        out.update(family.halves if net == family.any_net else (net,))  # hash:net has no /0
+        out.update(family.halves if net == family.any_net else (set_member(net),))  # hash:net has no /0
     return tuple(sorted(out))
 
 
@@ -351,5 +355,5 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
     for name, selector in rr.selectors.items():
         members = {a for labels, eps in groups.items() if matcher.matches(selector, labels)
                    for ep in eps for a in ep.addresses if family.holds(a)}
-        ipsets[name] = IpSet("hash:ip", tuple(sorted(members)))
+        ipsets[name] = IpSet(SELECTOR_SET, tuple(sorted(members)))
     return Ruleset(dict(sorted(chains.items())), dict(sorted(ipsets.items())), version)

@@ -6,7 +6,8 @@
   NetworkPolicy's rule selectors (``selector``, or ``notSelector`` alone) stay in its own namespace.
   ``notSelector`` itself is never scoped (it is negated against the scoped positive match).
 - ``<nsSel'>`` is the namespace selector with every label key prefixed by ``pcns.`` (the namespace's
-  labels are copied onto each endpoint that way), and its ``all()`` means "in some namespace".
+  labels are copied onto each endpoint that way), its ``all()`` means "in some namespace" and its
+  ``global()`` "in none" (global network sets: how a NetworkPolicy names them).
 - Without Kubernetes a namespace has one label: ``projectcalico.org/name: <ns>``.
 
 Every function returns the canonical text of the scoped selector (``str(parse(...))``) and raises
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cni_calico.selector import All, And, Compare, Has, InSet, Not, Or, Selector, parse
+from cni_calico.selector import All, And, Compare, Global, Has, InSet, Not, Or, Selector, parse
 from cni_calico.v3 import NS_LABEL_PREFIX
 
 NAMESPACE_LABEL = "projectcalico.org/namespace"
@@ -26,14 +27,17 @@ NS_NAME_LABEL = "projectcalico.org/name"
 
 
 def prefixed(sel: Selector, prefix: str) -> Selector:
-    """The selector with every label key prefixed; all() becomes "has a namespace"."""
+    """The selector with every label key prefixed; all() becomes "has a namespace", global() "has no
+    namespace" (global network sets and host endpoints, as libcalico-go's rules.go)."""
     if isinstance(sel, (Has, Compare, InSet)):
         return dataclasses.replace(sel, key=prefix + sel.key)
     if isinstance(sel, Not):
         return Not(prefixed(sel.operand, prefix))
     if isinstance(sel, (And, Or)):
         return type(sel)(tuple(prefixed(op, prefix) for op in sel.operands))
-    return Has(NAMESPACE_LABEL)  # All / Global
+    if isinstance(sel, Global):
+        return Not(Has(NAMESPACE_LABEL))
+    return Has(NAMESPACE_LABEL)  # All
 
 
 def in_namespace(namespace: str) -> Selector:

@@ -25,7 +25,8 @@ from cni_calico.policy.iptables import Dataplane, ipv6_available
 
 log = logging.getLogger(__name__)
 
-PLURALS = ("workloadendpoints", "profiles", "networkpolicies", "globalnetworkpolicies", "tiers")
+PLURALS = ("workloadendpoints", "profiles", "networkpolicies", "globalnetworkpolicies", "tiers", "networksets",
+           "globalnetworksets")
 
 
 class PolicySync:
@@ -69,6 +70,12 @@ class PolicySync:
         try:
             if parsed.plural == "workloadendpoints":
                 self.calc.update_endpoint(name, None if value is None else model.endpoint_from_resource(value))
+            elif parsed.plural in ("networksets", "globalnetworksets"):
+                # A network set is matched by selectors as an endpoint is (model.network_set_from_resource).
+                namespaced = parsed.plural == "networksets"
+                key = f"{'networkset' if namespaced else 'globalnetworkset'}:{name}"
+                self.calc.update_endpoint(key, None if value is None else
+                                          model.network_set_from_resource(value, namespaced=namespaced))
             elif parsed.plural == "profiles":
                 self.calc.update_profile(name, None if value is None else model.profile_from_resource(value))
             elif parsed.plural == "tiers":

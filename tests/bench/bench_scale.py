@@ -79,6 +79,7 @@ from tests.lab import REPO, Lab, netconf, pool, sh
 RES = "/calico/resources/v3/projectcalico.org"
 IPAM = "/calico/ipam/v2"
 WEP_PREFIX = f"{RES}/workloadendpoints/"
+SELECTOR_SETS = ("cali40s:", "cali60s:")  # cni_calico.policy.layout.set_name's selector sets
 API = "projectcalico.org/v3"
 BENCH_NODE = "scale-000"
 POOL_NAME, POOL_CIDR, BLOCK_PREFIX = "scale-pool", "10.64.0.0/10", 26
@@ -224,9 +225,9 @@ def _condition(nl: Netlink, cmd: dict):
     kind = cmd["until"]
     if kind == "member":  # set, ip, present
         return lambda: nl.ipset_test(cmd["set"], cmd["ip"]) is cmd.get("present", True)
-    if kind == "in_any_set":  # ip: the hash:ip sets that hold it
+    if kind == "in_any_set":  # ip: the selector sets that hold it
         def in_any():
-            return [n for n, (t, _, _) in nl.ipset_headers().items() if t == "hash:ip" and nl.ipset_test(n, cmd["ip"])]
+            return [n for n in nl.ipset_headers() if n.startswith(SELECTOR_SETS) and nl.ipset_test(n, cmd["ip"])]
         return in_any
     if kind == "left_a_set":  # ip, sets: those of them that no longer hold it
         return lambda: [n for n in cmd["sets"] if not nl.ipset_test(n, cmd["ip"])]
@@ -869,8 +870,8 @@ class Bench:
         if not found["ok"]:
             raise RuntimeError(f"the probe {ip} reached no ipset within {t} s")
         self.wait_quiet()
-        sets = [n for n, (kind, _, _) in self.probe.headers().items()
-                if kind == "hash:ip" and self.probe.ask("test", set=n, ip=ip)["in"]]
+        sets = [n for n in self.probe.headers()
+                if n.startswith(SELECTOR_SETS) and self.probe.ask("test", set=n, ip=ip)["in"]]
         if len(sets) > 1:  # take its label away: the set it leaves is the selector's
             self.probe.arm("left_a_set", t, poll=0.005, ip=ip, sets=sets)
             self.etcd.put(*self.relabel(k, app="a8"))

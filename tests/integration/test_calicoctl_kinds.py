@@ -81,6 +81,18 @@ SAMPLES = {
          "egress": [{"action": "Allow", "destination": {"nets": ["10.0.0.0/8"]}}]},
         [["NAME", "ORDER", "SELECTOR"], ["deny-ping", "10.5", "all()"]],
     ),
+    "GlobalNetworkSet": (
+        doc("GlobalNetworkSet", "world", {"nets": ["198.51.100.0/24", "203.0.113.7", "2001:db8::/32"]}),
+        RES + "globalnetworksets/world",
+        {"nets": ["198.51.100.0/24", "203.0.113.7", "2001:db8::/32"]},
+        [["NAME", "NETS"], ["world", "198.51.100.0/24,203.0.113.7,2001:db8::/32"]],
+    ),
+    "NetworkSet": (
+        doc("NetworkSet", "partners", {"nets": ["192.0.2.0/24"]}),
+        RES + "networksets/default/partners",
+        {"nets": ["192.0.2.0/24"]},
+        [["NAME", "NETS"], ["partners", "192.0.2.0/24"]],
+    ),
 }
 
 
@@ -135,6 +147,8 @@ def test_kind_create_get_replace_delete(etcd, tmp_path, kind):
     ("GlobalNetworkPolicy", ["globalnetworkpolicy", "globalnetworkpolicies", "gnp"]),
     ("WorkloadEndpoint", ["workloadendpoint", "workloadendpoints", "wep"]),
     ("IPAMConfig", ["ipamconfig", "ipamconfigs"]),
+    ("GlobalNetworkSet", ["globalnetworkset", "globalnetworksets", "gnetsets"]),
+    ("NetworkSet", ["networkset", "networksets", "netsets"]),
 ])
 def test_calico_names_for_every_kind(etcd, kind, aliases):
     for alias in aliases:
@@ -172,6 +186,9 @@ INVALID = [
      "spec.types does not include Ingress"),
     ("NetworkPolicy", {"ingress": [{"action": "Allow", "source": {"nets": ["10.0.0.0/33"]}}]},
      "spec.ingress[0].source.nets[0] = '10.0.0.0/33'", "valid IP"),
+    ("GlobalNetworkSet", {"nets": ["10.0.0.0/8", "10.0.0.300"]}, "spec.nets[1] = '10.0.0.300'", "valid IP"),
+    ("GlobalNetworkSet", {"nets": "10.0.0.0/8"}, "spec.nets = '10.0.0.0/8'", "must be a list"),
+    ("NetworkSet", {"cidrs": ["10.0.0.0/8"]}, "spec.cidrs", "unknown field"),
 ]
 
 

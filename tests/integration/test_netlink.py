@@ -132,8 +132,9 @@ def test_ipset_members_over_netlink(lab, make_pod):
     from cni_calico.policy.ipsets import IpsetError, MemberSocket
 
     ns = make_pod()
-    lab.in_ns(ns, "ipset", "create", "cali40s:nl", "hash:ip", "family", "inet", check=True)
-    lab.in_ns(ns, "ipset", "create", "cali60s:nl", "hash:ip", "family", "inet6", check=True)
+    # hash:net, as the policy's selector sets: addresses and network sets' CIDRs
+    lab.in_ns(ns, "ipset", "create", "cali40s:nl", "hash:net", "family", "inet", check=True)
+    lab.in_ns(ns, "ipset", "create", "cali60s:nl", "hash:net", "family", "inet6", check=True)
     failures: list[str] = []
 
     def work() -> None:  # the socket is made in the namespace, by this thread
@@ -141,7 +142,9 @@ def test_ipset_members_over_netlink(lab, make_pod):
         try:
             members.change([("cali40s:nl", "10.0.0.1", True), ("cali40s:nl", "10.0.0.1", True),  # -exist: twice is fine
                             ("cali40s:nl", "10.0.0.2", True), ("cali40s:nl", "10.0.0.2", False),
-                            ("cali40s:nl", "10.0.0.9", False), ("cali60s:nl", "fd00::1", True)])
+                            ("cali40s:nl", "10.0.0.9", False), ("cali60s:nl", "fd00::1", True),
+                            ("cali40s:nl", "198.51.100.0/24", True), ("cali40s:nl", "203.0.113.0/24", True),
+                            ("cali40s:nl", "203.0.113.0/24", False), ("cali60s:nl", "2001:db8::/32", True)])
             members.change([("cali40s:nl", f"10.1.{i // 250}.{i % 250}", True) for i in range(1000)])  # several sends
             try:
                 members.change([("cali40s:nl", "10.0.0.3", True), ("cali40s:none", "10.0.0.4", True)])
@@ -153,6 +156,6 @@ def test_ipset_members_over_netlink(lab, make_pod):
     run_in_netns(Lab.netns_path(ns), work)
     saved = lab.in_ns(ns, "ipset", "save", check=True).stdout
     v4 = {line.split()[2] for line in saved.splitlines() if line.startswith("add cali40s:nl ")}
-    assert v4 == {"10.0.0.1", "10.0.0.3"} | {f"10.1.{i // 250}.{i % 250}" for i in range(1000)}
-    assert "add cali60s:nl fd00::1" in saved
+    assert v4 == {"10.0.0.1", "10.0.0.3", "198.51.100.0/24"} | {f"10.1.{i // 250}.{i % 250}" for i in range(1000)}
+    assert "add cali60s:nl fd00::1" in saved and "add cali60s:nl 2001:db8::/32" in saved
     assert len(failures) == 1 and "cali40s:none 10.0.0.4" in failures[0]

@@ -41,7 +41,7 @@ class Fake:
 def ruleset(**chains: tuple[str, ...]) -> Ruleset:
     base = {"cali-FORWARD": ("-j ACCEPT",)}
     return Ruleset({**base, **{k.replace("_", "-"): v for k, v in chains.items()}},
-                   {set_name("s", "a"): IpSet("hash:ip", ("10.0.0.1",))})
+                   {set_name("s", "a"): IpSet("hash:net", ("10.0.0.1",))})
 
 
 def test_first_apply_writes_everything_then_nothing_when_unchanged():
@@ -72,11 +72,11 @@ def test_changed_sets_are_swapped_in_and_unused_ones_destroyed_after_the_rules()
     dp.apply(ruleset())
     fake = dp.run = Fake()
     name = set_name("s", "a")
-    new = Ruleset({"cali-FORWARD": ("-j DROP",)}, {name: IpSet("hash:ip", ("10.0.0.2",))})
+    new = Ruleset({"cali-FORWARD": ("-j DROP",)}, {name: IpSet("hash:net", ("10.0.0.2",))})
     dp.apply(new)
     script = fake.calls[0][1]
     temp = set_name("t", name)
-    assert script.splitlines() == [f"create {temp} hash:ip family inet maxelem 1048576 -exist", f"flush {temp}",
+    assert script.splitlines() == [f"create {temp} hash:net family inet maxelem 1048576 -exist", f"flush {temp}",
                                    f"add {temp} 10.0.0.2", f"swap {temp} {name}", f"destroy {temp}"]
     dp.run = fake = Fake()
     dp.apply(Ruleset({"cali-FORWARD": ("-j ACCEPT",)}, {}))

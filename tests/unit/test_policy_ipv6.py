@@ -114,8 +114,8 @@ def test_selector_sets_hold_each_familys_addresses():
         "selector": "role == 'fe'"}}]})])
     v4, v6 = layout.set_name("s", 'role == "fe"'), layout.set_name("s", 'role == "fe"', 6)
     assert v6.startswith("cali60s:") and len(v6) == layout.MAX_SET and v4.startswith("cali40s:")
-    assert rs[4].ipsets[v4] == layout.IpSet("hash:ip", ("10.0.0.2", "10.0.0.4"))
-    assert rs[6].ipsets[v6] == layout.IpSet("hash:ip", ("fd00::3", "fd00::4"))
+    assert rs[4].ipsets[v4] == layout.IpSet("hash:net", ("10.0.0.2", "10.0.0.4"))
+    assert rs[6].ipsets[v6] == layout.IpSet("hash:net", ("fd00::3", "fd00::4"))
     assert all(n.startswith("cali40") for n in rs[4].ipsets) and all(n.startswith("cali60") for n in rs[6].ipsets)
     assert rs[6].chains["cali-pi-p"] == (f"-m set --match-set {v6} src {ALLOW[0]}", ALLOW[1])
 

@@ -79,8 +79,8 @@ def test_rule_selectors_and_nets_become_ipsets():
     nets, notnets = render.set_name("n", "10.0.0.0/8,11.0.0.0/8"), render.set_name("n", "10.9.0.0/16")
     assert chain == (f"-m set --match-set {nets} src -m set ! --match-set {notnets} src "
                      f"-m set --match-set {sel} src -m set ! --match-set {notsel} src -j DROP",)
-    assert sets[sel] == render.IpSet("hash:ip", ("10.0.0.2", "10.0.0.3", "10.0.0.4"))  # every node's endpoints
-    assert sets[notsel] == render.IpSet("hash:ip", ())
+    assert sets[sel] == render.IpSet("hash:net", ("10.0.0.2", "10.0.0.3", "10.0.0.4"))  # every node's endpoints
+    assert sets[notsel] == render.IpSet("hash:net", ())
     assert sets[nets] == render.IpSet("hash:net", ("10.0.0.0/8", "11.0.0.0/8"))
 
 

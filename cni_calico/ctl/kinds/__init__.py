@@ -3,10 +3,10 @@
 IPPool lives in cni_calico.resources itself; importing this package adds, in
 this order (the order `--help` lists them): Node, BGPPeer, BGPConfiguration,
 NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig, IPReservation, Tier,
-ClusterInformation, FelixConfiguration.
+ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet.
 `fields` and `rules` hold the checks the kinds share.
 """
 
-from cni_calico.ctl.kinds import bgp, felix, policy, tier, workload  # noqa: F401 - registers the kinds
+from cni_calico.ctl.kinds import bgp, felix, networksets, policy, tier, workload  # noqa: F401 - registers the kinds
 
-__all__ = ["bgp", "felix", "policy", "tier", "workload"]
+__all__ = ["bgp", "felix", "networksets", "policy", "tier", "workload"]
