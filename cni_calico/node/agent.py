@@ -5,7 +5,8 @@ One snapshot of etcd, then a watch (cni_calico.node.syncer): each change goes to
 it, the routing view (nodes, pools, peers, BGP configuration, affinities: BIRD's config and the
 tunnel routes) or the policy component (endpoints, profiles, policies: chains and ipsets), and
 after each batch of changes only the views that changed are programmed. Every refresh interval
-the policy rules in the kernel are checked and what someone else changed is put back. When etcd is
+the policy and NAT rules, the tunnel devices and routes and the blocks' blackholes in the kernel are
+checked and what someone else changed is put back (and logged). When etcd is
 away the node keeps the last good configuration (routing goes on) and resyncs when etcd answers.
 """
 
@@ -217,6 +218,31 @@ class Agent:
         if self.tunnels is not None:
             self.tunnels.sync(snap)
 
+    def _repair_routes(self) -> list[str]:
+        """The drift check of routing: the tunnel state calico-node programs and the blackholes of its
+        blocks (BIRD's, which BIRD also restores at its kernel scan) put back, each repair logged."""
+        snap = self.routing.snapshot()
+        node = snap.nodes.get(self.cfg.nodename)
+        if node is None:
+            return []
+        repaired: list[str] = []
+        if self.tunnels is not None:
+            drift = self.tunnels.drift(snap)
+            if drift:
+                self.tunnels.sync(snap)
+                repaired += drift
+        if self.bird and self.bird.config and node.ipv4:
+            from cni_calico.node import blackholes
+
+            blocks = [b for b in snap.local_blocks(self.cfg.nodename) if ":" not in b or node.ipv6]
+            gone = blackholes.missing(blocks)
+            if gone:
+                blackholes.restore(gone)
+                repaired += [f"blackhole {b}" for b in gone]
+        for what in repaired:
+            log.warning("route drift repaired: %s was not as programmed", what)
+        return repaired
+
     def _report_readiness(self) -> None:
         """What this node cannot do, for `calico-node --ready` and `calicoctl node status`."""
         from cni_calico.node import readiness
@@ -253,6 +279,7 @@ class Agent:
                     last_repair = time.monotonic()
                     self.policy.repair()
                     self._apply_nat(list(self.routing.pools.values()), repair=True)
+                    self._repair_routes()
             except DatastoreError as exc:
                 if self.etcd_ok:
                     log.warning("etcd unavailable, keeping the last configuration: %s", exc.msg)

@@ -122,9 +122,59 @@ class Tunnels:
             self._sync_vxlan(ipr, snap, uplink_mtu)
             self._sync_ipip(ipr, snap, uplink_mtu)
 
+    def _vxlan_pools(self, snap: Snapshot) -> list:
+        return [p for p in snap.pools if p.family == 4 and p.vxlan_mode != "Never" and not p.disabled]
+
+    def _ipip_pools(self, snap: Snapshot) -> list:
+        me = self.cfg.nodename
+        labels = snap.nodes[me].labels if me in snap.nodes else {}
+        return [p for p in snap.pools if p.family == 4 and p.ipip_mode != "Never" and not p.disabled
+                and selects(p.node_selector, labels)]
+
+    def drift(self, snap: Snapshot) -> list[str]:
+        """What of the tunnel state this node programs is not in the kernel as programmed (a deleted
+        device, a device down or without its address, a missing route, neighbour or FDB entry); `sync`
+        puts it back."""
+        from pyroute2 import IPRoute
+
+        me = self.cfg.nodename
+        node = snap.nodes.get(me)
+        out: list[str] = []
+        with IPRoute() as ipr:
+            if node is not None and node.vxlan_addr and node.vxlan_mac and self._vxlan_pools(snap):
+                out += self._device_drift(ipr, VXLAN_DEVICE, node.vxlan_addr, plan_vxlan(snap, me, self.my_cidr))
+            if node is not None and node.ipip_addr and self._ipip_pools(snap) and not self.problems:
+                out += self._device_drift(ipr, IPIP_DEVICE, node.ipip_addr, plan_ipip(snap, me, self.my_cidr))
+        return out
+
+    @staticmethod
+    def _device_drift(ipr, device: str, address: str, plan: Plan) -> list[str]:
+        import socket
+
+        found = ipr.link_lookup(ifname=device)
+        if not found:
+            return [f"device {device}"]
+        index, out = found[0], []
+        if not ipr.get_links(index)[0]["flags"] & 1:  # IFF_UP
+            out.append(f"{device} down")
+        if address not in {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET)}:
+            out.append(f"{device} address {address}")
+        routes = {(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY"))
+                  for r in ipr.get_routes(family=socket.AF_INET, oif=index) if r["proto"] == ROUTE_PROTO}
+        out += [f"tunnel route {r.dst} via {r.via}" for r in plan.routes if (r.dst, r.via) not in routes]
+        if plan.neighbours:
+            neighbours = {(n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
+                          for n in ipr.neigh("dump", ifindex=index, family=socket.AF_INET)}
+            out += [f"neighbour {ip}" for ip, mac in plan.neighbours.items() if (ip, mac) not in neighbours]
+        if plan.fdb:
+            fdb = {(n.get_attr("NDA_LLADDR"), n.get_attr("NDA_DST"))
+                   for n in ipr.fdb("dump", ifindex=index) if n["ifindex"] == index}
+            out += [f"FDB entry {mac}" for mac, ip in plan.fdb.items() if (mac, ip) not in fdb]
+        return out
+
     def _sync_vxlan(self, ipr, snap: Snapshot, uplink_mtu: int) -> None:
         me = self.cfg.nodename
-        pools = [p for p in snap.pools if p.family == 4 and p.vxlan_mode != "Never" and not p.disabled]
+        pools = self._vxlan_pools(snap)
         if not pools:
             self._remove_device(ipr)
             return
@@ -137,10 +187,7 @@ class Tunnels:
         self._apply(ipr, index, plan_vxlan(snap, me, self.my_cidr))
 
     def _sync_ipip(self, ipr, snap: Snapshot, uplink_mtu: int) -> None:
-        me = self.cfg.nodename
-        labels = snap.nodes[me].labels if me in snap.nodes else {}
-        pools = [p for p in snap.pools if p.family == 4 and p.ipip_mode != "Never" and not p.disabled
-                 and selects(p.node_selector, labels)]
+        pools = self._ipip_pools(snap)
         problems: list[str] = []
         try:
             if not pools:
