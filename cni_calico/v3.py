@@ -311,7 +311,7 @@ def parse_duration(text: str) -> float:
 
 # What calico-node honours of a FelixConfiguration, and the fields it accepts only at the value that
 # describes what it does anyway (Calico's start-up writes them so): anything else is refused.
-FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress")
+FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "ipipEnabled", "vxlanEnabled")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
                "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
                "defaultEndpointToHostAction": "Return"}
@@ -332,6 +332,8 @@ class FelixConfiguration:
     refresh_interval: float | None = None  # iptablesRefreshInterval, seconds
     log_severity: str | None = None  # logSeverityScreen
     nat_outgoing_address: str | None = None  # natOutgoingAddress: SNAT to it instead of masquerading
+    ipip_enabled: bool | None = None  # ipipEnabled: False = never tunl0, whatever the pools say
+    vxlan_enabled: bool | None = None  # vxlanEnabled: False = never vxlan.calico
 
     @classmethod
     def from_value(cls, value: dict) -> FelixConfiguration:
@@ -343,8 +345,10 @@ class FelixConfiguration:
             seconds = None
         level = res.spec.get("logSeverityScreen")
         nat = res.spec.get("natOutgoingAddress")
+        ipip, vxlan = res.spec.get("ipipEnabled"), res.spec.get("vxlanEnabled")
         return cls(res.name, seconds, str(level) if level in LOG_SEVERITIES else None,
-                   str(nat) if nat and ipv4_address(str(nat)) else None)
+                   str(nat) if nat and ipv4_address(str(nat)) else None,
+                   ipip if isinstance(ipip, bool) else None, vxlan if isinstance(vxlan, bool) else None)
 
 
 def ipv4_address(text: str) -> bool:

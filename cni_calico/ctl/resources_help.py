@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from cni_calico.ctl import output  # noqa: F401 - registers every kind before KINDS is read
 from cni_calico.resources import KINDS
+from cni_calico.v3 import FELIX_HONOURED, FELIX_INERT
 
 KINDS_HELP = "Valid resource types are:\n" + "".join(
     f"  * {k.name:<20} ({', '.join(dict.fromkeys(a for a in k.aliases if a != k.name.lower()))})"
@@ -11,6 +14,13 @@ KINDS_HELP = "Valid resource types are:\n" + "".join(
     "The resource type is case-insensitive and may be pluralized or shortened (ippool, ippools, pool).\n"
     "Namespaced kinds use the namespace of -n/--namespace, else of the resource, else 'default'.\n"
 )
+
+# What calico-node does with FelixConfiguration, said where it is written (every other field is refused).
+FELIX_HELP = textwrap.fill(
+    "FelixConfiguration (default, or node.<name> for one node): calico-node honours "
+    + ", ".join(FELIX_HONOURED) + "; it accepts " + ", ".join(f"{k} only as {v!r}" for k, v in FELIX_INERT.items())
+    + " (what it does anyway); every other Felix field is refused, naming it, as not supported.", 79,
+    break_on_hyphens=False) + "\n"
 
 COMMANDS = {
     "create": ("Create resources by filename or stdin.", """\

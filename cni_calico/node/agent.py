@@ -52,6 +52,8 @@ class Agent:
         self.felix: dict[str, FelixConfiguration] = {}  # default and node.<me>, as read
         self.refresh_interval = cfg.refresh_interval
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
+        self.encapsulation: dict[str, bool | None] = {}  # FelixConfiguration ipipEnabled / vxlanEnabled
+        self._blackholes_wanted: set[str] = set()  # local blocks at the last drift check
         self.nat: dict = {}  # IP version -> cni_calico.policy.natout.NatDataplane, made in start()
         self.reported: list[str] | None = None  # the readiness problems last written (None: none yet)
         self.syncer = Syncer(self.ds, self.reset, self.update)
@@ -179,6 +181,13 @@ class Agent:
             if refresh != self.refresh_interval:
                 log.info("policy drift check every %g s (FelixConfiguration iptablesRefreshInterval)", refresh)
                 self.refresh_interval = refresh
+        for kind in ("ipip", "vxlan"):
+            enabled = pick(f"{kind}_enabled")
+            if enabled != self.encapsulation.get(kind):
+                log.info("%s %s (FelixConfiguration %sEnabled)", kind.upper(),
+                         "never programmed" if enabled is False else "programmed where a pool needs it", kind)
+                self.encapsulation[kind] = enabled
+                self.routing_dirty = True
         nat = pick("nat_outgoing_address") or ""
         if nat != self.nat_address:
             log.info("outgoing NAT to %s (FelixConfiguration natOutgoingAddress)", nat or "the node's address")
@@ -216,6 +225,7 @@ class Agent:
             subnet = str(ipaddress.IPv4Interface(self.ipv4_cidr).network) if self.ipv4_cidr else ""
             self.bird.apply(birdconf.render(snap, me, subnet))
         if self.tunnels is not None:
+            self.tunnels.enabled = dict(self.encapsulation)
             self.tunnels.sync(snap)
 
     def _repair_routes(self) -> list[str]:
@@ -227,6 +237,7 @@ class Agent:
             return []
         repaired: list[str] = []
         if self.tunnels is not None:
+            self.tunnels.enabled = dict(self.encapsulation)
             drift = self.tunnels.drift(snap)
             if drift:
                 self.tunnels.sync(snap)
@@ -235,7 +246,9 @@ class Agent:
             from cni_calico.node import blackholes
 
             blocks = [b for b in snap.local_blocks(self.cfg.nodename) if ":" not in b or node.ipv6]
-            gone = blackholes.missing(blocks)
+            # A block new since the last check is BIRD's to install first (its config was just loaded).
+            settled, self._blackholes_wanted = [b for b in blocks if b in self._blackholes_wanted], set(blocks)
+            gone = blackholes.missing(settled)
             if gone:
                 blackholes.restore(gone)
                 repaired += [f"blackhole {b}" for b in gone]

@@ -112,6 +112,7 @@ class Tunnels:
         self.my_cidr = my_cidr
         self.programmed: set[TunnelRoute] = set()
         self.problems: list[str] = []  # what this node cannot do for its pools (it is not ready)
+        self.enabled: dict[str, bool | None] = {}  # FelixConfiguration ipipEnabled / vxlanEnabled (False: never)
 
     def sync(self, snap: Snapshot) -> None:
         from pyroute2 import IPRoute
@@ -123,9 +124,13 @@ class Tunnels:
             self._sync_ipip(ipr, snap, uplink_mtu)
 
     def _vxlan_pools(self, snap: Snapshot) -> list:
+        if self.enabled.get("vxlan") is False:
+            return []
         return [p for p in snap.pools if p.family == 4 and p.vxlan_mode != "Never" and not p.disabled]
 
     def _ipip_pools(self, snap: Snapshot) -> list:
+        if self.enabled.get("ipip") is False:
+            return []
         me = self.cfg.nodename
         labels = snap.nodes[me].labels if me in snap.nodes else {}
         return [p for p in snap.pools if p.family == 4 and p.ipip_mode != "Never" and not p.disabled
@@ -191,6 +196,9 @@ class Tunnels:
         problems: list[str] = []
         try:
             if not pools:
+                found = ipr.link_lookup(ifname=IPIP_DEVICE)
+                if found:  # tunl0 is the ipip module's own device: only our routes through it go
+                    self._apply(ipr, found[0], Plan())
                 return
             found = ipr.link_lookup(ifname=IPIP_DEVICE)
             if not found:

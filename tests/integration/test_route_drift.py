@@ -84,3 +84,33 @@ def test_tunnel_state_and_blackholes_are_put_back_and_logged(cluster, etcd):
     # At rest nothing is repaired: the log says each repair once.
     log = cluster.calico["node1"].log()
     assert log.count(f"route drift repaired: blackhole {block1}") == 1, log[-3000:]
+
+
+def test_felixconfiguration_vxlan_enabled_false_takes_the_tunnel_away_and_true_brings_it_back(cluster, etcd):
+    add_pool(etcd, "vx", "10.89.0.0/16", 26, vxlan="Always")
+    cluster.mesh(2)
+    wait_for(lambda: all(etcd.get_json(f"{RES}/nodes/{n}")["spec"].get("ipv4VXLANTunnelAddr")
+                         for n in ("node1", "node2")), 20, "tunnel addresses")
+    pod1, a1 = cluster.add_pod("node1")
+    _, a2 = cluster.add_pod("node2")
+    block2 = str(ipaddress.ip_network(f"{a2}/26", strict=False))
+    cluster.wait_route("node1", rf"^{re.escape(block2)} via .* dev vxlan\.calico")
+    assert cluster.lab.ping(pod1, a2, within=SETTLE)
+    node1 = cluster.ns["node1"]
+
+    def felix(spec: dict) -> None:
+        etcd.put_json(f"{RES}/felixconfigurations/node.node1", {
+            "kind": "FelixConfiguration", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": "node.node1"}, "spec": spec})
+
+    def has_device() -> bool:
+        return cluster.lab.in_ns(node1, "ip", "link", "show", "vxlan.calico").returncode == 0
+
+    felix({"vxlanEnabled": False})
+    wait_for(lambda: not has_device(), 10, "vxlan.calico removed on node1")
+    assert not any("vxlan.calico" in r for r in cluster.routes("node1"))
+    assert "VXLAN never programmed (FelixConfiguration vxlanEnabled)" in cluster.calico["node1"].log()
+    assert cluster.lab.in_ns(cluster.ns["node2"], "ip", "link", "show", "vxlan.calico").returncode == 0  # only node1
+    felix({"vxlanEnabled": True})
+    cluster.wait_route("node1", rf"^{re.escape(block2)} via .* dev vxlan\.calico", timeout=10)
+    assert has_device() and cluster.lab.ping(pod1, a2, within=SETTLE)

@@ -1,9 +1,11 @@
 """FelixConfiguration: `default` for every node, `node.<name>` for one (it wins field by field).
 
-Pure. calico-node honours iptablesRefreshInterval (the policy drift check's interval),
-logSeverityScreen (its log level) and natOutgoingAddress (outgoing NAT's source address); the first
-two unless FELIX_IPTABLESREFRESHINTERVAL or a log level variable is set in its environment, which
-wins, as Felix's environment does. A few fields are accepted at
+Pure. calico-node honours iptablesRefreshInterval (the drift check's interval), logSeverityScreen
+(its log level), natOutgoingAddress (outgoing NAT's source address) and ipipEnabled / vxlanEnabled
+(false: that encapsulation is never programmed, whatever the pools say; true or unset: programmed
+when a pool that selects the node needs it, as Felix); the first two unless
+FELIX_IPTABLESREFRESHINTERVAL or a log level variable is set in its environment, which wins, as
+Felix's environment does. A few fields are accepted at
 the one value that says what calico-node does anyway (Calico's start-up writes them so: see
 cni_calico.v3.FELIX_INERT); every other field is refused naming it, never stored and ignored.
 clientv3's defaults (cni_calico.v3.FELIX_DEFAULTS) are filled in on every write, as Calico's are.
@@ -36,6 +38,9 @@ def _validate(res: Resource) -> list[FieldError]:
         elif key == "natOutgoingAddress":
             if not ipv4_address(str(value)):
                 errors.append(FieldError(f"spec.{key}", "must be an IPv4 address", value))
+        elif key in ("ipipEnabled", "vxlanEnabled"):
+            if not isinstance(value, bool):
+                errors.append(FieldError(f"spec.{key}", "must be true or false", value))
         elif key == "logSeverityScreen":
             if value not in LOG_SEVERITIES:
                 errors.append(FieldError(f"spec.{key}", f"must be one of {', '.join(LOG_SEVERITIES)}", value))
