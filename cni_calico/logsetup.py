@@ -24,13 +24,33 @@ LEVELS = {
     "fatal": logging.CRITICAL,
     "panic": logging.CRITICAL,
 }
-FORMAT = "%(asctime)s [%(levelname)s] %(process)d %(name)s: %(message)s"
+# Calico's line: `2024-06-13 11:13:52.121 [INFO][8] startup/startup.go 425: message` (logrus with
+# Calico's formatter): what operators' log tooling parses. Ours names the Python file the same way.
+CALICO_LEVELS = {"CRITICAL": "FATAL"}
 MAX_SIZE_MB = 100
 MAX_COUNT = 5
 MAX_AGE_DAYS = 30
 
 _file_handler: logging.Handler | None = None
 NOISY = ("pyroute2", "asyncio", "grpc")
+
+
+class CalicoFormatter(logging.Formatter):
+    """One line per record in Calico's shape: local time with milliseconds, `[LEVEL][pid]`, the
+    source as `<package>/<file> <line>`, then the message (a traceback, if any, on the lines after)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import time
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        level = CALICO_LEVELS.get(record.levelname, record.levelname)
+        parts = record.pathname.replace("\\", "/").rsplit("/", 2)
+        source = "/".join(parts[-2:])
+        line = f"{stamp}.{int(record.msecs):03d} [{level}][{record.process}] {source} {record.lineno}: " \
+               f"{record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 class _QuietLibraries(logging.Filter):
@@ -59,7 +79,7 @@ def setup_stderr(level: str = "warning") -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_cni_stderr", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(CalicoFormatter())
         handler.addFilter(_QuietLibraries())
         handler.addFilter(_NoPrivateKeys())
         handler._cni_stderr = True  # type: ignore[attr-defined]
@@ -111,7 +131,7 @@ def _open_file(file_path: str, max_size_mb: float, max_count: int, max_age_days:
     except OSError as exc:
         logging.getLogger(__name__).warning("cannot log to %s: %s", file_path, exc)
         return None
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(CalicoFormatter())
     handler.addFilter(_QuietLibraries())
     handler.addFilter(_NoPrivateKeys())
     logging.getLogger().addHandler(handler)

@@ -47,7 +47,8 @@ etcd:
     EtcdCluster  members as one cluster: url (all), live (running), start(), wait_healthy(), leader(), stop().
 
 Processes and results:
-    CalicoNode   calico-node (and its BIRD) in a node: env, start(), stop(graceful=), bird_pid(), log(), birdc().
+    CalicoNode   calico-node (and its BIRD) in a node: env, start(), stop(graceful=), bird_pid(), log(), served(),
+                 birdc().
     PluginRun    one plugin run: rc, out (stdout parsed as JSON), stdout, stderr, seconds.
 
 Lab (prefix=None), owner of everything above that it makes; by purpose:
@@ -443,6 +444,12 @@ class CalicoNode:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def served(self, command: str) -> int:
+        """How many CNI requests of `command` (ADD, DEL, CHECK…) its CNI server logged answering."""
+        import re
+
+        return len(re.findall(rf"node/cni_server\.py \d+: {command} ", self.log()))
 
     def birdc(self, *args: str) -> str:
         return sh("ip", "netns", "exec", self.ns, "birdc", "-s", str(self.run_dir / "bird.ctl"), *args,

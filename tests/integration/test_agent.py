@@ -36,7 +36,7 @@ def _env(cluster: Cluster) -> dict[str, str]:
 
 
 def _served(cluster: Cluster) -> int:
-    return cluster.calico["node1"].log().count("cni_calico.node.cni_server: ADD ")
+    return cluster.calico["node1"].served("ADD")
 
 
 def test_requests_go_through_the_agent(one_node, lab, etcd):
@@ -161,7 +161,7 @@ def test_cni_server_process_is_restarted_and_dies_with_calico_node(one_node, lab
     def served_by_agent() -> bool:
         run = Lab.run_plugin(c.ns["node1"], "CHECK", c.conf("node1"), "none00000000001", Lab.netns_path(pod),
                              extra_env=_env(c))
-        return run.rc != 0 and "cni_calico.node.cni_server: CHECK " in node.log()
+        return run.rc != 0 and node.served("CHECK") > 0
 
     wait_for(served_by_agent, 10, "the new CNI server to answer")
     add = Lab.run_plugin(c.ns["node1"], "ADD", c.conf("node1"), "again0000000001", Lab.netns_path(pod),

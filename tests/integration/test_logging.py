@@ -54,20 +54,24 @@ def test_level_decides_what_lands_in_the_file(level, lab, node, make_pod, pool, 
     assert failed.rc != 0 and failed.out["code"] == 7
     lines = _lines(log_file)
     levels = {re.search(r"\[(\w+)\]", line).group(1) for line in lines if re.search(r"\[(\w+)\]", line)}
-    ops = [line for line in lines if re.search(r"\] \d+ cni_calico.plugin: (ADD|CHECK|DEL) container=", line)]
+    op_line = re.compile(r"\]\[\d+\] cni_calico/plugin\.py \d+: (ADD|CHECK|DEL) container=")
+    ops = [line for line in lines if op_line.search(line)]
     assert any("ADD failed" in line and "nope" in line for line in lines if "[ERROR]" in line)
     if level == "debug":
         assert "DEBUG" in levels and len(ops) == 3
     elif level == "info":
         assert "DEBUG" not in levels and len(ops) == 3
     else:
-        assert levels <= {"WARNING", "ERROR", "CRITICAL"} and ops == []
+        assert levels <= {"WARNING", "ERROR", "FATAL"} and ops == []
     if ops:
         add_line, check_line, del_line = ops
         for line, op in ((add_line, "ADD"), (check_line, "CHECK"), (del_line, "DEL")):
             assert re.search(rf"{op} container={CID} pod=shop/cart-1 address={re.escape(address)} .*took \d+ ms$",
                              line), line
         assert "[INFO]" in add_line and "[INFO]" in check_line and "[INFO]" in del_line
+        # Calico's shape: `2024-06-13 11:13:52.121 [INFO][8] startup/startup.go 425: message`
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \[INFO\]\[\d+\] cni_calico/plugin\.py \d+: ADD ",
+                        add_line), add_line
     assert_nothing_left(lab, node, etcd)
 
 

@@ -67,10 +67,10 @@ def test_stale_del_while_the_old_netns_still_exists_through_the_agent(lab, etcd,
         cluster.add_node(1)
         calico = cluster.calico["node1"]
         wait_for((calico.run_dir / "cni.sock").exists, 30, "the agent's CNI socket")
-        served = calico.log().count("cni_calico.node.cni_server: ADD ")
+        served = calico.served("ADD")
         _stale_del_with_old_netns(lab, cluster.ns["node1"], cluster.conf("node1"), etcd, make_pod(), make_pod(),
                                   env={"CALICO_RUN_DIR": str(calico.run_dir)})
-        assert calico.log().count("cni_calico.node.cni_server: ADD ") == served + 2  # the agent did the work
+        assert calico.served("ADD") == served + 2  # the agent did the work
     finally:
         cluster.close()
 
