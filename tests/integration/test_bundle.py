@@ -66,6 +66,90 @@ def test_bundle_holds_every_module_of_ours():
     assert needed <= bundled, sorted(needed - bundled)
 
 
+# What dist/cni-calico/_internal/ may hold at its top level, besides the standard library's modules below.
+# A name not listed fails the test: a new dependency is added here with its reason; anything else is an
+# unused package that an optional import dragged in (numpy came through protobuf's `try: import numpy`
+# while matplotlib, a dev extra, sat in the venv) and is excluded in build/cni-calico.spec.
+THIRD_PARTY = {
+    "cni_calico": "ours: the plugin, calico-node, calicoctl",
+    "ipam": "ours: calico-ipam",
+    "_cni_calico_build": "ours: the build id frozen in by the spec (cni_calico/build_id.py)",
+    "pyetcd": "the etcd v3 client (etcd-sdk-python)",
+    "grpc": "pyetcd's transport (grpcio)",
+    "google": "protobuf: pyetcd's generated stubs",
+    "typing_extensions": "grpc imports it (grpc/_server.py, grpc/aio)",
+    "pyroute2": "netlink: veths, addresses, routes",
+    "yaml": "PyYAML: calicoctl's resources",
+}
+# The standard library's top-level modules the bundle holds today (PyInstaller follows stdlib imports on its
+# own). A new one is a sign of a new import chain: look at what brought it before adding it here.
+STDLIB = set("""
+    __future__ _collections_abc _compat_pickle _compression _py_abc _pydecimal _strptime _threading_local
+    _weakrefset abc argparse ast asyncio base64 bisect bz2 calendar codecs collections concurrent contextlib
+    contextvars copy copyreg csv ctypes dataclasses datetime decimal difflib dis email encodings enum fnmatch
+    fractions ftplib functools genericpath getopt getpass gettext gzip hashlib heapq hmac http importlib
+    inspect io ipaddress json keyword linecache locale logging lzma mimetypes multiprocessing netrc ntpath
+    nturl2path numbers opcode operator os pathlib pickle pkgutil platform posixpath pprint py_compile queue
+    quopri random re reprlib runpy secrets selectors shlex shutil signal smtplib socket sqlite3 sre_compile
+    sre_constants sre_parse ssl stat statistics string stringprep struct subprocess tarfile tempfile textwrap
+    threading token tokenize traceback tracemalloc types typing unittest urllib uuid warnings weakref xml
+    xmlrpc zipfile zipimport
+""".split())
+# Shared libraries beside them: libpython and the C libraries of the stdlib's and grpc's extension modules.
+SHARED_LIBS = {
+    "libpython3.11.so.1.0", "libbz2.so.1.0", "libcrypto.so.3", "libssl.so.3", "libffi.so.8", "libgcc_s.so.1",
+    "liblzma.so.5", "libsqlite3.so.0", "libstdc++.so.6", "libuuid.so.1", "libz.so.1",
+}
+# The stdlib's C extension modules (python3.11/lib-dynload/).
+STDLIB_EXTENSIONS = set("""
+    _asyncio _bisect _blake2 _bz2 _codecs_cn _codecs_hk _codecs_iso2022 _codecs_jp _codecs_kr _codecs_tw
+    _contextvars _csv _ctypes _datetime _decimal _hashlib _heapq _json _lzma _md5 _multibytecodec
+    _multiprocessing _opcode _pickle _posixshmem _posixsubprocess _queue _random _sha1 _sha256 _sha3 _sha512
+    _socket _sqlite3 _ssl _statistics _struct _typing _uuid array binascii fcntl grp math mmap pyexpat resource
+    select termios unicodedata zlib
+""".split())
+
+
+PY_VERSION = "3.11"  # the lists above are of this Python's standard library
+
+
+def bundle_top_level() -> tuple[set[str], set[str], set[str]]:
+    """_internal/'s top-level module and package names, its shared libraries, and lib-dynload's modules."""
+    internal = BUNDLE_EXE.parent / "_internal"
+    modules, libs = set(), set()
+    for path in internal.iterdir():
+        if path.name.startswith("lib") and ".so" in path.name:
+            libs.add(path.name)
+        elif path.name != f"python{PY_VERSION}":
+            modules.add(path.name.split(".", 1)[0] if path.is_file() else path.name)
+    dynload = {path.name.split(".", 1)[0] for path in (internal / f"python{PY_VERSION}" / "lib-dynload").iterdir()}
+    return modules, libs, dynload
+
+
+def test_bundle_holds_only_what_the_code_imports():
+    """Every top-level name of the bundle is allowed, with a reason; ours and the dependencies all there."""
+    if not (BUNDLE_EXE.parent / "_internal" / f"python{PY_VERSION}").is_dir():
+        pytest.skip(f"the bundle was not built with Python {PY_VERSION}: the allowlists name its stdlib")
+    modules, libs, dynload = bundle_top_level()
+    new = sorted(modules - THIRD_PARTY.keys() - STDLIB)
+    assert not new, f"not in the allowlist (an unused package? exclude it in build/cni-calico.spec): {new}"
+    missing = sorted(THIRD_PARTY.keys() - modules)
+    assert not missing, f"dependencies missing from the bundle: {missing}"
+    assert libs <= SHARED_LIBS, f"shared libraries not in the allowlist: {sorted(libs - SHARED_LIBS)}"
+    assert dynload <= STDLIB_EXTENSIONS, f"extension modules not allowed: {sorted(dynload - STDLIB_EXTENSIONS)}"
+    # What came in before through optional imports, named so a regression reads plainly.
+    for name in ("numpy", "numpy.libs", "netaddr", "matplotlib", "PIL", "packaging", "pytest", "setuptools"):
+        assert not (BUNDLE_EXE.parent / "_internal" / name).exists(), name
+
+
+def test_the_code_does_not_import_netaddr():
+    """netaddr was bundled and required without any import of it: the stdlib's ipaddress does the work."""
+    for package in ("cni_calico", "ipam"):
+        for path in (REPO / package).rglob("*.py"):
+            text = path.read_text()
+            assert "import netaddr" not in text and "from netaddr" not in text, path
+
+
 @pytest.mark.parametrize("name, module", [("calicoctl", "ctl"), ("calico-node", "node")])
 def test_tools_start_from_the_bundle(name, module):
     """`--help` imports each tool's entry module: a module the bundle lacks shows up here."""
