@@ -3,10 +3,9 @@
 #
 # Layout (the same as `make install`, so a packaged node and a `make install`ed one look alike):
 #   /opt/cni/bin/cni-calico/                 the PyInstaller onedir bundle (calico + _internal/), whole
-#   /opt/cni/bin/cni-calico/calico-node      -> calico (the systemd unit's ExecStart)
 #   /opt/cni/bin/calico, calico-ipam         -> cni-calico/calico (relative: the runtime's CNI plugins)
 #   /usr/bin/calicoctl, /usr/bin/calico-node -> /opt/cni/bin/cni-calico/calico
-#   /lib/systemd/system/calico-node.service  examples/calico-node.service (not enabled: no maintainer scripts)
+#   /lib/systemd/system/calico-node.service  examples/calico-node.service, ExecStart=/usr/bin/calico-node
 #   /usr/share/doc/cni-calico/examples/      10-calico.conf, 10-calico.conflist, ippool.yaml
 #   /usr/share/doc/cni-calico/copyright
 # Every name is a symlink to the one executable: a onedir executable finds its _internal/ through symlinks
@@ -35,10 +34,11 @@ rm -rf "$STAGE"
 install -d "$STAGE/DEBIAN" "$STAGE/opt/cni/bin" "$STAGE/usr/bin" "$STAGE/lib/systemd/system" \
 	"$STAGE/usr/share/doc/cni-calico/examples"
 cp -a "$BUNDLE" "$STAGE/opt/cni/bin/cni-calico"
-ln -s calico "$STAGE/opt/cni/bin/cni-calico/calico-node"
 for name in calico calico-ipam; do ln -s cni-calico/calico "$STAGE/opt/cni/bin/$name"; done
 for name in calicoctl calico-node; do ln -s /opt/cni/bin/cni-calico/calico "$STAGE/usr/bin/$name"; done
-install -m 0644 examples/calico-node.service "$STAGE/lib/systemd/system/calico-node.service"
+sed 's|^ExecStart=.*|ExecStart=/usr/bin/calico-node|' examples/calico-node.service \
+	> "$STAGE/lib/systemd/system/calico-node.service"
+chmod 0644 "$STAGE/lib/systemd/system/calico-node.service"
 install -m 0644 examples/10-calico.conf examples/10-calico.conflist examples/ippool.yaml \
 	"$STAGE/usr/share/doc/cni-calico/examples/"
 install -m 0644 build/deb/copyright "$STAGE/usr/share/doc/cni-calico/copyright"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from cni_calico import keys
+from cni_calico import __version__, keys
 from tests.lab import REFERENCE_CNI_DIR, REPO, Lab
 
 BUNDLE_BIN = REPO / "dist" / "bin"
@@ -164,6 +166,16 @@ def test_tools_start_from_the_bundle(name, module):
     assert proc.returncode == 0 and f"usage: {name}" in output, output
 
 
+@pytest.mark.parametrize("name", ["calico", "calico-ipam", "calico-node"])
+@pytest.mark.parametrize("flag", ["-v", "--version"])
+def test_version_flag_through_the_bundle(name, flag):
+    """`calico -v` as Calico's: the version alone, exit 0 (not a CNI error for a missing CNI_COMMAND)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    proc = subprocess.run([str(BUNDLE_BIN / name), flag], stdin=subprocess.DEVNULL, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"v{__version__}\n", "")
+
+
 def test_add_del_through_the_bundle(lab, node, make_pod, pool, conf, etcd):
     pod = make_pod()
     cid = "b0d1e0000001"
@@ -274,12 +286,102 @@ def test_make_install_into_destdir(tmp_path, node):
         assert "1.0.0" in run.out["supportedVersions"]
 
 
-def test_install_does_not_leave_the_destdir_out(tmp_path):
-    """A dry run shows every path under DESTDIR: nothing may go to the machine's own /opt/cni or /etc/cni."""
+# Every path `make install` writes under DESTDIR (defaults: PREFIX=/usr/local, SYSTEMD_UNIT_DIR=/etc/systemd/system)
+# but the bundle's own files: "l" link (with its target) or "f" file.
+INSTALLED = {
+    "opt/cni/bin/calico": ("l", "cni-calico/calico"),
+    "opt/cni/bin/calico-ipam": ("l", "cni-calico/calico"),
+    "usr/local/bin/calicoctl": ("l", "../../../opt/cni/bin/cni-calico/calico"),
+    "usr/local/bin/calico-node": ("l", "../../../opt/cni/bin/cni-calico/calico"),
+    "etc/systemd/system/calico-node.service": ("f", None),
+    "etc/cni/net.d/10-calico.conf": ("f", None),
+}
+# Other packages' files where ours go: install and uninstall must leave them alone.
+FOREIGN = ("opt/cni/bin/loopback", "usr/local/bin/other-tool", "etc/systemd/system/other.service",
+           "etc/cni/net.d/99-other.conflist")
+
+
+def files_under(root: Path) -> dict[str, tuple[str, str | None]]:
+    """Every file and link below `root` (directories left out), as {relative path: (kind, link target)}."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            out[rel] = ("l", os.readlink(path)) if os.path.islink(path) else ("f", None)
+    return out
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    """`make -o build …` in the checkout: the bundle as built (make test builds first), never rebuilt here."""
+    proc = subprocess.run(["make", "-s", "-o", "build", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_make_install_then_uninstall_exact_file_set(tmp_path):
+    """`make install DESTDIR=…` lays out exactly what an operator needs, the tools run from there, and
+    `make uninstall DESTDIR=…` takes exactly that away again, other packages' files untouched."""
     dest = tmp_path / "root"
-    cmd = ["make", "-n", "-o", "build", "install", f"DESTDIR={dest}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    for word in proc.stdout.split():
-        if "/opt/cni" in word or "/etc/cni" in word:
-            assert str(dest) in word, word
+    for rel in FOREIGN:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text("not ours\n")
+    before = files_under(dest)
+    make("install", f"DESTDIR={dest}")
+
+    bundle = files_under(BUNDLE_EXE.parent)
+    want = {**before, **INSTALLED, **{f"opt/cni/bin/cni-calico/{rel}": kind for rel, kind in bundle.items()}}
+    assert files_under(dest) == want
+    unit = (dest / "etc/systemd/system/calico-node.service").read_text()
+    example = (REPO / "examples" / "calico-node.service").read_text()
+    assert re.findall(r"^ExecStart=.*$", unit, re.M) == ["ExecStart=/usr/local/bin/calico-node"]
+    assert unit == re.sub(r"^ExecStart=.*$", "ExecStart=/usr/local/bin/calico-node", example, flags=re.M)
+    assert (dest / "etc/cni/net.d/10-calico.conf").read_bytes() == (REPO / "examples/10-calico.conf").read_bytes()
+
+    # The operator's tools, run from where install put them, as the PATH would find them.
+    for name in ("calicoctl", "calico-node"):
+        proc = subprocess.run([str(dest / "usr/local/bin" / name), "--help"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and f"usage: {name}" in proc.stdout, proc.stdout + proc.stderr
+    version = subprocess.run([str(dest / "usr/local/bin/calico-node"), "-v"], capture_output=True, text=True,
+                             timeout=60)
+    assert (version.returncode, version.stdout) == (0, f"v{__version__}\n"), version.stdout + version.stderr
+    # The unit's ExecStart is that calico-node (inside the DESTDIR).
+    exe = dest / "usr/local/bin/calico-node"
+    assert os.access(exe, os.X_OK) and exe.resolve() == (dest / "opt/cni/bin/cni-calico/calico").resolve()
+
+    make("uninstall", f"DESTDIR={dest}")
+    assert files_under(dest) == before
+    for rel in FOREIGN:
+        assert (dest / rel).read_text() == "not ours\n"
+
+
+def test_uninstall_keeps_an_edited_conf_and_install_does_not_overwrite_it(tmp_path):
+    dest = tmp_path / "root"
+    make("install", f"DESTDIR={dest}")
+    conf = dest / "etc/cni/net.d/10-calico.conf"
+    edited = conf.read_text().replace("127.0.0.1", "192.0.2.10")
+    assert edited != conf.read_text()
+    conf.write_text(edited)
+    again = make("install", f"DESTDIR={dest}")
+    assert conf.read_text() == edited and "kept" in again.stdout, again.stdout
+    gone = make("uninstall", f"DESTDIR={dest}")
+    assert files_under(dest) == {"etc/cni/net.d/10-calico.conf": ("f", None)}, files_under(dest)
+    assert conf.read_text() == edited and "kept" in gone.stdout, gone.stdout
+
+
+def test_install_and_uninstall_do_not_leave_the_destdir(tmp_path):
+    """A dry run shows every path under DESTDIR: nothing may go to the machine's own /opt/cni, /etc/cni,
+    /usr/local or /etc/systemd. Two words name real paths without writing there: the link target computed with
+    `realpath --relative-to` and the unit's ExecStart value; they are left out of the check."""
+    dest = tmp_path / "root"
+    for target in ("install", "uninstall"):
+        cmd = ["make", "-n", "-o", "build", target, f"DESTDIR={dest}"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        for line in proc.stdout.splitlines():
+            for word in line.split():
+                if "realpath" in line and str(dest) not in word or "ExecStart=" in word:
+                    continue
+                if any(root in word for root in ("/opt/cni", "/etc/cni", "/usr/local", "/etc/systemd")):
+                    assert str(dest) in word, (target, word)

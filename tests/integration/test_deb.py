@@ -28,7 +28,6 @@ EXTRA = {
     "lib/": ("d", None), "lib/systemd/": ("d", None), "lib/systemd/system/": ("d", None), UNIT: ("f", None),
     "opt/": ("d", None), "opt/cni/": ("d", None), "opt/cni/bin/": ("d", None),
     "opt/cni/bin/calico": ("l", "cni-calico/calico"), "opt/cni/bin/calico-ipam": ("l", "cni-calico/calico"),
-    f"{BUNDLE_DIR}/calico-node": ("l", "calico"),
     "usr/": ("d", None), "usr/bin/": ("d", None),
     "usr/bin/calicoctl": ("l", "/opt/cni/bin/cni-calico/calico"),
     "usr/bin/calico-node": ("l", "/opt/cni/bin/cni-calico/calico"),
@@ -142,6 +141,23 @@ def _walk(root: Path, skip: str = "var/lib/dpkg") -> set[str]:
     return out
 
 
+def in_root(root: Path, path: str) -> Path:
+    """`path` as the installed system would resolve it, with `root` as /: absolute links stay in the root."""
+    here = root / path.lstrip("/")
+    for _ in range(10):
+        if not here.is_symlink():
+            return here
+        target = os.readlink(here)
+        here = root / target.lstrip("/") if target.startswith("/") else here.parent / target
+    raise AssertionError(f"too many links at {path}")
+
+
+def run_in_root(root: Path, path: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs the installed `path` under its own name (argv[0], which the bundle dispatches on)."""
+    return subprocess.run([os.path.basename(path), *args], executable=str(in_root(root, path)), capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
 def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
     root = Path(tempfile.mkdtemp(prefix="cni-calico-dpkg-root-"))
     try:
@@ -173,13 +189,12 @@ def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
             assert run.returncode == 0, run.stdout + run.stderr
             answer = json.loads(run.stdout)
             assert "1.0.0" in answer["supportedVersions"] and "0.3.1" in answer["supportedVersions"], answer
-        # The unit's ExecStart is the bundle's calico-node entry.
+        # The unit's ExecStart is /usr/bin/calico-node, which runs as calico-node from inside the root.
         unit = (root / UNIT).read_text()
         exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M).group(1)
-        assert exec_start == f"/{BUNDLE_DIR}/calico-node"
-        node = subprocess.run([str(root / exec_start.lstrip("/")), "--version"], capture_output=True, text=True,
-                              timeout=60)
-        assert node.returncode == 0 and node.stdout.strip() == version(), node.stdout + node.stderr
+        assert exec_start == "/usr/bin/calico-node"
+        node = run_in_root(root, exec_start, "--version")
+        assert node.returncode == 0 and node.stdout == f"v{version()}\n", node.stdout + node.stderr
         # /usr/bin's links are absolute (across top-level dirs, as Debian wants) and resolve inside the root.
         for name in ("calicoctl", "calico-node"):
             target = os.readlink(root / "usr/bin" / name)
@@ -189,7 +204,7 @@ def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
             # want a whole systemd in the root: a copy pointing at the installed executable is checked instead.
             check_dir = root.with_name(root.name + "-unit")
             check_dir.mkdir()
-            (check_dir / "calico-node.service").write_text(unit.replace(exec_start, str(root) + exec_start))
+            (check_dir / "calico-node.service").write_text(unit.replace(exec_start, str(in_root(root, exec_start))))
             verify = sh("systemd-analyze", "verify", str(check_dir / "calico-node.service"), check=False)
             shutil.rmtree(check_dir)
             assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
@@ -221,7 +236,7 @@ def test_calico_node_unit_sets_and_documents_the_classic_environment():
     assert "EnvironmentFile=-/etc/calico/calico.env" in lines
     assert lines.index("EnvironmentFile=-/etc/calico/calico.env") > max(
         i for i, line in enumerate(lines) if line.startswith("Environment="))
-    for setting in ("ExecStart=/opt/cni/bin/cni-calico/calico-node", "Restart=always", "RestartSec=10",
+    for setting in ("ExecStart=/usr/local/bin/calico-node", "Restart=always", "RestartSec=10",
                     "KillMode=process"):
         assert setting in lines, setting
     # calico-node accepts the defaults as they are (an empty NODENAME means the host name).
