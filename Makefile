@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client bird2 iperf3 iptables ipset nftables iputils-ping iproute2 socat \
-	containernetworking-plugins openssl procps python3-venv containerd busybox-static
+	containernetworking-plugins openssl procps python3-venv containerd busybox-static lintian
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
@@ -62,6 +62,9 @@ build: venv
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/work build/cni-calico.spec
 	mkdir -p dist/bin
 	for name in $(BUNDLE_NAMES); do ln -sfn ../cni-calico/calico dist/bin/$$name; done
+	# PyInstaller copies the build Python's shared libraries with their execute bits; a library is loaded,
+	# not run (and lintian calls an executable one an error in the .deb).
+	find dist/cni-calico/_internal -maxdepth 1 -type f -name 'lib*.so*' -exec chmod a-x {} +
 
 # What an operator needs on a node, each path under $(DESTDIR) (packaging and tests install into a temp dir):
 #   $(CNI_BIN_DIR)/cni-calico/             the onedir bundle, whole

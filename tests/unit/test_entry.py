@@ -51,3 +51,13 @@ def test_calicoctl_keeps_its_own_version_command(capsys):
     """calicoctl has `calicoctl version`, as Calico's; `-v` is not taken by the version shortcut."""
     assert entry.main(["calicoctl", "version"]) == 0
     assert capsys.readouterr().out == f"Client Version:    {__version__}\n"
+
+
+@pytest.mark.parametrize("name", ["calico", "calico-ipam"])
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_plugins_answer_help_with_their_usage(capsys, name, flag):
+    """The plugins' --help is argparse-shaped (build/make_man.py makes their man pages from it)."""
+    assert entry.main([f"/opt/cni/bin/{name}", flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {name} [-h] [-v]\n\n") and "\noptions:\n" in out and "CNI_COMMAND" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
