@@ -4,15 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client bird2 iperf3 iptables ipset nftables iputils-ping iproute2 socat \
-	containernetworking-plugins openssl procps python3-venv containerd busybox-static
+	containernetworking-plugins openssl procps python3-venv containerd busybox-static lintian
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
+# calicoctl and calico-node go on the PATH here (links into the bundle in $(CNI_BIN_DIR)/cni-calico/).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+# The administrator's own unit directory: systemd reads it whatever PREFIX is, and a unit there wins over a
+# distribution package's (/lib/systemd/system, where the .deb puts its copy).
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 # bundle: /opt/cni/bin/calico is the PyInstaller onedir executable (self-contained, the default);
 # venv: a tiny launcher into this checkout's venv (faster start-up; the checkout must stay in place).
 INSTALL_FORM ?= bundle
 
-.PHONY: deps system-deps venv test unit lint build install deb demo bench clean
+.PHONY: deps system-deps venv test unit lint build install uninstall deb demo bench clean
 
 deps: system-deps venv
 
@@ -56,21 +62,48 @@ build: venv
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/work build/cni-calico.spec
 	mkdir -p dist/bin
 	for name in $(BUNDLE_NAMES); do ln -sfn ../cni-calico/calico dist/bin/$$name; done
+	# PyInstaller copies the build Python's shared libraries with their execute bits; a library is loaded,
+	# not run (and lintian calls an executable one an error in the .deb).
+	find dist/cni-calico/_internal -maxdepth 1 -type f -name 'lib*.so*' -exec chmod a-x {} +
 
+# What an operator needs on a node, each path under $(DESTDIR) (packaging and tests install into a temp dir):
+#   $(CNI_BIN_DIR)/cni-calico/             the onedir bundle, whole
+#   $(CNI_BIN_DIR)/calico, calico-ipam     -> cni-calico/calico (the runtime's CNI plugins)
+#   $(BINDIR)/calicoctl, calico-node       -> the bundle's executable (relative, so they run under any DESTDIR)
+#   $(SYSTEMD_UNIT_DIR)/calico-node.service examples/calico-node.service, ExecStart=$(BINDIR)/calico-node
+#   $(CNI_CONF_DIR)/10-calico.conf         examples/10-calico.conf, only where there is none: the operator's
+#                                          edits (the etcd endpoints) survive a re-install
 # The folder is copied whole (a onedir executable finds _internal/ only through symlinks, not copies),
-# swapped in with two renames so a running plugin never sees a half-copied bundle.
+# swapped in with two renames so a running plugin never sees a half-copied bundle. `make uninstall` removes
+# exactly these (the conf only while it is the example unchanged), never a directory it did not create.
 install: build
-	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_CONF_DIR)
+	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_CONF_DIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	rm -rf $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.old
 	cp -a dist/cni-calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new
-	ln -sfn calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new/calico-node  # examples/calico-node.service runs it
 	if [ -e $(DESTDIR)$(CNI_BIN_DIR)/cni-calico ]; then \
 		mv $(DESTDIR)$(CNI_BIN_DIR)/cni-calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.old; fi
 	mv $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.new $(DESTDIR)$(CNI_BIN_DIR)/cni-calico
 	rm -rf $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico.old
 	for name in calico calico-ipam; do ln -sfn cni-calico/calico $(DESTDIR)$(CNI_BIN_DIR)/$$name; done
 	if [ "$(INSTALL_FORM)" = venv ]; then $(PY) build/make_launcher.py $(DESTDIR)$(CNI_BIN_DIR) calico calico-ipam; fi
-	install -m 0644 examples/10-calico.conf $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf
+	target=$$(realpath -s -m --relative-to=$(BINDIR) $(CNI_BIN_DIR)/cni-calico/calico) && \
+		for name in calicoctl calico-node; do ln -sfn $$target $(DESTDIR)$(BINDIR)/$$name; done
+	sed 's|^ExecStart=.*|ExecStart=$(BINDIR)/calico-node|' examples/calico-node.service \
+		> $(DESTDIR)$(SYSTEMD_UNIT_DIR)/.calico-node.service.new
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/.calico-node.service.new
+	mv $(DESTDIR)$(SYSTEMD_UNIT_DIR)/.calico-node.service.new $(DESTDIR)$(SYSTEMD_UNIT_DIR)/calico-node.service
+	if [ -e $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf ]; then \
+		echo "kept $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf (the example is examples/10-calico.conf)"; \
+	else install -m 0644 examples/10-calico.conf $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(CNI_BIN_DIR)/calico $(DESTDIR)$(CNI_BIN_DIR)/calico-ipam
+	rm -rf $(DESTDIR)$(CNI_BIN_DIR)/cni-calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico-build
+	rm -f $(DESTDIR)$(BINDIR)/calicoctl $(DESTDIR)$(BINDIR)/calico-node
+	rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/calico-node.service
+	conf=$(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf; \
+	if cmp -s $$conf examples/10-calico.conf; then rm -f $$conf; \
+	elif [ -e $$conf ]; then echo "kept $$conf: it is not the example any more (yours to remove)"; fi
 
 # A Debian package of the bundle, built offline with dpkg-deb: dist/cni-calico_<version>_<arch>.deb.
 # Layout and choices: build/deb/build-deb.sh.

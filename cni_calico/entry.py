@@ -9,6 +9,8 @@ import os
 import sys
 
 NAMES = ("calico", "calico-ipam", "calicoctl", "calico-node")
+VERSION_FLAGS = ("-v", "--version")
+HELP_FLAGS = ("-h", "--help")
 
 
 def main(argv: list[str] | None = None, site_packages: str = "") -> int:
@@ -20,6 +22,18 @@ def main(argv: list[str] | None = None, site_packages: str = "") -> int:
     if name not in NAMES and len(argv) > 1 and argv[1] in NAMES:
         # `python -m cni_calico calico-ipam …` and the bundle's plain name both work.
         name, argv = argv[1], argv[1:]
+    if argv[1:2] and name in ("calico", "calico-ipam", "calico-node"):
+        # Flags are for an operator; a runtime's call has no arguments and never comes here.
+        if argv[1] in VERSION_FLAGS:  # as Calico's binaries answer `-v`: the version alone
+            from cni_calico import __version__
+
+            sys.stdout.write(f"v{__version__}\n")
+            return 0
+        if argv[1] in HELP_FLAGS and name != "calico-node":  # calico-node's own parser has its --help
+            from cni_calico.plugin_help import help_text
+
+            sys.stdout.write(help_text(name))
+            return 0
     if site_packages and name != "calico":
         sys.path.append(site_packages)
     if name == "calico-ipam":

@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
         "CALICO_NETWORKING_BACKEND, CALICO_IPV4POOL_CIDR, CALICO_IPV4POOL_IPIP, CALICO_IPV4POOL_VXLAN, "
         "NO_DEFAULT_POOLS, AS, CALICO_RUN_DIR, CALICO_LIB_DIR.",
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--version", action="store_true", help="print the version (v<version>) and exit")
     parser.add_argument("--cleanup", action="store_true",
                         help="remove calico-node's policy and outgoing NAT rules (iptables and ip6tables chains, "
                         "jumps, ipsets) from this network namespace and exit")
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     if args.version:
         from cni_calico import __version__
 
-        print(__version__)
+        print(f"v{__version__}")
         return 0
     from cni_calico.node.config import NodeConfigError, from_env
 

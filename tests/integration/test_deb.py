@@ -7,6 +7,7 @@ is) into a temp dir, then installed into a throwaway root with its own, fresh dp
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -23,19 +24,28 @@ BUNDLE = REPO / "dist" / "cni-calico"
 BUNDLE_DIR = "opt/cni/bin/cni-calico"
 UNIT = "lib/systemd/system/calico-node.service"
 EXAMPLES = ("10-calico.conf", "10-calico.conflist", "ippool.yaml")
+CONF = "etc/cni/net.d/10-calico.conf"  # the one conffile
+MAN_PAGES = {"calicoctl": "usr/share/man/man1/calicoctl.1.gz", "calico-node": "usr/share/man/man8/calico-node.8.gz",
+             "calico": "usr/share/man/man8/calico.8.gz"}
 # Every path of the package but the bundle's own: (type, link target), "d" directory, "f" file, "l" link.
 EXTRA = {
     "lib/": ("d", None), "lib/systemd/": ("d", None), "lib/systemd/system/": ("d", None), UNIT: ("f", None),
     "opt/": ("d", None), "opt/cni/": ("d", None), "opt/cni/bin/": ("d", None),
     "opt/cni/bin/calico": ("l", "cni-calico/calico"), "opt/cni/bin/calico-ipam": ("l", "cni-calico/calico"),
-    f"{BUNDLE_DIR}/calico-node": ("l", "calico"),
     "usr/": ("d", None), "usr/bin/": ("d", None),
     "usr/bin/calicoctl": ("l", "/opt/cni/bin/cni-calico/calico"),
     "usr/bin/calico-node": ("l", "/opt/cni/bin/cni-calico/calico"),
     "usr/share/": ("d", None), "usr/share/doc/": ("d", None), "usr/share/doc/cni-calico/": ("d", None),
     "usr/share/doc/cni-calico/copyright": ("f", None), "usr/share/doc/cni-calico/examples/": ("d", None),
     **{f"usr/share/doc/cni-calico/examples/{name}": ("f", None) for name in EXAMPLES},
+    "usr/share/doc/cni-calico/changelog.gz": ("f", None),
+    "etc/": ("d", None), "etc/cni/": ("d", None), "etc/cni/net.d/": ("d", None), CONF: ("f", None),
+    "usr/share/man/": ("d", None), "usr/share/man/man1/": ("d", None), "usr/share/man/man8/": ("d", None),
+    **{page: ("f", None) for page in MAN_PAGES.values()},
+    "usr/share/lintian/": ("d", None), "usr/share/lintian/overrides/": ("d", None),
+    "usr/share/lintian/overrides/cni-calico": ("f", None),
 }
+MAINTAINER = "cni-calico developers <cni-calico@lists.example.org>"
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
 
@@ -112,7 +122,7 @@ def test_package_holds_exactly_the_bundle_and_the_fixed_paths(built):
     assert have[UNIT][2] == "-rw-r--r--"
 
 
-def test_control_fields_and_no_maintainer_scripts(deb):
+def test_control_fields_conffile_and_maintainer_scripts(deb):
     fields = {}
     for line in sh("dpkg-deb", "-f", str(deb)).stdout.splitlines():
         if line and not line.startswith(" "):
@@ -121,12 +131,78 @@ def test_control_fields_and_no_maintainer_scripts(deb):
     assert fields["Package"] == "cni-calico"
     assert fields["Version"] == version()
     assert fields["Architecture"] == sh("dpkg", "--print-architecture").stdout.strip()
+    assert fields["Maintainer"] == MAINTAINER
     assert re.fullmatch(r"libc6( \(>= [0-9.]+\))?", fields["Depends"]), fields["Depends"]
     assert int(fields["Installed-Size"]) > 1000
-    info = sh("dpkg-deb", "-I", str(deb)).stdout
-    for script in ("preinst", "postinst", "prerm", "postrm", "conffiles"):
-        assert f" {script}" not in info, info
-    assert "md5sums" in info
+    control = Path(tempfile.mkdtemp(prefix="cni-calico-control-"))
+    try:
+        sh("dpkg-deb", "-e", str(deb), str(control))
+        assert sorted(p.name for p in control.iterdir()) == ["conffiles", "control", "md5sums", "postinst", "postrm",
+                                                             "prerm"]
+        assert (control / "conffiles").read_text() == f"/{CONF}\n"
+        for script in ("postinst", "prerm", "postrm"):
+            assert os.access(control / script, os.X_OK), script
+            assert sh("sh", "-n", str(control / script), check=False).returncode == 0, script
+        # postinst enables, never starts; nothing calls systemctl for another root (DPKG_ROOT) or without systemd.
+        postinst = (control / "postinst").read_text()
+        assert "deb-systemd-helper enable calico-node.service" in postinst
+        assert "start" not in re.sub(r"#.*", "", postinst), postinst
+        for script in ("postinst", "prerm", "postrm"):
+            guard = ""
+            for line in (control / script).read_text().splitlines():
+                code = line.split("#")[0]
+                if code.strip().startswith("if "):
+                    guard = code
+                if re.search(r"\b(systemctl|deb-systemd-invoke)\b", code):
+                    assert '[ -z "${DPKG_ROOT:-}" ]' in guard and "[ -d /run/systemd/system ]" in guard, (script, line)
+        assert CONF not in (control / "md5sums").read_text()  # dpkg keeps conffiles' sums itself
+    finally:
+        shutil.rmtree(control)
+    # The changelog: Debian's format, gzipped, its top entry this version, by the maintainer.
+    with tempfile.TemporaryDirectory() as tmp:
+        sh("dpkg-deb", "-x", str(deb), tmp)
+        changelog = Path(tmp) / "usr/share/doc/cni-calico/changelog.gz"
+        text = gzip.decompress(changelog.read_bytes()).decode()
+        parsed = subprocess.run(["dpkg-parsechangelog", "-l-", "-S", "Version"], input=text, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        assert parsed == version()
+        assert f" -- {MAINTAINER}  " in text
+
+
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="needs lintian (make deps installs it)")
+def test_lintian_finds_no_error_or_warning(deb):
+    """What a PyInstaller bundle cannot avoid is overridden with a reason (build/deb/lintian-overrides)."""
+    proc = subprocess.run(["lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb)],
+                          capture_output=True, text=True, timeout=600)
+    hints = [line for line in proc.stdout.splitlines() if re.match(r"[EW]: ", line)]
+    assert proc.returncode == 0 and not hints, proc.stdout + proc.stderr
+
+
+def test_man_pages_come_from_the_help_texts(deb):
+    """calicoctl(1), calico-node(8), calico(8): each option of --help is there, and man renders them cleanly."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sh("dpkg-deb", "-x", str(deb), tmp)
+        for name, page in MAN_PAGES.items():
+            raw = (Path(tmp) / page).read_bytes()
+            text = gzip.decompress(raw).decode()
+            section = page.rsplit(".", 2)[1]
+            assert text.startswith(f'.TH {name.upper()} {section} "'), text[:100]
+            assert f"cni-calico v{version()}" in text.splitlines()[0]
+            roff_name = name.replace("-", "\\-")
+            assert f".SH NAME\n{roff_name} \\- " in text, text[:300]
+            helped = subprocess.run([name, "--help"], executable=str(BUNDLE / "calico"), capture_output=True,
+                                    text=True, env={"PATH": os.environ["PATH"], "COLUMNS": "80"},
+                                    stdin=subprocess.DEVNULL, timeout=60)
+            assert helped.returncode == 0, helped.stderr
+            for option in set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", helped.stdout)):
+                assert option.replace("-", "\\-") in text, (name, option)
+            assert raw[4:8] == b"\0\0\0\0", "gzip time stamp set: not reproducible"
+            if shutil.which("man"):
+                shown = subprocess.run(["man", "--warnings", "-l", str(Path(tmp) / page)], capture_output=True,
+                                       text=True, env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_STDERR": "1"},
+                                       timeout=60)
+                assert shown.returncode == 0 and not shown.stderr.strip(), shown.stderr
+                assert "NAME" in shown.stdout and "SYNOPSIS" in shown.stdout
 
 
 def _walk(root: Path, skip: str = "var/lib/dpkg") -> set[str]:
@@ -142,6 +218,23 @@ def _walk(root: Path, skip: str = "var/lib/dpkg") -> set[str]:
     return out
 
 
+def in_root(root: Path, path: str) -> Path:
+    """`path` as the installed system would resolve it, with `root` as /: absolute links stay in the root."""
+    here = root / path.lstrip("/")
+    for _ in range(10):
+        if not here.is_symlink():
+            return here
+        target = os.readlink(here)
+        here = root / target.lstrip("/") if target.startswith("/") else here.parent / target
+    raise AssertionError(f"too many links at {path}")
+
+
+def run_in_root(root: Path, path: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs the installed `path` under its own name (argv[0], which the bundle dispatches on)."""
+    return subprocess.run([os.path.basename(path), *args], executable=str(in_root(root, path)), capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
 def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
     root = Path(tempfile.mkdtemp(prefix="cni-calico-dpkg-root-"))
     try:
@@ -153,12 +246,30 @@ def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
         # Something of another package where ours goes: it must survive our purge, and its dirs too.
         (root / "opt/cni/bin").mkdir(parents=True)
         (root / "opt/cni/bin/loopback").write_text("not ours\n")
+        # Directories every systemd system has (systemd's own): deb-systemd-helper's links and state go there.
+        for systemd_dir in ("etc/systemd/system", "var/lib/systemd"):
+            (root / systemd_dir).mkdir(parents=True)
         before = _walk(root)
-        dpkg = ["dpkg", f"--root={root}"]
+        # --force-script-chrootless: the maintainer scripts run here with DPKG_ROOT=<root> (the root has no
+        # shell to chroot into), as in an image build; --force-not-root: what it needs without root too.
+        dpkg = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-not-root"]
 
         # --force-depends: the throwaway database knows no libc6.
         installed = sh(*dpkg, "--force-depends", "-i", str(deb), check=False)
         assert installed.returncode == 0, installed.stdout + installed.stderr
+        # postinst enabled calico-node (deb-systemd-helper, inside the root) and started nothing.
+        wants = root / "etc/systemd/system/multi-user.target.wants/calico-node.service"
+        assert os.readlink(wants) == f"/{UNIT}", os.readlink(wants)
+        # The conffile, and the tools on the PATH, run from inside the root.
+        assert (root / CONF).read_bytes() == (REPO / "examples/10-calico.conf").read_bytes()
+        assert sh("dpkg-query", f"--admindir={admin}", "-W", "-f", "${Conffiles}", "cni-calico").stdout.split()[0] \
+            == f"/{CONF}"
+        for name in ("calicoctl", "calico-node"):
+            helped = run_in_root(root, f"/usr/bin/{name}", "--help")
+            assert helped.returncode == 0 and f"usage: {name}" in helped.stdout, helped.stdout + helped.stderr
+        for name in ("calico", "calico-ipam"):
+            shown = run_in_root(root, f"/opt/cni/bin/{name}", "-v")
+            assert (shown.returncode, shown.stdout) == (0, f"v{version()}\n"), shown.stdout + shown.stderr
         status = sh("dpkg-query", f"--admindir={admin}", "-W", "-f", "${Package} ${Version} ${Status}\n",
                     "cni-calico").stdout
         assert status.strip() == f"cni-calico {version()} install ok installed", status
@@ -173,13 +284,12 @@ def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
             assert run.returncode == 0, run.stdout + run.stderr
             answer = json.loads(run.stdout)
             assert "1.0.0" in answer["supportedVersions"] and "0.3.1" in answer["supportedVersions"], answer
-        # The unit's ExecStart is the bundle's calico-node entry.
+        # The unit's ExecStart is /usr/bin/calico-node, which runs as calico-node from inside the root.
         unit = (root / UNIT).read_text()
         exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M).group(1)
-        assert exec_start == f"/{BUNDLE_DIR}/calico-node"
-        node = subprocess.run([str(root / exec_start.lstrip("/")), "--version"], capture_output=True, text=True,
-                              timeout=60)
-        assert node.returncode == 0 and node.stdout.strip() == version(), node.stdout + node.stderr
+        assert exec_start == "/usr/bin/calico-node"
+        node = run_in_root(root, exec_start, "--version")
+        assert node.returncode == 0 and node.stdout == f"v{version()}\n", node.stdout + node.stderr
         # /usr/bin's links are absolute (across top-level dirs, as Debian wants) and resolve inside the root.
         for name in ("calicoctl", "calico-node"):
             target = os.readlink(root / "usr/bin" / name)
@@ -189,11 +299,16 @@ def test_install_into_a_throwaway_root_then_purge_leaves_nothing(deb):
             # want a whole systemd in the root: a copy pointing at the installed executable is checked instead.
             check_dir = root.with_name(root.name + "-unit")
             check_dir.mkdir()
-            (check_dir / "calico-node.service").write_text(unit.replace(exec_start, str(root) + exec_start))
+            (check_dir / "calico-node.service").write_text(unit.replace(exec_start, str(in_root(root, exec_start))))
             verify = sh("systemd-analyze", "verify", str(check_dir / "calico-node.service"), check=False)
             shutil.rmtree(check_dir)
             assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
 
+        # Remove keeps the admin's edited conffile (and the bundle is gone); purge then takes everything.
+        (root / CONF).write_text((root / CONF).read_text().replace("127.0.0.1", "192.0.2.10"))
+        removed = sh(*dpkg, "-r", "cni-calico", check=False)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert "192.0.2.10" in (root / CONF).read_text() and not (root / BUNDLE_DIR).exists()
         purged = sh(*dpkg, "-P", "cni-calico", check=False)
         assert purged.returncode == 0, purged.stdout + purged.stderr
         assert _walk(root) == before
@@ -221,7 +336,7 @@ def test_calico_node_unit_sets_and_documents_the_classic_environment():
     assert "EnvironmentFile=-/etc/calico/calico.env" in lines
     assert lines.index("EnvironmentFile=-/etc/calico/calico.env") > max(
         i for i, line in enumerate(lines) if line.startswith("Environment="))
-    for setting in ("ExecStart=/opt/cni/bin/cni-calico/calico-node", "Restart=always", "RestartSec=10",
+    for setting in ("ExecStart=/usr/local/bin/calico-node", "Restart=always", "RestartSec=10",
                     "KillMode=process"):
         assert setting in lines, setting
     # calico-node accepts the defaults as they are (an empty NODENAME means the host name).
