@@ -75,3 +75,8 @@ class AgentHost(PluginHost):
         from cni_calico import logsetup
 
         logsetup.configure_from(conf, root_level=False)
+
+    def round_trips(self) -> int:
+        """etcd requests made by every client of this host since start."""
+        with self._guard:
+            return sum(ds.round_trips for ds in self._datastores.values())

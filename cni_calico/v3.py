@@ -311,7 +311,8 @@ def parse_duration(text: str) -> float:
 
 # What calico-node honours of a FelixConfiguration, and the fields it accepts only at the value that
 # describes what it does anyway (Calico's start-up writes them so): anything else is refused.
-FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "ipipEnabled", "vxlanEnabled")
+FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "ipipEnabled", "vxlanEnabled",
+                  "prometheusMetricsEnabled", "prometheusMetricsPort")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
                "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
                "defaultEndpointToHostAction": "Return"}
@@ -334,6 +335,8 @@ class FelixConfiguration:
     nat_outgoing_address: str | None = None  # natOutgoingAddress: SNAT to it instead of masquerading
     ipip_enabled: bool | None = None  # ipipEnabled: False = never tunl0, whatever the pools say
     vxlan_enabled: bool | None = None  # vxlanEnabled: False = never vxlan.calico
+    metrics_enabled: bool | None = None  # prometheusMetricsEnabled
+    metrics_port: int | None = None  # prometheusMetricsPort
 
     @classmethod
     def from_value(cls, value: dict) -> FelixConfiguration:
@@ -346,9 +349,12 @@ class FelixConfiguration:
         level = res.spec.get("logSeverityScreen")
         nat = res.spec.get("natOutgoingAddress")
         ipip, vxlan = res.spec.get("ipipEnabled"), res.spec.get("vxlanEnabled")
+        metrics, port = res.spec.get("prometheusMetricsEnabled"), res.spec.get("prometheusMetricsPort")
         return cls(res.name, seconds, str(level) if level in LOG_SEVERITIES else None,
                    str(nat) if nat and ipv4_address(str(nat)) else None,
-                   ipip if isinstance(ipip, bool) else None, vxlan if isinstance(vxlan, bool) else None)
+                   ipip if isinstance(ipip, bool) else None, vxlan if isinstance(vxlan, bool) else None,
+                   metrics if isinstance(metrics, bool) else None,
+                   port if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535 else None)
 
 
 def ipv4_address(text: str) -> bool:

@@ -54,6 +54,10 @@ class Agent:
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
         self.encapsulation: dict[str, bool | None] = {}  # FelixConfiguration ipipEnabled / vxlanEnabled
         self._blackholes_wanted: set[str] = set()  # local blocks at the last drift check
+        self.metrics_env = None  # cni_calico.node.metrics.Settings from the environment, read in start()
+        self.exporter = None  # cni_calico.node.metrics.Exporter
+        self.metrics_felix: tuple[bool | None, int | None] = (None, None)  # FelixConfiguration's enabled, port
+        self._deltas: dict[str, object] = {}  # running totals -> counter increments
         self.nat: dict = {}  # IP version -> cni_calico.policy.natout.NatDataplane, made in start()
         self.reported: list[str] | None = None  # the readiness problems last written (None: none yet)
         self.syncer = Syncer(self.ds, self.reset, self.update)
@@ -113,6 +117,11 @@ class Agent:
                 log.warning("waiting for etcd: %s", exc.msg)
                 self.stop_event.wait(1.0)
         startup.write_file(self.cfg.nodename_file, self.cfg.nodename)
+        from cni_calico.node import metrics
+
+        self.metrics_env = metrics.from_env(dict(os.environ))
+        metrics.prepare(self.cfg.run_dir)  # before the CNI server starts: it records there too
+        self.exporter = metrics.Exporter(self._ipam_figures)
         from cni_calico.node.tunnels import Tunnels
 
         self.tunnels = Tunnels(self.ds, self.cfg, self.ipv4_cidr)
@@ -129,6 +138,7 @@ class Agent:
         self.policy = PolicySync(self.cfg.nodename)
         self.syncer.resync()
         self.sync_once(0.0)
+        self._apply_metrics_settings()
 
     def _enable_forwarding(self) -> None:
         """A vRouter forwards: IPv4 always, IPv6 when the node has an IPv6 address (as Felix does)."""
@@ -150,6 +160,10 @@ class Agent:
         self.felix = {}
         if self.policy is not None:
             self.policy.reset()
+        if self.exporter is not None:
+            from cni_calico.node import metrics
+
+            metrics.metrics().resyncs.inc()
 
     def update(self, key: str, value: dict | None) -> None:
         """One change from etcd, to whichever view wants it (endpoint changes never reach routing)."""
@@ -193,6 +207,8 @@ class Agent:
             log.info("outgoing NAT to %s (FelixConfiguration natOutgoingAddress)", nat or "the node's address")
             self.nat_address = nat
             self.routing_dirty = True
+        self.metrics_felix = (pick("metrics_enabled"), pick("metrics_port"))
+        self._apply_metrics_settings()
         if not self.cfg.log_level_from_env:
             level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)
             if logging.getLogger().level != level:
@@ -207,7 +223,12 @@ class Agent:
             self._apply_routing()
             self._report_readiness()
         if self.policy is not None:
-            self.policy.flush()
+            try:
+                changed = self.policy.flush()
+            except Exception:
+                self._record_policy(failed=True)
+                raise
+            self._record_policy(changed=changed)
         return came
 
     def _apply_routing(self) -> None:
@@ -255,6 +276,63 @@ class Agent:
         for what in repaired:
             log.warning("route drift repaired: %s was not as programmed", what)
         return repaired
+
+    # --- metrics ----------------------------------------------------------------------------
+
+    def _apply_metrics_settings(self) -> None:
+        """The exporter as the environment, else FelixConfiguration, says (off, port 9091 by default)."""
+        if self.exporter is None or self.metrics_env is None:
+            return
+        from cni_calico.node.metrics import DEFAULT_PORT
+
+        env, (enabled, port) = self.metrics_env, self.metrics_felix
+        on = env.enabled if env.enabled is not None else bool(enabled)
+        self.exporter.apply(on, env.host or "", env.port or port or DEFAULT_PORT)
+
+    def _count(self, name: str, total: int) -> int:
+        from cni_calico.node.metrics import Delta
+
+        delta = self._deltas.setdefault(name, Delta())
+        return delta.take(total)  # type: ignore[attr-defined]
+
+    def _record_policy(self, changed: bool = False, failed: bool = False) -> None:
+        """Felix's dataplane figures after a policy flush (or a failed one)."""
+        if self.exporter is None or self.policy is None:
+            return
+        from cni_calico.node import metrics
+        from cni_calico.policy.model import Policy
+
+        m = metrics.metrics()
+        if failed:
+            m.restore_errors.inc()
+        elif changed and self.policy.last_timings:
+            m.apply_time.observe(self.policy.last_timings.get("apply", 0.0))
+        calc = self.policy.calc
+        m.local_endpoints.set(len(calc.local))
+        m.local_policies.set(len({source.key for bodies in calc.jumps.values() for _, source in bodies.values()
+                                  if isinstance(source, Policy)}))
+        m.ipset_calls.inc(self._count("ipset", sum(d.set_calls for d in self.policy.dataplanes)))
+        m.restore_calls.inc(self._count("restore", sum(d.writes for d in self.policy.dataplanes)))
+        m.round_trips.labels("calico-node").inc(self._count("etcd", self.ds.round_trips))
+
+    def _ipam_figures(self) -> tuple[dict[str, int], dict[str, int]]:
+        """This node's blocks and its endpoints' addresses per pool (at scrape time, from the views)."""
+        me = self.cfg.nodename
+        for _ in range(3):  # the loop may change the views while a scrape reads them
+            try:
+                pools = list(self.routing.pools.values())
+                mine = [cidr for cidr, owner in list(self.routing.blocks.items()) if owner == me]
+                calc = self.policy.calc if self.policy is not None else None
+                addresses = [a for key in list(calc.local.values()) for a in calc.endpoints[key].addresses] \
+                    if calc is not None else []
+                break
+            except (RuntimeError, KeyError):
+                continue
+        else:
+            return {}, {}
+        blocks = {p.name: sum(1 for b in mine if p.contains(b)) for p in pools}
+        in_use = {p.name: sum(1 for a in addresses if p.contains(a)) for p in pools}
+        return blocks, in_use
 
     def _report_readiness(self) -> None:
         """What this node cannot do, for `calico-node --ready` and `calicoctl node status`."""
@@ -326,6 +404,8 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - stopping goes on; the rules stay as they were
                 log.warning("final policy sync failed, rules left as they were: %s", exc)
         self.syncer.close()
+        if self.exporter is not None:
+            self.exporter.stop()
         if self.reported is not None:  # a stopped node is not ready
             from cni_calico.node import readiness
 

@@ -45,9 +45,13 @@ class CniServer:
         from cni_calico import plugin
         from cni_calico.host import AgentHost
 
-        for module in WARM:
+        # Metrics are recorded under calico-node (which names their directory), not in other hosts.
+        self.metrics = os.environ.get("PROMETHEUS_MULTIPROC_DIR") is not None
+        for module in WARM + (("cni_calico.node.metrics", "prometheus_client") if self.metrics else ()):
             importlib.import_module(module)
-        self.handlers = plugin.handlers(AgentHost(run_dir))
+        self.host = AgentHost(run_dir)
+        self.handlers = plugin.handlers(self.host)
+        self._round_trips = None
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -102,6 +106,14 @@ class CniServer:
                 if users[0] == 0:
                     del self._locks[container_id]
 
+    def _record(self, command: str, status: int, out: str, seconds: float) -> None:
+        from cni_calico.node import metrics
+
+        metrics.observe_request(command, status, out, seconds)
+        if self._round_trips is None:
+            self._round_trips = metrics.Delta()
+        metrics.metrics().round_trips.labels("cni-server").inc(self._round_trips.take(self.host.round_trips()))
+
     def _serve(self, conn: socket.socket) -> None:
         from cni_calico import skel
 
@@ -130,8 +142,10 @@ class CniServer:
             with self._serialised(env.get("CNI_CONTAINERID", "")):
                 status, out = skel.execute(self.handlers, env, stdin)
             self.served += 1
-            log.debug("%s %s: %d in %.1f ms", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), status,
-                      (time.monotonic() - started) * 1000)
+            took = time.monotonic() - started
+            log.debug("%s %s: %d in %.1f ms", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), status, took * 1000)
+            if self.metrics:
+                self._record(env.get("CNI_COMMAND", ""), status, out, took)
             try:
                 conn.sendall(frame(b"%d" % status, out.encode()))
             except OSError:

@@ -62,13 +62,14 @@ def main(argv: list[str]) -> int:
     from cni_calico.datastore import DatastoreError
     from cni_calico.node.agent import Agent
     from cni_calico.node.autodetect import AutodetectError
+    from cni_calico.node.metrics import MetricsConfigError
 
     agent = Agent(cfg)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
         agent.start()
-    except (AutodetectError, DatastoreError) as exc:
+    except (AutodetectError, DatastoreError, MetricsConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     log.info("calico-node running")

@@ -82,6 +82,7 @@ THIRD_PARTY = {
     "typing_extensions": "grpc imports it (grpc/_server.py, grpc/aio)",
     "pyroute2": "netlink: veths, addresses, routes",
     "yaml": "PyYAML: calicoctl's resources",
+    "prometheus_client": "calico-node's metrics exporter (cni_calico/node/metrics.py)",
 }
 # The standard library's top-level modules the bundle holds today (PyInstaller follows stdlib imports on its
 # own). A new one is a sign of a new import chain: look at what brought it before adding it here.
@@ -96,7 +97,11 @@ STDLIB = set("""
     sre_constants sre_parse ssl stat statistics string stringprep struct subprocess tarfile tempfile textwrap
     threading token tokenize traceback tracemalloc types typing unittest urllib uuid warnings weakref xml
     xmlrpc zipfile zipimport
-""".split())
+""".split()) | {
+    # prometheus_client's: its HTTP server (http.server: socketserver, html; wsgiref), multiprocess files
+    # (glob), decorators (timeit).
+    "glob", "html", "socketserver", "timeit", "wsgiref",
+}
 # Shared libraries beside them: libpython and the C libraries of the stdlib's and grpc's extension modules.
 SHARED_LIBS = {
     "libpython3.11.so.1.0", "libbz2.so.1.0", "libcrypto.so.3", "libssl.so.3", "libffi.so.8", "libgcc_s.so.1",

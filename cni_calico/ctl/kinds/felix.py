@@ -3,7 +3,9 @@
 Pure. calico-node honours iptablesRefreshInterval (the drift check's interval), logSeverityScreen
 (its log level), natOutgoingAddress (outgoing NAT's source address) and ipipEnabled / vxlanEnabled
 (false: that encapsulation is never programmed, whatever the pools say; true or unset: programmed
-when a pool that selects the node needs it, as Felix); the first two unless
+when a pool that selects the node needs it, as Felix) and prometheusMetricsEnabled /
+prometheusMetricsPort (the metrics exporter; the FELIX_PROMETHEUSMETRICS* environment wins); the first
+two unless
 FELIX_IPTABLESREFRESHINTERVAL or a log level variable is set in its environment, which wins, as
 Felix's environment does. A few fields are accepted at
 the one value that says what calico-node does anyway (Calico's start-up writes them so: see
@@ -38,7 +40,10 @@ def _validate(res: Resource) -> list[FieldError]:
         elif key == "natOutgoingAddress":
             if not ipv4_address(str(value)):
                 errors.append(FieldError(f"spec.{key}", "must be an IPv4 address", value))
-        elif key in ("ipipEnabled", "vxlanEnabled"):
+        elif key == "prometheusMetricsPort":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                errors.append(FieldError(f"spec.{key}", "must be a port, 1-65535", value))
+        elif key in ("ipipEnabled", "vxlanEnabled", "prometheusMetricsEnabled"):
             if not isinstance(value, bool):
                 errors.append(FieldError(f"spec.{key}", "must be true or false", value))
         elif key == "logSeverityScreen":
