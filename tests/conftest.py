@@ -11,6 +11,8 @@ Fixtures:
     node         a fresh node namespace with `etcd` bridged in; removed after the test.
     tls_etcd     (module) an etcd of the module's own that takes mutual TLS only, with pool tls-pool.
     tls_node     a fresh node namespace with `tls_etcd` bridged in; removed after the test.
+    cluster      a simulated cluster (tests/integration/cluster.py); afterwards the machine's own iptables
+                 and ipsets are checked to hold nothing of ours. Some modules define their own.
     make_pod     a factory: each call makes a pod namespace; all are removed after the test.
     pool         pool1 = 10.60.0.0/24 (blocks of /26) in `etcd`; the value is its CIDR.
     conf         a factory: conf(**kw) is `netconf(etcd, **kw)`, the plugin's network config.
@@ -79,6 +81,15 @@ def tls_node(lab, tls_etcd):
     ns = lab.node(tls_etcd)
     yield ns
     lab.remove_netns(ns)
+
+
+@pytest.fixture
+def cluster(lab, etcd):
+    """A simulated cluster (tests/integration/cluster.py), checked afterwards to have left the machine's own
+    iptables and ipsets alone. Some test modules define their own."""
+    from tests.integration.cluster import checked_cluster
+
+    yield from checked_cluster(lab, etcd)
 
 
 @pytest.fixture

@@ -120,3 +120,16 @@ class Cluster:
             if ns in self.lab.namespaces:
                 self.lab.remove_netns(ns)
         sh("true")
+
+
+def checked_cluster(lab: Lab, etcd: Etcd):
+    """A Cluster that, once closed, checks that the machine's own namespace holds nothing of ours (the
+    `cluster` fixture of tests/conftest.py)."""
+    c = Cluster(lab, etcd)
+    try:
+        yield c
+    finally:
+        c.close()
+    for tool in ("iptables-save", "ip6tables-save"):
+        assert "cali" not in sh(tool).stdout, f"calico-node touched the machine's own {tool}"
+    assert "cali" not in sh("ipset", "list", "-n").stdout, "calico-node touched the machine's own ipsets"

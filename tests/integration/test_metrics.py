@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.integration.cluster import Cluster
 from tests.integration.test_policy import put_policy
 from tests.lab import Lab, add_pool, wait_for
 
 RES = "/calico/resources/v3/projectcalico.org"
-
-
-@pytest.fixture
-def cluster(lab, etcd):
-    c = Cluster(lab, etcd)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def scrape(cluster: Cluster, node: str, port: int = 9091) -> dict[str, float] | None:

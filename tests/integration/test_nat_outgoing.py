@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.cluster import Cluster
-from tests.integration.test_policy import checked_cluster, eventually
+from tests.integration.cluster import Cluster, checked_cluster
+from tests.integration.test_policy import eventually
 from tests.lab import Lab, netconf, pool, sh, wait_for
 
 WORLD4, WORLD6 = "203.0.113.10", "2001:db8:113::10"

@@ -11,30 +11,11 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from tests.integration.cluster import Cluster
-from tests.lab import Lab, add_pool, netconf, sh, wait_for
+from tests.lab import Lab, add_pool, netconf, wait_for
 
 RES = "/calico/resources/v3/projectcalico.org"
 JUMP = '-A FORWARD -m comment --comment "cali:calico-node policy" -j cali-FORWARD'
-
-
-def checked_cluster(lab, etcd):
-    """A Cluster that, once closed, checks that the machine's own namespace holds nothing of ours."""
-    c = Cluster(lab, etcd)
-    try:
-        yield c
-    finally:
-        c.close()
-    for tool in ("iptables-save", "ip6tables-save"):
-        assert "cali" not in sh(tool).stdout, f"calico-node touched the machine's own {tool}"
-    assert "cali" not in sh("ipset", "list", "-n").stdout, "calico-node touched the machine's own ipsets"
-
-
-@pytest.fixture
-def cluster(lab, etcd):
-    yield from checked_cluster(lab, etcd)
 
 
 # --- helpers -----------------------------------------------------------------------------------------

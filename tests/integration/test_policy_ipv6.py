@@ -12,10 +12,9 @@ import os
 
 import pytest
 
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import Cluster, checked_cluster
 from tests.integration.test_policy import (
     JUMP,
-    checked_cluster,
     eventually,
     expect,
     label,

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from tests.integration.cluster import checked_cluster
 from tests.integration.test_policy import (
     JUMP,
     add_pod,
-    checked_cluster,
     eventually,
     expect,
     node_save,

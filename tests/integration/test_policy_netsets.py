@@ -6,7 +6,7 @@ without a restart, and moves only the set's own members."""
 
 from __future__ import annotations
 
-from tests.integration.test_policy import add_pod, cluster, expect, put_policy, serve, start_nodes, tcp  # noqa: F401
+from tests.integration.test_policy import add_pod, expect, put_policy, serve, start_nodes, tcp
 from tests.lab import Lab
 
 RES = "/calico/resources/v3/projectcalico.org"
@@ -20,7 +20,7 @@ def put_netset(etcd, name: str, nets: list[str], namespace: str = "", **labels: 
                         "spec": {"nets": nets}})
 
 
-def test_network_sets_in_rules_follow_their_nets_labels_and_namespaces(cluster):  # noqa: F811
+def test_network_sets_in_rules_follow_their_nets_labels_and_namespaces(cluster):
     start_nodes(cluster, "10.73.0.0/16")
     server, server_ip = add_pod(cluster, "node2", namespace="prod", pod="server")
     c1, c1_ip = add_pod(cluster, "node1", namespace="prod", pod="c1")

@@ -10,21 +10,10 @@ import os
 import re
 import signal
 
-import pytest
-
 from tests.integration.cluster import SETTLE, Cluster
 from tests.lab import add_pool, wait_for
 
 RES = "/calico/resources/v3/projectcalico.org"
-
-
-@pytest.fixture
-def cluster(lab, etcd):
-    c = Cluster(lab, etcd)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def repaired(cluster: Cluster, what: str) -> bool:
