@@ -153,9 +153,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds `node status` to calicoctl's command parser."""
-    node = sub.add_parser("node", help="Calico node: status of its BGP sessions.", description="Calico node.",
-                          epilog="examples:\n  calicoctl node status\n",
+    """Adds `node status`, `node diags` and `node checksystem` to calicoctl's command parser."""
+    from cni_calico.ctl import node_checksystem, node_diags
+
+    node = sub.add_parser("node", help="Calico node: status of its BGP sessions, diagnostics, system check.",
+                          description="Calico node.",
+                          epilog="examples:\n  calicoctl node status\n  calicoctl node diags\n"
+                                 "  calicoctl node checksystem\n",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = node.add_subparsers(dest="node_command", metavar="<command>")
     verbs.required = True
@@ -164,3 +168,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--allow-version-mismatch", action="store_true", help=argparse.SUPPRESS)
     st.set_defaults(func=run_status)
+    node_diags.register(verbs)
+    node_checksystem.register(verbs)
