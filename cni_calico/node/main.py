@@ -49,8 +49,20 @@ def parser() -> argparse.ArgumentParser:
     for flag, check in PROBE_FLAGS.items():
         parser.add_argument(f"-{flag}", f"--{flag}", action="append_const", const=check, dest="checks",
                             help=helps.get(flag, argparse.SUPPRESS))
+    parser.add_argument("-threshold-time", "--threshold-time", type=_duration, default=None, metavar="DURATION",
+                        help="with -bird-ready/-bird6-ready: how long after start every BGP session must be "
+                        "up (a Go duration, default 30s), as Calico's")
     parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
     return parser
+
+
+def _duration(text: str) -> float:
+    from cni_calico.node.probes import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str]) -> int:
@@ -58,7 +70,8 @@ def main(argv: list[str]) -> int:
     if args.checks:
         from cni_calico.node import probes
 
-        return probes.run(list(dict.fromkeys(args.checks)))
+        threshold = probes.THRESHOLD if args.threshold_time is None else args.threshold_time
+        return probes.run(list(dict.fromkeys(args.checks)), threshold=threshold)
     if args.ready:
         return ready()
     if args.cleanup:

@@ -10,18 +10,32 @@ Kubernetes-style exec probes, exit 0 or 1 as Calico's (node/pkg/health).
 - bird-ready / bird6-ready: Calico's rule. No BGP peer of the family: ready. Within THRESHOLD seconds
   of calico-node's start (the nodename file's mtime) every peer must be Established and no graceful
   restart in progress; after that one Established peer is enough, so one node down does not make the
-  whole mesh unready.
+  whole mesh unready. THRESHOLD is Calico's -threshold-time (a Go duration, default 30s).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 from cni_calico.node import readiness
 
 THRESHOLD = 30.0  # Calico's -threshold-time default
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Go's time.ParseDuration forms (`30s`, `1m30s`, `500ms`; `0` alone) in seconds; ValueError else."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 1m30s or 500ms")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 CHECKS = ("felix-live", "felix-ready", "bird-live", "bird-ready", "bird6-live", "bird6-ready")
 
 
@@ -52,7 +66,8 @@ def bird_live(run_dir: str) -> list[str]:
     return []
 
 
-def bird_ready(run_dir: str, version: int, nodename_file: str, now: float | None = None) -> list[str]:
+def bird_ready(run_dir: str, version: int, nodename_file: str, now: float | None = None,
+               threshold: float = THRESHOLD) -> list[str]:
     from cni_calico.ctl.node_cmd import NotRunning, birdc, status
 
     try:
@@ -66,15 +81,16 @@ def bird_ready(run_dir: str, version: int, nodename_file: str, now: float | None
     except NotRunning as exc:
         return [str(exc)]
     return bgp_problems([(p.address, p.info) for p in peers], recovering,
-                        (time.time() if now is None else now) - started)
+                        (time.time() if now is None else now) - started, threshold)
 
 
-def bgp_problems(peers: list[tuple[str, str]], recovering: bool, since_start: float) -> list[str]:
+def bgp_problems(peers: list[tuple[str, str]], recovering: bool, since_start: float,
+                 threshold: float = THRESHOLD) -> list[str]:
     """Calico's checkBIRDReady on (address, info) pairs; [] when ready."""
     down = [address for address, info in peers if not info.startswith("Established")]
     if not peers:
         return []
-    if since_start < THRESHOLD:
+    if since_start < threshold:
         if down:
             return [f"BGP not established with {','.join(down)}"]
         return ["graceful restart in progress"] if recovering else []
@@ -83,7 +99,7 @@ def bgp_problems(peers: list[tuple[str, str]], recovering: bool, since_start: fl
     return [f"BGP not established with {','.join(down)}"]
 
 
-def run(checks: list[str], env: dict[str, str] | None = None) -> int:
+def run(checks: list[str], env: dict[str, str] | None = None, threshold: float = THRESHOLD) -> int:
     """Runs the named checks (CHECKS); each failure is a line on stderr; exit status 0 or 1."""
     from cni_calico.host import DEFAULT_RUN_DIR
 
@@ -101,7 +117,7 @@ def run(checks: list[str], env: dict[str, str] | None = None) -> int:
             problems, what = bird_live(run_dir), f"{check.split('-')[0]} is not live"
         else:
             version = 6 if check.startswith("bird6") else 4
-            problems = bird_ready(run_dir, version, nodename_file)
+            problems = bird_ready(run_dir, version, nodename_file, threshold=threshold)
             what = "BIRD6 is not ready" if version == 6 else "BIRD is not ready"
         for problem in problems:
             sys.stderr.write(f"calico-node is not ready: {what}: {problem}\n")

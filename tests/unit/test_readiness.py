@@ -63,6 +63,21 @@ def test_bird_readiness_follows_calicos_rule():
     assert bgp_problems([up], False, 1.0) == []
     assert bgp_problems([up, down], False, THRESHOLD + 1) == []  # later: one is enough
     assert bgp_problems([down], False, THRESHOLD + 1) == ["BGP not established with 192.168.0.3"]
+    assert bgp_problems([up, down], False, THRESHOLD + 1, threshold=THRESHOLD + 10) != []  # -threshold-time
+
+
+def test_threshold_time_takes_go_durations(capsys):
+    import pytest
+
+    from cni_calico.node.probes import parse_duration
+
+    assert [parse_duration(t) for t in ("30s", "1m30s", "500ms", "0", "1.5h", ".5s")] == [30, 90, 0.5, 0, 5400, 0.5]
+    for bad in ("30", "abc", "1m-3s", ""):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    with pytest.raises(SystemExit) as done:
+        main.main(["-bird-ready", "-threshold-time", "soon"])
+    assert done.value.code == 2 and "'soon' is not a duration" in capsys.readouterr().err
 
 
 def test_sd_notify_sends_one_datagram(tmp_path):
