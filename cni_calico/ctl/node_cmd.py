@@ -7,8 +7,9 @@ lists the protocols; the BGP ones calico-node writes are named after the peer:
 (node-specific peer), the address's dots or colons written as `_`. A BGP
 protocol named otherwise is recognised by its description line (`show
 protocols all`) when that carries such a name. Output is Calico's classic
-table; with no socket, or no answer on it, "Calico process is not running."
-and a hint, exit status 1.
+table; with no socket, or no answer on it, or when calico-node's readiness.json names a process
+that is gone or a loop that stopped turning, "Calico process is not running." and a hint, exit
+status 1.
 """
 
 from __future__ import annotations
@@ -127,19 +128,33 @@ def status(run_dir: str) -> list[Peer]:
     return peers
 
 
+def check_agent(run_dir: str):
+    """calico-node's own state (cni_calico.node.readiness): NotRunning when it wrote one and is now dead
+    or stuck, since the BIRD a killed calico-node leaves behind still answers. None when there is no
+    state at all (BIRD run without calico-node): then BIRD alone decides, as before."""
+    from cni_calico.node import readiness
+
+    state = readiness.read_state(run_dir)
+    if state is not None:
+        dead = state.live_problems()
+        if dead:
+            raise NotRunning(f"{dead[0]} ({os.path.join(run_dir, readiness.FILE)}); "
+                             "BIRD may still answer with the routes it had")
+    return state
+
+
 def run_status(args: argparse.Namespace) -> int:
     try:
         run_dir = os.environ.get("CALICO_RUN_DIR") or DEFAULT_RUN_DIR
+        state = check_agent(run_dir)
         peers = status(run_dir)
     except NotRunning as exc:
         print("Calico process is not running.")
         print(str(exc), file=sys.stderr)
         return 1
     print("Calico process is running.")
-    from cni_calico.node import readiness
-
-    problems = readiness.read(run_dir)
-    for problem in problems or []:
+    problems = state.ready_problems() if state is not None else []
+    for problem in problems:
         print(f"Calico node is not ready: {problem}")
     for version in (4, 6):
         print(f"\nIPv{version} BGP status")

@@ -24,6 +24,8 @@ from cni_calico.logsetup import LEVELS
 from cni_calico.node import birdconf, startup
 from cni_calico.node.bird import Bird, BirdError
 from cni_calico.node.config import DEFAULT_REFRESH, NodeConfig
+from cni_calico.node.health import NodeHealth
+from cni_calico.node.identity import RestoreGuard, drifted
 from cni_calico.node.model import Routing
 from cni_calico.node.syncer import Syncer
 from cni_calico.v3 import FelixConfiguration
@@ -54,12 +56,14 @@ class Agent:
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
         self.encapsulation: dict[str, bool | None] = {}  # FelixConfiguration ipipEnabled / vxlanEnabled
         self._blackholes_wanted: set[str] = set()  # local blocks at the last drift check
-        self.metrics_env = None  # cni_calico.node.metrics.Settings from the environment, read in start()
         self.exporter = None  # cni_calico.node.metrics.Exporter
         self.metrics_felix: tuple[bool | None, int | None] = (None, None)  # FelixConfiguration's enabled, port
         self._deltas: dict[str, object] = {}  # running totals -> counter increments
         self.nat: dict = {}  # IP version -> cni_calico.policy.natout.NatDataplane, made in start()
-        self.reported: list[str] | None = None  # the readiness problems last written (None: none yet)
+        self.health = NodeHealth(cfg)
+        self.identity_fix: dict[str, str] = {}  # spec.bgp fields to put back on our Node (someone changed them)
+        self.identity_guard = RestoreGuard()
+        self.identity_problem = ""  # set while another calico-node seems to use our name
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -99,6 +103,7 @@ class Agent:
     def start(self) -> None:
         os.makedirs(self.cfg.run_dir, exist_ok=True)
         os.makedirs(self.cfg.lib_dir, exist_ok=True)
+        self.health.start()
         self.ipv4_cidr = self.resolve_address()
         self.ipv6_cidr = self.resolve_address6()
         log.info("node %s, address %s %s, backend %s", self.cfg.nodename, self.ipv4_cidr or "none",
@@ -119,7 +124,6 @@ class Agent:
         startup.write_file(self.cfg.nodename_file, self.cfg.nodename)
         from cni_calico.node import metrics
 
-        self.metrics_env = metrics.from_env(dict(os.environ))
         metrics.prepare(self.cfg.run_dir)  # before the CNI server starts: it records there too
         self.exporter = metrics.Exporter(self._ipam_figures)
         from cni_calico.node.tunnels import Tunnels
@@ -170,6 +174,11 @@ class Agent:
         if self.policy is not None and self.policy.wants(key):
             self.policy.update(key, value)
         elif Routing.wants(key):
+            if key == keys.resource("nodes", self.cfg.nodename) and value is not None:
+                self.identity_fix = drifted((value.get("spec") or {}).get("bgp"), self.ipv4_cidr, self.ipv6_cidr)
+                if not self.identity_fix and self.identity_problem:
+                    log.info("node %s carries its own addresses again", self.cfg.nodename)
+                    self.identity_problem = ""
             self.routing_dirty = self.routing.update(key, value) or self.routing_dirty
         else:
             parsed = keys.parse_resource(key)
@@ -218,6 +227,8 @@ class Agent:
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""
         came = self.syncer.poll(timeout)
+        if self.identity_fix:
+            self._restore_identity()
         if self.routing_dirty:
             self.routing_dirty = False
             self._apply_routing()
@@ -281,13 +292,13 @@ class Agent:
 
     def _apply_metrics_settings(self) -> None:
         """The exporter as the environment, else FelixConfiguration, says (off, port 9091 by default)."""
-        if self.exporter is None or self.metrics_env is None:
+        if self.exporter is None:
             return
         from cni_calico.node.metrics import DEFAULT_PORT
 
-        env, (enabled, port) = self.metrics_env, self.metrics_felix
-        on = env.enabled if env.enabled is not None else bool(enabled)
-        self.exporter.apply(on, env.host or "", env.port or port or DEFAULT_PORT)
+        cfg, (enabled, port) = self.cfg, self.metrics_felix
+        on = cfg.metrics_enabled if cfg.metrics_enabled is not None else bool(enabled)
+        self.exporter.apply(on, cfg.metrics_host, cfg.metrics_port or port or DEFAULT_PORT)
 
     def _count(self, name: str, total: int) -> int:
         from cni_calico.node.metrics import Delta
@@ -334,14 +345,29 @@ class Agent:
         in_use = {p.name: sum(1 for a in addresses if p.contains(a)) for p in pools}
         return blocks, in_use
 
-    def _report_readiness(self) -> None:
-        """What this node cannot do, for `calico-node --ready` and `calicoctl node status`."""
-        from cni_calico.node import readiness
+    def _restore_identity(self) -> None:
+        """Our Node was edited to carry other addresses: put ours back (BGP peers find us by them)."""
+        fix, self.identity_fix = self.identity_fix, {}
+        if not self.identity_guard.allow(time.monotonic()):
+            if not self.identity_problem:
+                self.identity_problem = (f"the registration of node {self.cfg.nodename} keeps changing away from "
+                                         "this node's address: is another calico-node running with this NODENAME?")
+                log.error("%s; no longer putting it back", self.identity_problem)
+            return
+        log.warning("node %s's registration was changed in etcd: putting back its own %s", self.cfg.nodename,
+                    ", ".join(f"{k} {v}" for k, v in fix.items()))
+        try:
+            startup.update_node(self.ds, self.cfg.nodename, bgp=fix)
+        except DatastoreError:
+            self.identity_fix = fix  # tried again after the next change or loop turn
+            raise
 
+    def _report_readiness(self) -> None:
+        """Heartbeat, sync state and what this node cannot do, for the probes, the health endpoint
+        and `calicoctl node status` (written when it changes, else once a HEARTBEAT)."""
         problems = list(self.tunnels.problems) if self.tunnels is not None else []
-        if problems != self.reported:
-            readiness.write(self.cfg.run_dir, problems)
-            self.reported = problems
+        problems += [self.identity_problem] if self.identity_problem else []
+        self.health.report(problems, self.etcd_ok and self.syncer.following)
 
     def _apply_nat(self, pools: list, repair: bool = False) -> None:
         """Outgoing NAT follows the pools (a failure is logged and retried at the next change or check)."""
@@ -382,6 +408,7 @@ class Agent:
                 log.exception("sync failed; reading a fresh snapshot")
                 self.syncer.invalidate()
                 self.stop_event.wait(RETRY)
+            self._report_readiness()
             if self.cni_server is not None:
                 self.cni_server.ensure_running()
             if self.bird:
@@ -406,10 +433,7 @@ class Agent:
         self.syncer.close()
         if self.exporter is not None:
             self.exporter.stop()
-        if self.reported is not None:  # a stopped node is not ready
-            from cni_calico.node import readiness
-
-            readiness.clear(self.cfg.run_dir)
+        self.health.stop()  # a stopped node is neither live nor ready
         if self.bird:
             self.bird.stop(graceful=True)
         self.ds.close()

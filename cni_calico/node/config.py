@@ -12,8 +12,54 @@ import re
 from dataclasses import dataclass, field
 
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
+from cni_calico.logsetup import LEVELS
 from cni_calico.names import is_valid_nodename
 from cni_calico.v3 import DEFAULT_BLOCK_SIZE
+
+# Every variable calico-node reads, with one line each: `calico-node --help` prints this table, and
+# tests/unit/test_node_config.py checks that config.py reads no variable missing from it.
+VARIABLES: dict[str, str] = {
+    "NODENAME": "this node's name in etcd; unset: the nodename file, then HOSTNAME, then the host name (lowercased)",
+    "CALICO_NODENAME_FILE": "where the node name is kept for the CNI plugin (default $CALICO_LIB_DIR/nodename)",
+    "HOSTNAME": "the node name when NODENAME and the nodename file give none (lowercased)",
+    "IP": "IPv4 address[/len] for BGP; empty or 'autodetect': found by IP_AUTODETECTION_METHOD; 'none'",
+    "IP_AUTODETECTION_METHOD": "first-found, interface=REGEX, skip-interface=REGEX or can-reach=IP",
+    "IP6": "IPv6 address[/len]; 'autodetect' (by IP6_AUTODETECTION_METHOD); empty or 'none': no IPv6",
+    "IP6_AUTODETECTION_METHOD": "as IP_AUTODETECTION_METHOD, for IP6=autodetect",
+    "DISABLE_NODE_IP_CHECK": "true: start even when another node is registered with this node's address",
+    "ETCD_ENDPOINTS": "etcd v3 client URLs, comma separated (required), e.g. http://127.0.0.1:2379",
+    "ETCD_CA_CERT_FILE": "CA certificate to check etcd's (TLS); must be readable",
+    "ETCD_CERT_FILE": "client certificate for etcd (mutual TLS, with ETCD_KEY_FILE); must be readable",
+    "ETCD_KEY_FILE": "client key for etcd (with ETCD_CERT_FILE); must be readable",
+    "CALICO_NETWORKING_BACKEND": "bird (BGP, default), vxlan (routes programmed by calico-node) or none",
+    "CALICO_IPV4POOL_CIDR": "the default IPv4 pool, made when etcd has none (default 192.168.0.0/16)",
+    "CALICO_IPV4POOL_BLOCK_SIZE": "its block size, 20 to 32 (default 26)",
+    "CALICO_IPV4POOL_IPIP": "its IPIP mode: always, cross-subnet or never (default)",
+    "CALICO_IPV4POOL_VXLAN": "its VXLAN mode: always, cross-subnet or never (default)",
+    "CALICO_IPV4POOL_NAT_OUTGOING": "its natOutgoing: true (default) or false",
+    "CALICO_IPV6POOL_CIDR": "a default IPv6 pool, made when etcd has none (default: none)",
+    "CALICO_IPV6POOL_BLOCK_SIZE": "its block size, 116 to 128 (default 122)",
+    "NO_DEFAULT_POOLS": "true: never make the default pools; false or empty: make them on a cluster without pools",
+    "AS": "this node's AS number (default: BGPConfiguration's, else 64512)",
+    "CALICO_NODE_LABELS": "labels for this node's Node resource: key=value,key=value",
+    "CALICO_ROUTE_REFLECTOR_CLUSTER_ID": "makes this node a route reflector with that cluster ID",
+    "CLUSTER_TYPE": "merged into ClusterInformation's clusterType (e.g. k8s,bgp)",
+    "CALICO_NODE_LOG_LEVEL": "debug, info (default), warning or error; wins over FelixConfiguration",
+    "LOG_LEVEL": "the log level when CALICO_NODE_LOG_LEVEL is unset",
+    "FELIX_IPTABLESREFRESHINTERVAL": "seconds between checks that the kernel's policy rules are as programmed "
+    "(default 90, else FelixConfiguration's)",
+    "FELIX_HEALTHENABLED": "true (default) or false: serve /liveness and /readiness over HTTP",
+    "FELIX_HEALTHHOST": "address the health endpoint listens on (default 127.0.0.1)",
+    "FELIX_HEALTHPORT": "its port (default 9099)",
+    "FELIX_PROMETHEUSMETRICSENABLED": "true or false: serve Prometheus metrics (unset: FelixConfiguration's, "
+    "else off)",
+    "FELIX_PROMETHEUSMETRICSHOST": "address the metrics exporter listens on (default: all)",
+    "FELIX_PROMETHEUSMETRICSPORT": "its port (unset: FelixConfiguration's, else 9091)",
+    "CALICO_CNI_SERVER": "true (default) or false: serve CNI requests on $CALICO_RUN_DIR/cni.sock",
+    "CALICO_RUN_DIR": "BIRD's config, socket and pid file, readiness.json, the CNI socket (default /var/run/calico)",
+    "CALICO_LIB_DIR": "the nodename and mtu files the CNI plugin reads (default /var/lib/calico)",
+    "NOTIFY_SOCKET": "set by systemd (Type=notify): READY=1 is sent there once the dataplane is in sync",
+}
 
 MODES = ("always", "cross-subnet", "never")
 BACKENDS = ("bird", "none", "vxlan")
@@ -54,10 +100,19 @@ class NodeConfig:
     # Set in the environment: then it wins over FelixConfiguration's (as Felix's environment does).
     refresh_from_env: bool = False
     log_level_from_env: bool = False
+    nodename_source: str = "NODENAME"  # where the name came from, for the start-up log line
+    nodename_path: str = ""  # CALICO_NODENAME_FILE, else $CALICO_LIB_DIR/nodename
+    disable_node_ip_check: bool = False
+    health_enabled: bool = True
+    health_host: str = "127.0.0.1"
+    health_port: int = 9099
+    metrics_enabled: bool | None = None  # None: FelixConfiguration decides
+    metrics_host: str = ""  # "": all addresses, as Felix
+    metrics_port: int | None = None
 
     @property
     def nodename_file(self) -> str:
-        return os.path.join(self.lib_dir, "nodename")
+        return self.nodename_path or os.path.join(self.lib_dir, "nodename")
 
     @property
     def bird_dir(self) -> str:
@@ -91,6 +146,90 @@ def _autodetect_method(env: dict[str, str], name: str) -> str:
     )
 
 
+# Go's strconv.ParseBool forms (Calico's and Felix's), compared without case.
+TRUE_WORDS = ("1", "t", "true")
+FALSE_WORDS = ("0", "f", "false")
+
+
+def parse_bool(env: dict[str, str], name: str, default: bool) -> bool:
+    """An empty or unset variable is `default`; anything but ParseBool's forms is refused, naming it
+    (Calico reads some of these as "true or anything else", which silently takes "maybe" as false)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in TRUE_WORDS:
+        return True
+    if raw.lower() in FALSE_WORDS:
+        return False
+    raise NodeConfigError(f"{name}={raw!r} is not a boolean (true or false; also 1/0, t/f)")
+
+
+def _readable_file(env: dict[str, str], name: str) -> str:
+    """A TLS file must exist and be readable by us now: found out at start, not at the first etcd call."""
+    path = env.get(name, "").strip()
+    if not path:
+        return ""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise NodeConfigError(f"{name}={path!r}: cannot read it: {exc.strerror}") from None
+    return path
+
+
+def _nodename(env: dict[str, str], path: str) -> tuple[str, str]:
+    """Calico's order (node/pkg/lifecycle/utils DetermineNodeName): NODENAME, the nodename file an
+    earlier run wrote, HOSTNAME (lowercased), the host name (lowercased); returns (name, source)."""
+    name = env.get("NODENAME", "").strip()
+    if name:
+        return name, "NODENAME"
+    try:
+        with open(path, encoding="utf-8") as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        name = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NodeConfigError(f"NODENAME is unset and the nodename file {path} cannot be read: {exc}") from None
+    if name:
+        return name, f"the nodename file {path}"
+    name = env.get("HOSTNAME", "").strip().lower()
+    if name:
+        return name, "HOSTNAME (lowercased)"
+    import socket
+
+    return socket.gethostname().strip().lower(), "the host name (lowercased)"
+
+
+def _health(env: dict[str, str]) -> tuple[bool, str, int]:
+    enabled = parse_bool(env, "FELIX_HEALTHENABLED", True)
+    host = env.get("FELIX_HEALTHHOST", "").strip() or "127.0.0.1"
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise NodeConfigError(f"FELIX_HEALTHHOST={host!r} is not an IP address or localhost") from None
+    port = env.get("FELIX_HEALTHPORT", "").strip() or "9099"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise NodeConfigError(f"FELIX_HEALTHPORT={port!r} is not a port (1 to 65535)")
+    return enabled, host, int(port)
+
+
+def _metrics(env: dict[str, str]) -> tuple[bool | None, str, int | None]:
+    """The FELIX_PROMETHEUSMETRICS* variables; unset ones stay None, so FelixConfiguration decides."""
+    enabled = parse_bool(env, "FELIX_PROMETHEUSMETRICSENABLED", False) if env.get(
+        "FELIX_PROMETHEUSMETRICSENABLED", "").strip() else None
+    host = env.get("FELIX_PROMETHEUSMETRICSHOST", "").strip()
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise NodeConfigError(f"FELIX_PROMETHEUSMETRICSHOST={host!r} is not an IP address") from None
+    port = env.get("FELIX_PROMETHEUSMETRICSPORT", "").strip()
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise NodeConfigError(f"FELIX_PROMETHEUSMETRICSPORT={port!r} is not a port (1 to 65535)")
+    return enabled, host, int(port) if port else None
+
+
 def _labels(raw: str) -> dict[str, str]:
     out = {}
     for item in filter(None, (p.strip() for p in raw.split(","))):
@@ -103,11 +242,11 @@ def _labels(raw: str) -> dict[str, str]:
 
 def from_env(env: dict[str, str] | None = None) -> NodeConfig:
     env = dict(os.environ if env is None else env)
-    import socket
-
-    nodename = env.get("NODENAME") or (env.get("HOSTNAME") or socket.gethostname()).lower()  # Calico lowercases
+    lib_dir = env.get("CALICO_LIB_DIR", "").strip() or "/var/lib/calico"
+    nodename_path = env.get("CALICO_NODENAME_FILE", "").strip() or os.path.join(lib_dir, "nodename")
+    nodename, nodename_source = _nodename(env, nodename_path)
     if not is_valid_nodename(nodename):
-        raise NodeConfigError(f"NODENAME={nodename!r} is not a lowercase DNS name")
+        raise NodeConfigError(f"NODENAME={nodename!r} (from {nodename_source}) is not a lowercase DNS name")
     ip = env.get("IP", "").strip() or "autodetect"
     if ip not in ("autodetect", "none"):
         try:
@@ -153,7 +292,11 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
     asn = env.get("AS", "").strip()
     if asn and (not asn.isdigit() or not 1 <= int(asn) <= 4294967295):
         raise NodeConfigError(f"AS={asn!r} is not an AS number (1 to 4294967295)")
-    level = env.get("CALICO_NODE_LOG_LEVEL", env.get("LOG_LEVEL", "info")).lower()
+    level_var = "CALICO_NODE_LOG_LEVEL" if env.get("CALICO_NODE_LOG_LEVEL", "").strip() else "LOG_LEVEL"
+    level = env.get(level_var, "").strip().lower() or "info"
+    level = "debug" if level == "trace" else level  # logrus's finest level; ours is debug
+    if level not in LEVELS:
+        raise NodeConfigError(f"{level_var}={env[level_var]!r} is not one of debug, info, warning, error")
     refresh = env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip() or str(DEFAULT_REFRESH)
     try:
         refresh_interval = float(refresh)
@@ -161,33 +304,51 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         refresh_interval = 0.0
     if not 0.5 <= refresh_interval <= 86400:
         raise NodeConfigError(f"FELIX_IPTABLESREFRESHINTERVAL={refresh!r} must be seconds from 0.5 to 86400")
+    etcd = EtcdConf(urls, _readable_file(env, "ETCD_KEY_FILE"), _readable_file(env, "ETCD_CERT_FILE"),
+                    _readable_file(env, "ETCD_CA_CERT_FILE"))
+    if bool(etcd.key_file) != bool(etcd.cert_file):
+        raise NodeConfigError("ETCD_KEY_FILE and ETCD_CERT_FILE must be set together")
+    no_default_pools = parse_bool(env, "NO_DEFAULT_POOLS", False)
+    if no_default_pools and (env.get("CALICO_IPV4POOL_CIDR", "").strip() or pool6):
+        # Calico refuses this pair at start too (configureIPPools).
+        raise NodeConfigError("NO_DEFAULT_POOLS=true contradicts CALICO_IPV4POOL_CIDR / CALICO_IPV6POOL_CIDR")
+    health_enabled, health_host, health_port = _health(env)
+    metrics_enabled, metrics_host, metrics_port = _metrics(env)
     return NodeConfig(
         nodename=nodename,
         ip=ip,
         ip_autodetection=_autodetect_method(env, "IP_AUTODETECTION_METHOD"),
         ip6=ip6,
         ip6_autodetection=_autodetect_method(env, "IP6_AUTODETECTION_METHOD"),
-        etcd=EtcdConf(urls, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
-                      env.get("ETCD_CA_CERT_FILE", "")),
+        etcd=etcd,
         backend=backend,
         pool_cidr=pool,
         pool_ipip=ipip,
         pool_vxlan=vxlan,
         pool_block_size=int(block),
-        pool_nat_outgoing=env.get("CALICO_IPV4POOL_NAT_OUTGOING", "true").lower() == "true",
+        pool_nat_outgoing=parse_bool(env, "CALICO_IPV4POOL_NAT_OUTGOING", True),
         pool6_cidr=pool6,
         pool6_block_size=int(block6),
         # The classic unit sets NO_DEFAULT_POOLS= (empty): only a true value disables the pool.
-        no_default_pools=env.get("NO_DEFAULT_POOLS", "").strip().lower() in ("true", "1", "yes"),
+        no_default_pools=no_default_pools,
         as_number=int(asn) if asn else None,
         run_dir=env.get("CALICO_RUN_DIR", "/var/run/calico"),
-        lib_dir=env.get("CALICO_LIB_DIR", "/var/lib/calico"),
+        lib_dir=lib_dir,
         log_level=level,
         labels=_labels(env.get("CALICO_NODE_LABELS", "")),
         rr_cluster_id=env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID", "").strip(),
-        cni_server=env.get("CALICO_CNI_SERVER", "true").strip().lower() not in ("false", "0", "no", "off"),
+        cni_server=parse_bool(env, "CALICO_CNI_SERVER", True),
         refresh_interval=refresh_interval,
         cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
         refresh_from_env=bool(env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip()),
         log_level_from_env=bool(env.get("CALICO_NODE_LOG_LEVEL") or env.get("LOG_LEVEL")),
+        nodename_source=nodename_source,
+        nodename_path=nodename_path,
+        disable_node_ip_check=parse_bool(env, "DISABLE_NODE_IP_CHECK", False),
+        health_enabled=health_enabled,
+        health_host=health_host,
+        health_port=health_port,
+        metrics_enabled=metrics_enabled,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )

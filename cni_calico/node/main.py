@@ -7,25 +7,71 @@ import logging
 import signal
 import sys
 
+# Calico's probe flags (single dash, as Go's flag package; the double dash works too) -> our check.
+PROBE_FLAGS = {
+    "felix-live": "felix-live", "felix-ready": "felix-ready", "felix": "felix-ready",
+    "bird-live": "bird-live", "bird-ready": "bird-ready", "bird": "bird-ready",
+    "bird6-live": "bird6-live", "bird6-ready": "bird6-ready", "bird6": "bird6-ready",
+}
 
-def main(argv: list[str]) -> int:
+
+def _epilog() -> str:
+    from cni_calico.node.config import VARIABLES
+
+    width = max(map(len, VARIABLES))
+    lines = [f"  {name.ljust(width)}  {doc}" for name, doc in VARIABLES.items()]
+    return ("environment (every variable calico-node reads; a bad value stops it at start, naming the "
+            "variable):\n" + "\n".join(lines))
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calico-node",
         description="Registers this node in etcd and keeps BIRD's BGP configuration and the policy rules "
         "in step with it.",
-        epilog="Configured by environment: NODENAME, IP / IP_AUTODETECTION_METHOD, ETCD_ENDPOINTS, "
-        "CALICO_NETWORKING_BACKEND, CALICO_IPV4POOL_CIDR, CALICO_IPV4POOL_IPIP, CALICO_IPV4POOL_VXLAN, "
-        "NO_DEFAULT_POOLS, AS, CALICO_RUN_DIR, CALICO_LIB_DIR.",
+        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     parser.add_argument("-v", "--version", action="store_true", help="print the version (v<version>) and exit")
     parser.add_argument("--cleanup", action="store_true",
                         help="remove calico-node's policy and outgoing NAT rules (iptables and ip6tables chains, "
                         "jumps, ipsets) from this network namespace and exit")
     parser.add_argument("--ready", action="store_true",
-                        help="readiness probe: exit 0 if the calico-node of this host (CALICO_RUN_DIR) is running "
-                        "and can serve every pool that selects it; else exit 1 saying why")
+                        help="readiness probe: exit 0 if the calico-node of this host (CALICO_RUN_DIR) is running, "
+                        "in sync with etcd and can serve every pool that selects it; else exit 1 saying why")
+    helps = {
+        "felix-live": "probe: exit 0 if calico-node runs and its loop turns",
+        "felix-ready": "probe: as --ready",
+        "bird-live": "probe: calico-node is live and BIRD answers on its control socket",
+        "bird-ready": "probe: BIRD's IPv4 BGP sessions are Established (or none is configured)",
+        "bird6-live": "probe: as -bird-live (one BIRD 2 serves both families)",
+        "bird6-ready": "probe: BIRD's IPv6 BGP sessions are Established (or none is configured)",
+    }
+    for flag, check in PROBE_FLAGS.items():
+        parser.add_argument(f"-{flag}", f"--{flag}", action="append_const", const=check, dest="checks",
+                            help=helps.get(flag, argparse.SUPPRESS))
+    parser.add_argument("-threshold-time", "--threshold-time", type=_duration, default=None, metavar="DURATION",
+                        help="with -bird-ready/-bird6-ready: how long after start every BGP session must be "
+                        "up (a Go duration, default 30s), as Calico's")
     parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _duration(text: str) -> float:
+    from cni_calico.node.probes import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.checks:
+        from cni_calico.node import probes
+
+        threshold = probes.THRESHOLD if args.threshold_time is None else args.threshold_time
+        return probes.run(list(dict.fromkeys(args.checks)), threshold=threshold)
     if args.ready:
         return ready()
     if args.cleanup:
@@ -51,25 +97,32 @@ def main(argv: list[str]) -> int:
     except NodeConfigError as exc:
         sys.stderr.write(f"calico-node: {exc}\n")
         return 2
-    from cni_calico.logsetup import LEVELS, setup_stderr
+    from cni_calico.logsetup import setup_stderr
 
-    setup_stderr(cfg.log_level if cfg.log_level in LEVELS else "info")
+    setup_stderr(cfg.log_level)
     if args.serve_cni:
         from cni_calico.node.cni_process import serve
 
         return serve(cfg.run_dir)
     log = logging.getLogger("calico-node")
-    from cni_calico.datastore import DatastoreError
+    if cfg.nodename_source != "NODENAME":
+        log.warning("NODENAME is not set: using node name %s from %s (set NODENAME to choose it)",
+                    cfg.nodename, cfg.nodename_source)
+    from cni_calico.datastore import DatastoreConfigError, DatastoreError
     from cni_calico.node.agent import Agent
     from cni_calico.node.autodetect import AutodetectError
-    from cni_calico.node.metrics import MetricsConfigError
+    from cni_calico.node.identity import NodeConflict
 
-    agent = Agent(cfg)
+    try:
+        agent = Agent(cfg)
+    except DatastoreConfigError as exc:
+        sys.stderr.write(f"calico-node: {exc.msg}\n")
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
         agent.start()
-    except (AutodetectError, DatastoreError, MetricsConfigError) as exc:
+    except (AutodetectError, DatastoreError, NodeConflict) as exc:
         log.error("cannot start: %s", exc)
         return 1
     log.info("calico-node running")
@@ -85,13 +138,10 @@ def ready() -> int:
     import os
 
     from cni_calico.host import DEFAULT_RUN_DIR
-    from cni_calico.node import readiness
+    from cni_calico.node import probes
 
     run_dir = os.environ.get("CALICO_RUN_DIR") or DEFAULT_RUN_DIR
-    problems = readiness.read(run_dir)
-    if problems is None:
-        sys.stderr.write(f"calico-node is not ready: it is not running (no {readiness.FILE} in {run_dir})\n")
-        return 1
+    problems = probes.felix_ready(run_dir)
     for problem in problems:
         sys.stderr.write(f"calico-node is not ready: {problem}\n")
     return 1 if problems else 0

@@ -7,8 +7,9 @@ use per pool). calico-node and its CNI server are two processes: both record int
 multiprocess directory (`<CALICO_RUN_DIR>/metrics`, emptied when calico-node starts) and calico-node's
 exporter adds them up. Recording is always on (a few µs an event); the exporter listens only when
 enabled: `FELIX_PROMETHEUSMETRICSENABLED` / `FELIX_PROMETHEUSMETRICSPORT` (9091) /
-`FELIX_PROMETHEUSMETRICSHOST` (all addresses, as Felix), or FelixConfiguration's
-`prometheusMetricsEnabled` / `prometheusMetricsPort` (the environment wins, as Felix's does).
+`FELIX_PROMETHEUSMETRICSHOST` (all addresses, as Felix; read by cni_calico.node.config), or
+FelixConfiguration's `prometheusMetricsEnabled` / `prometheusMetricsPort` (the environment wins, as
+Felix's does).
 """
 
 from __future__ import annotations
@@ -18,36 +19,11 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable: read when it is imported
 DEFAULT_PORT = 9091
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-class MetricsConfigError(ValueError):
-    """A metrics variable with a value calico-node cannot use; the message names it."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    enabled: bool | None = None  # None: not set here
-    port: int | None = None
-    host: str | None = None
-
-
-def from_env(env: dict[str, str]) -> Settings:
-    """The FELIX_PROMETHEUSMETRICS* variables (unset ones stay None, so FelixConfiguration decides)."""
-    enabled = env.get("FELIX_PROMETHEUSMETRICSENABLED")
-    if enabled is not None and enabled.strip().lower() not in TRUE + FALSE:
-        raise MetricsConfigError(f"FELIX_PROMETHEUSMETRICSENABLED={enabled!r}: expected true or false")
-    port = env.get("FELIX_PROMETHEUSMETRICSPORT")
-    if port is not None and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
-        raise MetricsConfigError(f"FELIX_PROMETHEUSMETRICSPORT={port!r}: expected a port, 1-65535")
-    return Settings(None if enabled is None else enabled.strip().lower() in TRUE,
-                    None if port is None else int(port), env.get("FELIX_PROMETHEUSMETRICSHOST"))
 
 
 def prepare(run_dir: str) -> None:

@@ -7,6 +7,7 @@ import os
 
 from cni_calico import keys
 from cni_calico.datastore import Store, Txn, transact
+from cni_calico.node import identity
 from cni_calico.node.config import NodeConfig
 from cni_calico.v3 import (
     CALICO_VERSION,
@@ -34,6 +35,7 @@ def register_node(ds: Store, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str = "
     def attempt() -> tuple[Txn, Resource]:
         current = ds.get(key)
         node = Resource.from_value(current.value) if current else new_resource("Node", cfg.nodename, {})
+        check_addresses(ds, cfg, node.spec.get("bgp") if current else None, ipv4_cidr, ipv6_cidr)
         labels = node.metadata.setdefault("labels", {})
         labels.update(cfg.labels)
         labels.setdefault("kubernetes.io/hostname", cfg.nodename)
@@ -53,6 +55,31 @@ def register_node(ds: Store, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str = "
     node = transact(ds, attempt, f"registering node {cfg.nodename}")
     log.info("registered node %s with address %s", cfg.nodename, ipv4_cidr or "(none)")
     return node
+
+
+def check_addresses(ds: Store, cfg: NodeConfig, registered: dict | None, ipv4_cidr: str, ipv6_cidr: str) -> None:
+    """As Calico's start-up: when this node is new or its address changes, no other node may use
+    that address (NodeConflict, unless DISABLE_NODE_IP_CHECK); a name registered from another address
+    is taken over with a warning (Calico's rule: addresses may change, e.g. a new DHCP lease)."""
+    old = registered if isinstance(registered, dict) else {}
+    changed = identity.drifted(old, ipv4_cidr, ipv6_cidr)
+    if registered is not None:
+        for field, new in changed.items():
+            if old.get(field):
+                log.warning("node %s was registered with %s %s, now %s: this could happen if there are "
+                            "multiple nodes with the same name", cfg.nodename, field, old[field], new)
+    if (registered is not None and not changed) or cfg.disable_node_ip_check:
+        return
+    others = {}
+    for kv in ds.list(keys.resource_dir("nodes")):
+        parsed = keys.parse_resource(kv.key)
+        if parsed is not None and isinstance(kv.value, dict):
+            others[parsed.name] = (kv.value.get("spec") or {}).get("bgp")
+    found = identity.conflicts(others, cfg.nodename, ipv4_cidr, ipv6_cidr)
+    if found:
+        raise identity.NodeConflict(" ".join(str(c) for c in found) +
+                                    " Two nodes with one address would take each other's BGP sessions and routes; "
+                                    "give this node its own address (IP/IP6) or name (NODENAME).")
 
 
 def update_node(ds: Store, name: str, spec: dict | None = None, bgp: dict | None = None) -> bool:

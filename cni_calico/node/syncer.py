@@ -118,6 +118,11 @@ class Syncer:
                 self._need_snapshot = True
         self.resync()
 
+    @property
+    def following(self) -> bool:
+        """What was handed over is etcd's current state as far as the watch knows (no snapshot owed)."""
+        return not self._need_snapshot
+
     def invalidate(self) -> None:
         """The next poll starts from a fresh snapshot (after a failure to apply a change)."""
         self._need_snapshot = True

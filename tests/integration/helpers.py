@@ -1,4 +1,5 @@
-"""Assertions shared by the integration tests: what a node and etcd look like when nothing leaked."""
+"""Assertions shared by the integration tests: what a node and etcd look like when nothing leaked; what
+this kernel can do."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def assert_nothing_left(lab: Lab, node: str, etcd: Etcd) -> None:
     assert etcd.keys(HANDLES) == []
     assert etcd.keys(ENDPOINTS) == []
     assert allocated(etcd) == []
+
+
+def kernel_has_ipip(lab: Lab) -> bool:
+    """Whether `ip link add … type ipip` works (in a throw-away namespace): these kernels often lack it."""
+    ns = lab.netns("probe")
+    try:
+        return lab.in_ns(ns, "ip", "link", "add", "probe0", "type", "ipip").returncode == 0
+    finally:
+        lab.remove_netns(ns)

@@ -13,6 +13,7 @@ import re
 import subprocess
 import tarfile
 
+from tests.integration.helpers import kernel_has_ipip
 from tests.integration.test_calicoctl import CALICOCTL
 from tests.lab import add_pool, wait_for
 
@@ -51,21 +52,13 @@ def test_diags_packs_the_nodes_state_and_says_where(cluster, etcd, tmp_path):
         assert "diagnostics/readiness.json" in names and "diagnostics/hostname" in names
 
 
-def _kernel_has_ipip(lab) -> bool:
-    ns = lab.netns("probe")
-    try:
-        return lab.in_ns(ns, "ip", "link", "add", "probe0", "type", "ipip").returncode == 0
-    finally:
-        lab.remove_netns(ns)
-
-
 def test_checksystem_says_what_this_host_has_and_lacks(lab, tmp_path):
     r = subprocess.run([CALICOCTL, "node", "checksystem"], capture_output=True, text=True, timeout=60)
     results = dict(re.findall(r"^\t\t(\S+)\s*\t+(OK|SKIP|FAIL)$", r.stdout, re.M))
     assert results[os.uname().release] == "OK"
     for needed in ("ip_set", "ip_tables", "xt_set", "xt_conntrack", "iptables-save", "ipset", "bird"):
         assert results[needed] == "OK", r.stdout  # the suite itself runs on them
-    assert results["ipip"] == ("OK" if _kernel_has_ipip(lab) else "SKIP"), r.stdout
+    assert results["ipip"] == ("OK" if kernel_has_ipip(lab) else "SKIP"), r.stdout
     assert r.returncode == 0 and r.stdout.endswith("System meets minimum system requirements to run Calico!\n")
     # A kernel config that builds nothing: whatever /sys/module does not show is missing, named, exit 1.
     empty = tmp_path / "config"

@@ -337,9 +337,9 @@ def test_calico_node_unit_sets_and_documents_the_classic_environment():
     assert lines.index("EnvironmentFile=-/etc/calico/calico.env") > max(
         i for i, line in enumerate(lines) if line.startswith("Environment="))
     for setting in ("ExecStart=/usr/local/bin/calico-node", "Restart=always", "RestartSec=10",
-                    "KillMode=process"):
+                    "KillMode=process", "Type=notify", "NotifyAccess=main"):
         assert setting in lines, setting
     # calico-node accepts the defaults as they are (an empty NODENAME means the host name).
-    cfg = from_env({**env, "HOSTNAME": "node-a"})
+    cfg = from_env({**env, "HOSTNAME": "node-a", "CALICO_NODENAME_FILE": "/nonexistent/nodename"})
     assert cfg.nodename == "node-a" and cfg.backend == "bird" and cfg.ip == "autodetect"
     assert cfg.pool_cidr == env["CALICO_IPV4POOL_CIDR"] and cfg.pool_ipip == "never" and not cfg.no_default_pools

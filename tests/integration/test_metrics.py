@@ -105,4 +105,4 @@ def test_a_bad_metrics_variable_stops_calico_node_naming_it(cluster, etcd):
     proc = cluster.calico["node1"].proc
     proc.wait(60)
     assert proc.returncode != 0
-    assert "FELIX_PROMETHEUSMETRICSPORT='99999': expected a port, 1-65535" in cluster.calico["node1"].log()
+    assert "FELIX_PROMETHEUSMETRICSPORT='99999' is not a port (1 to 65535)" in cluster.calico["node1"].log()

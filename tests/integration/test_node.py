@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.integration.cluster import SETTLE, Cluster
+from tests.integration.helpers import kernel_has_ipip
 from tests.lab import add_pool, plugin_dir, pool, sh, wait_for
 
 
@@ -223,16 +224,8 @@ def test_vxlan_pool_goes_through_the_tunnel(cluster, etcd):
     assert "mtu 1450" in cluster.lab.in_ns(pod3, "ip", "link", "show", "eth0").stdout
 
 
-def _kernel_has_ipip(lab) -> bool:
-    ns = lab.netns("probe")
-    try:
-        return lab.in_ns(ns, "ip", "link", "add", "probe0", "type", "ipip").returncode == 0
-    finally:
-        lab.remove_netns(ns)
-
-
 def test_an_ipip_pool_this_kernel_cannot_serve_makes_the_node_not_ready(cluster, etcd, lab):
-    if _kernel_has_ipip(lab):
+    if kernel_has_ipip(lab):
         pytest.skip("this kernel has the ipip driver: the not-ready path needs one without it")
     add_pool(etcd, "plain", "10.89.0.0/16", 26)
     cluster.add_node(1)
@@ -262,7 +255,7 @@ def test_an_ipip_pool_this_kernel_cannot_serve_makes_the_node_not_ready(cluster,
 
 
 def test_ipip_pool_goes_through_tunl0(cluster, etcd, lab):
-    if not _kernel_has_ipip(lab):
+    if not kernel_has_ipip(lab):
         pytest.skip("this kernel has no ipip driver (`ip link add … type ipip` fails): IPIP routing cannot run "
                     "here; its route plan is covered by tests/unit/test_node_plan.py")
     add_pool(etcd, "ipip", "10.88.0.0/16", 26, ipip="Always")
