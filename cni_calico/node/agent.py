@@ -25,6 +25,7 @@ from cni_calico.node import birdconf, startup
 from cni_calico.node.bird import Bird, BirdError
 from cni_calico.node.config import DEFAULT_REFRESH, NodeConfig
 from cni_calico.node.model import Routing
+from cni_calico.node.secrets import SecretReader
 from cni_calico.node.syncer import Syncer
 from cni_calico.v3 import FelixConfiguration
 
@@ -49,6 +50,9 @@ class Agent:
         self.policy = None  # cni_calico.policy.sync.PolicySync, made in start()
         self.routing = Routing()
         self.routing_dirty = True
+        self.secrets = SecretReader(cfg.secrets_dir)  # BGP passwords (secretKeyRef) from files
+        self.passwords: dict = {}  # SecretRef -> password, as last rendered
+        self.secret_refs: set = set()  # the secrets the rendered sessions need
         self.felix: dict[str, FelixConfiguration] = {}  # default and node.<me>, as read
         self.refresh_interval = cfg.refresh_interval
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
@@ -223,7 +227,9 @@ class Agent:
             return
         if self.bird and snap.nodes[me].ipv4:
             subnet = str(ipaddress.IPv4Interface(self.ipv4_cidr).network) if self.ipv4_cidr else ""
-            self.bird.apply(birdconf.render(snap, me, subnet))
+            self.secret_refs = birdconf.secret_refs(snap, me)
+            self.passwords = self.secrets.read(self.secret_refs)
+            self.bird.apply(birdconf.render(snap, me, subnet, self.passwords))
         if self.tunnels is not None:
             self.tunnels.enabled = dict(self.encapsulation)
             self.tunnels.sync(snap)
@@ -307,6 +313,9 @@ class Agent:
             if self.cni_server is not None:
                 self.cni_server.ensure_running()
             if self.bird:
+                # A password file written, changed or removed since the last render: render again.
+                if self.secret_refs and self.secrets.read(self.secret_refs) != self.passwords:
+                    self.routing_dirty = True
                 try:
                     self.bird.ensure_running()
                 except BirdError as exc:
