@@ -61,17 +61,14 @@ def _cidr_match(rule: BGPFilterRule) -> str:
 
 def statement(rule: BGPFilterRule) -> str:
     """One rule as confd's filterStatement writes it."""
-    conditions = []
-    if rule.cidr:
-        conditions.append(_cidr_match(rule))
-    if rule.source == "RemotePeers":
-        conditions.append("((defined(source))&&(source ~ [ RTS_BGP ]))")
-    if rule.interface:
-        conditions.append(f'((defined(ifname))&&(ifname ~ "{rule.interface}"))')
-    if rule.community:
-        conditions.append(f"({_community(rule.community)} ~ {_community_attr(rule.community)})")
-    if rule.as_path_prefix:
-        conditions.append(f"(bgp_path ~ [= {' '.join(str(a) for a in rule.as_path_prefix)} * =])")
+    # confd's order: CIDR, source, interface, community, AS path; each present match joins with &&.
+    conditions = [c for c in (
+        _cidr_match(rule) if rule.cidr else "",
+        "((defined(source))&&(source ~ [ RTS_BGP ]))" if rule.source == "RemotePeers" else "",
+        f'((defined(ifname))&&(ifname ~ "{rule.interface}"))' if rule.interface else "",
+        f"({_community(rule.community)} ~ {_community_attr(rule.community)})" if rule.community else "",
+        f"(bgp_path ~ [= {' '.join(str(a) for a in rule.as_path_prefix)} * =])" if rule.as_path_prefix else "",
+    ) if c]
     body = []
     for kind, value in rule.operations:
         if kind == "addCommunity":

@@ -118,6 +118,7 @@ def _validate(res: Resource) -> list[FieldError]:
 
 BGPFILTER = register(Kind(
     name="BGPFilter",
+    validate_spec=_validate,
     plural="bgpfilters",
     aliases=("bgpfilter", "bgpfilters", "bgpf", "bgpfs"),
     namespaced=False,
@@ -128,5 +129,4 @@ BGPFILTER = register(Kind(
         "NAME": lambda r, c: r.name,
         **{d.upper(): (lambda r, c, d=d: str(len(r.spec.get(d) or []))) for d in FILTER_DIRECTIONS},
     },
-    validate_spec=_validate,
 ))
