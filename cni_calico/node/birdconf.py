@@ -170,6 +170,9 @@ def _session(snap: Snapshot, me: str, p: Peering, local: str, family: int, templ
         out.append("  strict bind on;  # bindMode NodeIP: listen on the node's address only")
     if peer and peer.ttl_security:
         out += ["  ttl security on;", f"  multihop {peer.ttl_security};"]
+    else:
+        # As confd: every session multihop (BIRD's iBGP default; eBGP peers need not share a subnet).
+        out.append("  multihop;")
     ref = _password_ref(snap, p)
     if ref is not None:
         if ref in secrets:

@@ -100,6 +100,8 @@ def test_every_field_renders_as_confd_does():
     assert "if ((net ~ [ 10.50.0.0/16{24,32} ])) then { reject; }" in text
     assert "if ((net = 10.0.0.0/26)) then { reject; }" in text
     assert "route fd00:96::/108 blackhole;" in text and "next hop self;" in text
+    tor6 = text.split("protocol bgp Global_fd00__250 ")[1].split("\n}")[0]
+    assert "  multihop;" in tor6 and "ttl security" not in tor6  # as confd: multihop without ttlSecurity
 
 
 @pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 (Debian bird2) is not installed")
