@@ -224,3 +224,19 @@ def test_node_specific_configuration_takes_only_what_confd_reads_per_node():
     assert _errors(BGPCONFIGURATION, {"listenPort": 1790, "logSeverityScreen": "Debug"}, "node.n1") == []
     errors = _errors(BGPCONFIGURATION, {"ignoredInterfaces": ["eth1"]}, "node.n1")
     assert any("spec.ignoredInterfaces" in e for e in errors)
+
+
+def test_bind_mode_node_ip_and_source_address_none_are_refused_together():
+    """BIRD 2 cannot listen on the node IP for some sessions and on every address for others."""
+    from cni_calico.ctl.kinds.bgp import BGPPEER
+    from cni_calico.ctl.kinds.bgpconfig import BGPCONFIGURATION
+    from cni_calico.resources import Resource
+
+    config = Resource(BGPCONFIGURATION, {"name": "default"}, {"bindMode": "NodeIP"})
+    peer = Resource(BGPPEER, {"name": "tor"}, {"peerIP": "10.0.0.9", "asNumber": 65000, "sourceAddress": "None"})
+    stored = {"bgpconfigurations": [config], "bgppeers": [peer]}
+    errors = BGPPEER.check_related(peer, stored.__getitem__)
+    assert errors and errors[0].field == "spec.sourceAddress" and "bindMode NodeIP" in str(errors[0])
+    errors = BGPCONFIGURATION.check_related(config, stored.__getitem__)
+    assert errors and errors[0].field == "spec.bindMode" and "tor" in str(errors[0])
+    assert BGPPEER.check_related(peer, {"bgpconfigurations": [], "bgppeers": []}.__getitem__) == []

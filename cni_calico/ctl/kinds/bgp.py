@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
@@ -179,6 +179,20 @@ def _validate_peer(res: Resource) -> list[FieldError]:
     return errors
 
 
+BIND_CONFLICT = ("in BIRD 2 one local address is both the session's listening and its source address, and a "
+                 "session listening on every address cannot open its socket beside ones bound to the node IP")
+
+
+def _peer_related(res: Resource, listing: Callable[[str], list[Resource]]) -> list[FieldError]:
+    """sourceAddress None cannot hold beside BGPConfiguration default's bindMode NodeIP in BIRD 2."""
+    if res.spec.get("sourceAddress") != "None":
+        return []
+    if any(c.name == "default" and c.spec.get("bindMode") == "NodeIP" for c in listing("bgpconfigurations")):
+        return [FieldError("spec.sourceAddress", "None is not supported by this calico-node while BGPConfiguration "
+                           f"default has bindMode NodeIP: {BIND_CONFLICT}", "None")]
+    return []
+
+
 def _reachable_by(spec: Mapping) -> list[FieldError]:
     """confd's rule: a gateway of the peer's family, for a peer given by address."""
     if not spec.get("peerIP"):
@@ -221,4 +235,5 @@ BGPPEER = register(Kind(
         "ASN": lambda r, c: str(r.spec.get("asNumber") if r.spec.get("asNumber") is not None else 0),
     },
     validate_spec=_validate_peer,
+    check_related=_peer_related,
 ))

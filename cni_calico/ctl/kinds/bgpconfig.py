@@ -11,10 +11,10 @@ why. nodeMeshPassword's secret is read by each calico-node from
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cni_calico.ctl.kinds import fields
-from cni_calico.ctl.kinds.bgp import LOG_LEVELS, duration, not_supported, secret_ref
+from cni_calico.ctl.kinds.bgp import BIND_CONFLICT, LOG_LEVELS, duration, not_supported, secret_ref
 from cni_calico.resources import FieldError, Kind, Resource, register
 from cni_calico.v3 import BIND_MODES, is_community
 
@@ -120,6 +120,17 @@ def _validate_config(res: Resource) -> list[FieldError]:
     return errors
 
 
+def _config_related(res: Resource, listing: Callable[[str], list[Resource]]) -> list[FieldError]:
+    """bindMode NodeIP cannot hold beside BGPPeers with sourceAddress None in BIRD 2."""
+    if res.spec.get("bindMode") != "NodeIP":
+        return []
+    unbound = sorted(p.name for p in listing("bgppeers") if p.spec.get("sourceAddress") == "None")
+    if unbound:
+        return [FieldError("spec.bindMode", f"NodeIP is not supported by this calico-node while BGPPeers "
+                           f"{', '.join(unbound)} have sourceAddress None: {BIND_CONFLICT}", "NodeIP")]
+    return []
+
+
 def _dash(value: object) -> str:
     if value is None or value == "":
         return "-"
@@ -141,4 +152,5 @@ BGPCONFIGURATION = register(Kind(
         "ASNUMBER": lambda r, c: _dash(r.spec.get("asNumber")),
     },
     validate_spec=_validate_config,
+    check_related=_config_related,
 ))
