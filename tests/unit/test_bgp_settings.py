@@ -37,7 +37,7 @@ TOR_SPEC = {
     "peerIP": "192.168.0.250:1791", "asNumber": 65100, "localASNumber": 65010, "keepOriginalNextHop": True,
     "password": {"secretKeyRef": {"name": "bgp-secrets", "key": "tor"}}, "sourceAddress": "None",
     "maxRestartTime": "45s", "keepaliveTime": "10s", "numAllowedLocalASNumbers": 2, "ttlSecurity": 2,
-    "reachableBy": "192.168.0.254", "filters": ["no-test-net", "tag"],
+    "reachableBy": "192.168.0.254", "filters": ["no-test-net", "tag"], "reversePeering": "Auto",
 }
 TOR = BGPPeer.from_value(_value("BGPPeer", "tor", TOR_SPEC))
 TOR6 = BGPPeer.from_value(_value("BGPPeer", "tor6", {"peerIP": "fd00::250", "asNumber": 65100,

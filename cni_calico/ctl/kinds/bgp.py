@@ -94,12 +94,11 @@ NODE = register(Kind(
 PEER_TYPES: dict[str, type | tuple[type, ...]] = {
     "node": str, "peerIP": str, "nodeSelector": str, "peerSelector": str, "keepOriginalNextHop": bool,
     "sourceAddress": str, "maxRestartTime": str, "ttlSecurity": int, "reachableBy": str, "nextHopMode": str,
-    "password": dict, "keepaliveTime": str, "numAllowedLocalASNumbers": int, "filters": list,
+    "password": dict, "keepaliveTime": str, "numAllowedLocalASNumbers": int, "filters": list, "reversePeering": str,
 }
 # Calico's BGPPeer fields this calico-node does not render, and why.
 PEER_NOT_SUPPORTED = {
     "localWorkloadSelector": "peering with local workloads needs Calico's local BGP peer watcher",
-    "reversePeering": "peerings here are always symmetric (Calico's Auto); Manual is not supported",
 }
 
 
@@ -149,6 +148,9 @@ def _validate_peer(res: Resource) -> list[FieldError]:
         errors += _reachable_by(spec)
     errors += fields.one_of("spec.sourceAddress", spec.get("sourceAddress"), SOURCE_ADDRESSES)
     errors += fields.one_of("spec.nextHopMode", spec.get("nextHopMode"), NEXT_HOP_MODES)
+    if spec.get("reversePeering") not in (None, "Auto"):
+        errors.append(FieldError("spec.reversePeering", "not supported by this calico-node: only Auto (peerings "
+                                 "made by a peerSelector are always symmetric here)", spec["reversePeering"]))
     errors += secret_ref("spec.password", spec.get("password"))
     errors += duration("spec.maxRestartTime", spec.get("maxRestartTime"))
     errors += duration("spec.keepaliveTime", spec.get("keepaliveTime"))
