@@ -1,5 +1,6 @@
 """BGP settings on real BIRD sessions between node namespaces: mesh passwords (TCP MD5) from secret files,
-listenPort, serviceClusterIPs advertisement, a BGPFilter keeping a block out of the peer's kernel.
+listenPort, serviceClusterIPs advertisement (to the other node, and through a password-protected eBGP
+BGPPeer into a plain BIRD router's kernel), a BGPFilter keeping a block out of the peer's kernel.
 
 Everything runs in the lab's namespaces (tests/lab.py); secrets are files in this test's temporary dir.
 """
@@ -7,13 +8,14 @@ Everything runs in the lab's namespaces (tests/lab.py); secrets are files in thi
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.cluster import Cluster
-from tests.lab import add_pool, wait_for
+from tests.lab import add_pool, sh, wait_for
 
 RESOURCES = "/calico/resources/v3/projectcalico.org"
 DOWN_FOR = 15.0  # seconds a session with the wrong password must stay down
@@ -119,3 +121,44 @@ def test_bgp_filter_keeps_a_block_out_of_the_peer_kernel(cluster, etcd):
     assert not any(r.startswith("10.83.0.0/26 via") for r in cluster.routes("node2")), cluster.routes("node2")
     etcd.ctl("del", f"{RESOURCES}/bgpfilters/no-first-block")  # a filter that is gone is skipped, as in confd
     cluster.wait_route("node2", r"^10\.83\.0\.0/26 via 192\.168\.200\.1")
+
+
+def _start_tor(cluster: Cluster, password: str) -> tuple[str, Path]:
+    """A plain BIRD 2 router ("top of rack", AS 65100) on the switch at .250 that programs what it learns."""
+    lab = cluster.lab
+    ns = lab.cluster_node(cluster.switch, 250)
+    cluster._made.append(ns)
+    run_dir = lab.workdir / f"tor-{ns}"
+    run_dir.mkdir()
+    (run_dir / "bird.cfg").write_text(
+        "router id 192.168.200.250;\nprotocol device {}\n"
+        "protocol kernel { ipv4 { import none; export all; }; }\n"
+        "protocol bgp node1 {\n  local 192.168.200.250 as 65100;\n  neighbor 192.168.200.1 as 64512;\n"
+        f'  password "{password}";\n  connect retry time 2;\n  ipv4 {{ import all; export none; }};\n}}\n')
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "bird", "-f", "-c", str(run_dir / "bird.cfg"),
+                             "-s", str(run_dir / "bird.ctl"), "-P", str(run_dir / "bird.pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(proc)  # the lab kills it, also after a failure
+    return ns, run_dir
+
+
+def test_explicit_peer_password_and_service_range_reach_a_router(cluster, etcd, tmp_path):
+    """A BGPPeer with a password (eBGP, multihop as confd renders it): the router learns the service range and
+    programs it, so traffic for cluster IPs from outside reaches the cluster."""
+    put_bgp_config(etcd, serviceClusterIPs=[{"cidr": "10.96.0.0/16"}])
+    etcd.put_json(f"{RESOURCES}/bgppeers/tor", _resource("BGPPeer", "tor", {
+        "peerIP": "192.168.200.250", "asNumber": 65100,
+        "password": {"secretKeyRef": {"name": "bgp-secrets", "key": "tor"}}}))
+    (tmp_path / "bgp-secrets").mkdir()
+    (tmp_path / "bgp-secrets" / "tor").write_text("tor-pw\n")
+    cluster.add_node(1, CALICO_SECRETS_DIR=str(tmp_path))
+    tor, run_dir = _start_tor(cluster, "tor-pw")
+
+    def tor_routes() -> str:
+        return cluster.lab.in_ns(tor, "ip", "-4", "route").stdout
+
+    wait_for(lambda: "10.96.0.0/16 via 192.168.200.1" in tor_routes(), 60, "the router to program the service range")
+    state = sh("ip", "netns", "exec", tor, "birdc", "-s", str(run_dir / "bird.ctl"), "show", "protocols", "node1",
+               check=False).stdout
+    assert "Established" in state, state
+    assert cluster.bgp_states("node1") == {"Global_192_168_200_250": "Established"}
