@@ -97,6 +97,8 @@ class Kind:
     references: Callable[[Resource], list[tuple[str, str, str]]] = lambda res: []
     # Why this resource may not be deleted, given a lister of other kinds' resources ("" if it may).
     check_delete: Callable[[Resource, Callable[[str], list[Resource]]], str] = lambda res, listing: ""
+    # What this resource, as written, would contradict in other kinds' resources (given the same lister).
+    check_related: Callable[[Resource, Callable[[str], list[Resource]]], list[FieldError]] = lambda res, listing: []
 
 
 @dataclass

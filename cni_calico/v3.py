@@ -465,28 +465,124 @@ class Node:
 
 # --- BGP -------------------------------------------------------------------------------------------
 
+SOURCE_ADDRESSES = ("UseNodeIP", "None")
+BIND_MODES = ("None", "NodeIP")
+NEXT_HOP_MODES = ("Auto", "Self", "Keep")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A BGP password's `secretKeyRef` (Kubernetes secret name and key); calico-node reads it from a file."""
+
+    name: str
+    key: str
+
+
+def _secret_ref(value: object) -> SecretRef | None:
+    ref = value.get("secretKeyRef") if isinstance(value, dict) else None
+    if not isinstance(ref, dict) or not ref.get("name") or not ref.get("key"):
+        return None
+    return SecretRef(str(ref["name"]), str(ref["key"]))
+
+
+def _seconds(value: object) -> int | None:
+    """A metav1.Duration ("2m", "120s") as whole seconds, as confd rounds it; None when unset or bad."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return round(parse_duration(value))
+    except ValueError:
+        return None
+
+
+def split_peer_ip(peer_ip: str) -> tuple[str, int]:
+    """A BGPPeer's peerIP: 10.0.0.1, 10.0.0.1:1790, fd00::1 or [fd00::1]:1790 -> (address, port or 0)."""
+    if peer_ip.startswith("["):
+        host, _, rest = peer_ip[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port.isdigit() else 0
+    if peer_ip.count(":") == 1:
+        host, _, port = peer_ip.partition(":")
+        return host, int(port) if port.isdigit() else 0
+    return peer_ip, 0
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
 
 @dataclass
 class BGPPeer:
     name: str
     node: str = ""
-    peer_ip: str = ""
+    peer_ip: str = ""  # as stored: may carry a port
     asn: int | None = None
     node_selector: str = ""
     peer_selector: str = ""
+    local_asn: int | None = None  # localASNumber: the AS this node claims on this session
+    keep_original_next_hop: bool = False
+    next_hop_mode: str = ""  # Auto | Self | Keep
+    password: SecretRef | None = None
+    source_address: str = "UseNodeIP"  # None: BIRD picks the TCP source address
+    max_restart_time: int | None = None  # seconds (graceful restart time)
+    keepalive_time: int | None = None  # seconds
+    num_allowed_local_as: int = 0
+    ttl_security: int = 0  # hops; 0: off
+    reachable_by: str = ""  # a gateway: a static route to the peer through it
+    filters: tuple[str, ...] = ()  # BGPFilter names, in order
 
     @classmethod
     def from_value(cls, value: dict) -> BGPPeer:
         res = Resource.from_value(value, "BGPPeer")
-        asn = res.spec.get("asNumber")
+        spec = res.spec
+        asn, local_asn = spec.get("asNumber"), spec.get("localASNumber")
         return cls(
             name=res.name,
-            node=str(res.spec.get("node") or ""),
-            peer_ip=str(res.spec.get("peerIP") or ""),
+            node=str(spec.get("node") or ""),
+            peer_ip=str(spec.get("peerIP") or ""),
             asn=int(asn) if asn else None,
-            node_selector=str(res.spec.get("nodeSelector") or ""),
-            peer_selector=str(res.spec.get("peerSelector") or ""),
+            node_selector=str(spec.get("nodeSelector") or ""),
+            peer_selector=str(spec.get("peerSelector") or ""),
+            local_asn=int(local_asn) if local_asn else None,
+            keep_original_next_hop=spec.get("keepOriginalNextHop") is True,
+            next_hop_mode=str(spec.get("nextHopMode") or ""),
+            password=_secret_ref(spec.get("password")),
+            source_address=str(spec.get("sourceAddress") or "UseNodeIP"),
+            max_restart_time=_seconds(spec.get("maxRestartTime")),
+            keepalive_time=_seconds(spec.get("keepaliveTime")),
+            num_allowed_local_as=int(spec.get("numAllowedLocalASNumbers") or 0),
+            ttl_security=int(spec.get("ttlSecurity") or 0),
+            reachable_by=str(spec.get("reachableBy") or ""),
+            filters=_strings(spec.get("filters")),
         )
+
+
+def _cidrs(value: object) -> tuple[str, ...]:
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict) and item.get("cidr"):
+            out.append(str(_network(str(item["cidr"]))))
+    return tuple(out)
+
+
+def _prefix_advertisements(spec: dict) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """prefixAdvertisements with community names resolved through `communities` (as confd does):
+    (cidr, community values), values sorted and unique; an unknown name is dropped."""
+    named = {str(c.get("name")): str(c.get("value")) for c in spec.get("communities") or [] if isinstance(c, dict)}
+    out = []
+    for adv in spec.get("prefixAdvertisements") or []:
+        if not isinstance(adv, dict) or not adv.get("cidr"):
+            continue
+        values = {c if is_community(str(c)) else named.get(str(c), "") for c in adv.get("communities") or []}
+        out.append((str(adv["cidr"]), tuple(sorted(v for v in values if v))))
+    return tuple(out)
+
+
+def is_community(text: str) -> bool:
+    """A standard (aa:nn, 16-bit parts) or large (aa:nn:mm, 32-bit parts) BGP community value."""
+    parts = text.split(":")
+    limit = {2: 65535, 3: 4294967295}.get(len(parts))
+    return limit is not None and all(p.isdigit() and int(p) <= limit for p in parts)
 
 
 @dataclass
@@ -494,9 +590,97 @@ class BGPConfiguration:
     name: str
     mesh: bool = True
     asn: int = DEFAULT_AS
+    log_severity: str = ""  # logSeverityScreen ("" unset)
+    listen_port: int = 0  # 0: unset (179)
+    bind_mode: str = "None"
+    ignored_interfaces: tuple[str, ...] = ()
+    service_cluster_ips: tuple[str, ...] = ()
+    service_external_ips: tuple[str, ...] = ()
+    service_load_balancer_ips: tuple[str, ...] = ()
+    prefix_advertisements: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    node_mesh_password: SecretRef | None = None
+    node_mesh_restart_time: int | None = None  # seconds
 
     @classmethod
     def from_value(cls, value: dict) -> BGPConfiguration:
         res = Resource.from_value(value, "BGPConfiguration")
-        return cls(res.name, res.spec.get("nodeToNodeMeshEnabled", True) is not False,
-                   int(res.spec.get("asNumber") or DEFAULT_AS))
+        spec = res.spec
+        port = spec.get("listenPort")
+        return cls(
+            res.name, spec.get("nodeToNodeMeshEnabled", True) is not False, int(spec.get("asNumber") or DEFAULT_AS),
+            log_severity=str(spec.get("logSeverityScreen") or ""),
+            listen_port=int(port) if isinstance(port, int) and 0 < port <= 65535 else 0,
+            bind_mode=str(spec.get("bindMode") or "None"),
+            ignored_interfaces=_strings(spec.get("ignoredInterfaces")),
+            service_cluster_ips=_cidrs(spec.get("serviceClusterIPs")),
+            service_external_ips=_cidrs(spec.get("serviceExternalIPs")),
+            service_load_balancer_ips=_cidrs(spec.get("serviceLoadBalancerIPs")),
+            prefix_advertisements=_prefix_advertisements(spec),
+            node_mesh_password=_secret_ref(spec.get("nodeMeshPassword")),
+            node_mesh_restart_time=_seconds(spec.get("nodeMeshMaxRestartTime")),
+        )
+
+
+FILTER_OPERATORS = {"Equal": "=", "NotEqual": "!=", "In": "~", "NotIn": "!~"}
+FILTER_ACTIONS = ("Accept", "Reject")
+FILTER_DIRECTIONS = ("exportV4", "importV4", "exportV6", "importV6")
+
+
+@dataclass(frozen=True)
+class BGPFilterRule:
+    """One rule of a BGPFilter (Calico's BGPFilterRuleV4/V6): matches, then Accept or Reject."""
+
+    action: str
+    cidr: str = ""
+    match_operator: str = ""
+    prefix_min: int | None = None
+    prefix_max: int | None = None
+    source: str = ""  # RemotePeers
+    interface: str = ""
+    peer_type: str = ""  # eBGP | iBGP
+    community: str = ""  # communities.values[0]
+    as_path_prefix: tuple[int, ...] = ()
+    operations: tuple[tuple[str, object], ...] = ()  # ("addCommunity", "65000:1") | ("prependASPath", (asn, ...))
+
+    @classmethod
+    def from_value(cls, rule: dict) -> BGPFilterRule:
+        length = rule.get("prefixLength") if isinstance(rule.get("prefixLength"), dict) else {}
+        communities = rule.get("communities") if isinstance(rule.get("communities"), dict) else {}
+        values = communities.get("values") or []
+        ops: list[tuple[str, object]] = []
+        for op in rule.get("operations") or []:
+            if isinstance(op, dict) and isinstance(op.get("addCommunity"), dict):
+                ops.append(("addCommunity", str(op["addCommunity"].get("value") or "")))
+            elif isinstance(op, dict) and isinstance(op.get("prependASPath"), dict):
+                ops.append(("prependASPath", tuple(int(a) for a in op["prependASPath"].get("prefix") or [])))
+        return cls(
+            action=str(rule.get("action") or ""),
+            cidr=str(rule.get("cidr") or ""),
+            match_operator=str(rule.get("matchOperator") or ""),
+            prefix_min=int(length["min"]) if length.get("min") is not None else None,
+            prefix_max=int(length["max"]) if length.get("max") is not None else None,
+            source=str(rule.get("source") or ""),
+            interface=str(rule.get("interface") or ""),
+            peer_type=str(rule.get("peerType") or ""),
+            community=str(values[0]) if values else "",
+            as_path_prefix=tuple(int(a) for a in rule.get("asPathPrefix") or []),
+            operations=tuple(ops),
+        )
+
+
+@dataclass
+class BGPFilter:
+    """A BGPFilter: rules per direction and family, applied to the BGPPeers that list it in `filters`."""
+
+    name: str
+    rules: dict[str, tuple[BGPFilterRule, ...]] = field(default_factory=dict)  # FILTER_DIRECTIONS -> rules
+
+    @classmethod
+    def from_value(cls, value: dict) -> BGPFilter:
+        res = Resource.from_value(value, "BGPFilter")
+        rules = {}
+        for direction in FILTER_DIRECTIONS:
+            entries = res.spec.get(direction)
+            if isinstance(entries, list) and entries:
+                rules[direction] = tuple(BGPFilterRule.from_value(r) for r in entries if isinstance(r, dict))
+        return cls(res.name, rules)

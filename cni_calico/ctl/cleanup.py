@@ -25,7 +25,8 @@ import logging
 from dataclasses import dataclass, field
 
 from cni_calico.ctl.config import ResourceStore
-from cni_calico.ctl.kinds.bgp import BGPCONFIGURATION, BGPPEER, NODE
+from cni_calico.ctl.kinds.bgp import BGPPEER, NODE
+from cni_calico.ctl.kinds.bgpconfig import BGPCONFIGURATION
 from cni_calico.ctl.kinds.workload import WORKLOADENDPOINT
 from cni_calico.resources import IPPOOL, DoesNotExist, Resource, ResourceError
 

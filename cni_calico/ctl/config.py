@@ -175,6 +175,9 @@ class ResourceStore:
                    if self.ds.get(keys.resource(plural, name)) is None]
         if missing:
             raise ValidationError(res.ident, missing)
+        conflicts = res.kind.check_related(res, lambda kind_name: self.list(lookup(kind_name)))
+        if conflicts:
+            raise ValidationError(res.ident, conflicts)
 
     def create(self, res: Resource) -> Resource:
         self._check_references(res)

@@ -16,7 +16,8 @@ import os
 import sys
 
 from cni_calico.ctl import cleanup, config, output
-from cni_calico.ctl.kinds.bgp import BGPCONFIGURATION, NODE
+from cni_calico.ctl.kinds.bgp import NODE
+from cni_calico.ctl.kinds.bgpconfig import BGPCONFIGURATION
 from cni_calico.datastore import DatastoreError
 from cni_calico.resources import (
     AlreadyExists,
@@ -210,7 +211,7 @@ def _failed(action: str, res: Resource, exc: Exception) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds create, apply, replace, delete and get to calicoctl's command parser."""
-    from cni_calico.ctl.resources_help import COMMANDS, FELIX_HELP, KINDS_HELP
+    from cni_calico.ctl.resources_help import BGP_HELP, COMMANDS, FELIX_HELP, KINDS_HELP
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="CONFIG",
@@ -220,7 +221,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="namespace of namespaced resources (NetworkPolicy, WorkloadEndpoint); default: default")
     common.add_argument("--allow-version-mismatch", action="store_true", help=argparse.SUPPRESS)
     for name, (summary, details) in COMMANDS.items():
-        p = sub.add_parser(name, parents=[common], help=summary, description=f"{summary}\n\n{KINDS_HELP}\n{FELIX_HELP}",
+        p = sub.add_parser(name, parents=[common], help=summary,
+                           description=f"{summary}\n\n{KINDS_HELP}\n{FELIX_HELP}\n{BGP_HELP}",
                            epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
         file_help = 'file or directory of YAML/JSON resources; "-" reads stdin'
         if name in ("get", "delete"):

@@ -22,6 +22,14 @@ FELIX_HELP = textwrap.fill(
     + " (what it does anyway); every other Felix field is refused, naming it, as not supported.", 79,
     break_on_hyphens=False) + "\n"
 
+# Where BGP passwords come from, and what of Calico's BGP fields is refused (said where they are written).
+BGP_HELP = textwrap.fill(
+    "BGPConfiguration, BGPPeer, BGPFilter: every field Calico's confd renders into BIRD is rendered the "
+    "same way; the others are refused, naming them, as not supported. Passwords (BGPPeer password, "
+    "BGPConfiguration nodeMeshPassword: {secretKeyRef: {name, key}}) are read by each calico-node from the "
+    "file $CALICO_SECRETS_DIR/<name>/<key> (default /etc/calico/secrets/<name>/<key>); a session whose "
+    "secret cannot be read stays disabled.", 79, break_on_hyphens=False) + "\n"
+
 COMMANDS = {
     "create": ("Create resources by filename or stdin.", """\
 Every resource is validated first: one invalid field anywhere and nothing is

@@ -27,6 +27,7 @@ from cni_calico.node.config import DEFAULT_REFRESH, NodeConfig
 from cni_calico.node.health import NodeHealth
 from cni_calico.node.identity import RestoreGuard, drifted
 from cni_calico.node.model import Routing
+from cni_calico.node.secrets import SecretReader
 from cni_calico.node.syncer import Syncer
 from cni_calico.v3 import FelixConfiguration
 
@@ -51,6 +52,9 @@ class Agent:
         self.policy = None  # cni_calico.policy.sync.PolicySync, made in start()
         self.routing = Routing()
         self.routing_dirty = True
+        self.secrets = SecretReader(cfg.secrets_dir)  # BGP passwords (secretKeyRef) from files
+        self.passwords: dict = {}  # SecretRef -> password, as last rendered
+        self.secret_refs: set = set()  # the secrets the rendered sessions need
         self.felix: dict[str, FelixConfiguration] = {}  # default and node.<me>, as read
         self.refresh_interval = cfg.refresh_interval
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
@@ -255,7 +259,9 @@ class Agent:
             return
         if self.bird and snap.nodes[me].ipv4:
             subnet = str(ipaddress.IPv4Interface(self.ipv4_cidr).network) if self.ipv4_cidr else ""
-            self.bird.apply(birdconf.render(snap, me, subnet))
+            self.secret_refs = birdconf.secret_refs(snap, me)
+            self.passwords = self.secrets.read(self.secret_refs)
+            self.bird.apply(birdconf.render(snap, me, subnet, self.passwords))
         if self.tunnels is not None:
             self.tunnels.enabled = dict(self.encapsulation)
             self.tunnels.sync(snap)
@@ -412,6 +418,9 @@ class Agent:
             if self.cni_server is not None:
                 self.cni_server.ensure_running()
             if self.bird:
+                # A password file written, changed or removed since the last render: render again.
+                if self.secret_refs and self.secrets.read(self.secret_refs) != self.passwords:
+                    self.routing_dirty = True
                 try:
                     self.bird.ensure_running()
                 except BirdError as exc:

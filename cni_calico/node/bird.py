@@ -35,8 +35,10 @@ class Bird:
     def check(self, text: str) -> None:
         """Raises BirdError with BIRD's own message when `text` does not parse."""
         candidate = self.config_path + ".new"
-        with open(candidate, "w") as f:
+        # Owner-only: the config holds the sessions' BGP passwords.
+        with open(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
+        os.chmod(candidate, 0o600)
         result = subprocess.run([self.bird, "-p", "-c", candidate], capture_output=True, text=True)
         if result.returncode != 0:
             raise BirdError(f"BIRD rejects the generated config: {(result.stderr or result.stdout).strip()}")

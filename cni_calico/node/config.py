@@ -96,6 +96,7 @@ class NodeConfig:
     rr_cluster_id: str = ""
     cni_server: bool = True  # serve CNI requests on $CALICO_RUN_DIR/cni.sock (the fast path)
     refresh_interval: float = DEFAULT_REFRESH  # seconds between checks that the kernel's rules are as programmed
+    secrets_dir: str = "/etc/calico/secrets"  # CALICO_SECRETS_DIR: BGP passwords as <dir>/<secret name>/<key>
     cluster_type: str = ""  # CLUSTER_TYPE, merged into ClusterInformation's clusterType (e.g. "k8s,bgp")
     # Set in the environment: then it wins over FelixConfiguration's (as Felix's environment does).
     refresh_from_env: bool = False
@@ -339,6 +340,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         rr_cluster_id=env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID", "").strip(),
         cni_server=parse_bool(env, "CALICO_CNI_SERVER", True),
         refresh_interval=refresh_interval,
+        secrets_dir=env.get("CALICO_SECRETS_DIR", "").strip() or "/etc/calico/secrets",
         cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
         refresh_from_env=bool(env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip()),
         log_level_from_env=bool(env.get("CALICO_NODE_LOG_LEVEL") or env.get("LOG_LEVEL")),

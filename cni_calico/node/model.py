@@ -1,14 +1,15 @@
 """What calico-node's routing needs from etcd (BIRD's config, tunnel routes): the cluster's nodes,
-pools, peers, BGP configuration and block affinities (pure). `Routing` keeps them up to date change by
-change; `Snapshot` is the view that birdconf, peers and tunnels render from."""
+pools, peers, BGP filters, BGP configurations (`default` and `node.<name>`) and block affinities
+(pure). `Routing` keeps them up to date change by change;
+`Snapshot` is the view that birdconf, peers and tunnels render from."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cni_calico import keys
-from cni_calico.v3 import DEFAULT_AS, BGPConfiguration, BGPPeer, IPPool, Node
+from cni_calico.v3 import DEFAULT_AS, BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,23 @@ class Snapshot:
     peers: list[BGPPeer]
     pools: list[IPPool]
     blocks: dict[str, str]  # block CIDR -> node it is affine to
+    config: BGPConfiguration = field(default_factory=lambda: BGPConfiguration("default"))
+    node_configs: dict[str, BGPConfiguration] = field(default_factory=dict)  # node name -> node.<name>
+    filters: dict[str, BGPFilter] = field(default_factory=dict)
+
+    def listen_port(self, node: str) -> int:
+        """The node's BGP port: its node.<name> BGPConfiguration's, else the cluster's (0: BIRD's 179)."""
+        own = self.node_configs.get(node)
+        return (own.listen_port if own else 0) or self.config.listen_port
+
+    def log_severity(self, node: str) -> str:
+        own = self.node_configs.get(node)
+        return (own.log_severity if own else "") or self.config.log_severity
+
+    def prefix_advertisements(self, node: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Node-specific prefixAdvertisements replace the cluster's, as confd takes the node's key first."""
+        own = self.node_configs.get(node)
+        return own.prefix_advertisements if own and own.prefix_advertisements else self.config.prefix_advertisements
 
     def local_blocks(self, node: str) -> list[str]:
         return sorted(cidr for cidr, owner in self.blocks.items() if owner == node)
@@ -33,13 +51,15 @@ class Snapshot:
 class Routing:
     """The routing view, kept up to date by watched changes: `update` says whether routing changed."""
 
-    PLURALS = ("nodes", "ippools", "bgppeers", "bgpconfigurations")
+    PLURALS = ("nodes", "ippools", "bgppeers", "bgpconfigurations", "bgpfilters")
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.pools: dict[str, IPPool] = {}
         self.peers: dict[str, BGPPeer] = {}
         self.config = BGPConfiguration("default")
+        self.node_configs: dict[str, BGPConfiguration] = {}
+        self.filters: dict[str, BGPFilter] = {}
         self.blocks: dict[str, str] = {}
         self.revision = 0
 
@@ -61,6 +81,7 @@ class Routing:
         if parsed is None or parsed.plural not in self.PLURALS:
             return False
         kind, table = {"nodes": (Node, self.nodes), "ippools": (IPPool, self.pools), "bgppeers": (BGPPeer, self.peers),
+                       "bgpfilters": (BGPFilter, self.filters),
                        "bgpconfigurations": (BGPConfiguration, None)}[parsed.plural]
         record = None
         if value is not None:
@@ -70,14 +91,17 @@ class Routing:
                 log.warning("ignoring malformed %s %s: %s", parsed.plural, parsed.name, exc)
         if table is not None:
             return _put(table, parsed.name, record)
+        if parsed.name.startswith("node."):
+            return _put(self.node_configs, parsed.name.removeprefix("node."), record)
         if parsed.name != "default":
-            return False  # node.<name> BGPConfigurations: nothing of theirs is rendered
+            return False  # Calico reads only `default` and `node.<name>`
         old, self.config = self.config, record or BGPConfiguration("default")
         return old != self.config
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.revision, dict(self.nodes), self.config.mesh, self.config.asn or DEFAULT_AS,
-                        list(self.peers.values()), list(self.pools.values()), dict(self.blocks))
+                        list(self.peers.values()), list(self.pools.values()), dict(self.blocks), self.config,
+                        dict(self.node_configs), dict(self.filters))
 
 
 def _put(table: dict, name: str, record) -> bool:

@@ -52,6 +52,13 @@ SAMPLES = {
          "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]},
         [["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"], ["default", "Info", "false", "64513"]],
     ),
+    "BGPFilter": (
+        doc("BGPFilter", "no-test-net", {"exportV4": [{"cidr": "10.50.0.0/16", "matchOperator": "In",
+                                                       "action": "Reject"}]}),
+        RES + "bgpfilters/no-test-net",
+        {"exportV4": [{"cidr": "10.50.0.0/16", "matchOperator": "In", "action": "Reject"}]},
+        [["NAME", "EXPORTV4", "IMPORTV4", "EXPORTV6", "IMPORTV6"], ["no-test-net", "1", "0", "0", "0"]],
+    ),
     "Profile": (
         doc("Profile", "net1", {"labelsToApply": {"team": "web"}, "egress": [{"action": "Allow"}],
                                 "ingress": [{"action": "Allow", "protocol": "TCP",
@@ -142,6 +149,7 @@ def test_kind_create_get_replace_delete(etcd, tmp_path, kind):
 @pytest.mark.parametrize(("kind", "aliases"), [
     ("Node", ["node", "nodes", "no"]), ("BGPPeer", ["bgppeer", "bgppeers", "bgpp"]),
     ("BGPConfiguration", ["bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"]),
+    ("BGPFilter", ["bgpfilter", "bgpfilters"]),
     ("Profile", ["profile", "profiles", "pro"]),
     ("NetworkPolicy", ["networkpolicy", "networkpolicies", "policy", "np"]),
     ("GlobalNetworkPolicy", ["globalnetworkpolicy", "globalnetworkpolicies", "gnp"]),
@@ -171,6 +179,12 @@ INVALID = [
     ("BGPPeer", {"peerSelector": "rr == ", "asNumber": 1}, "spec.peerSelector = 'rr == '", "invalid selector"),
     ("BGPConfiguration", {"logSeverityScreen": "Loud"}, "spec.logSeverityScreen = 'Loud'", "one of Debug"),
     ("BGPConfiguration", {"nodeToNodeMeshEnabled": "yes"}, "spec.nodeToNodeMeshEnabled = 'yes'", "true or false"),
+    ("BGPConfiguration", {"ipv4NormalRoutePriority": 512}, "spec.ipv4NormalRoutePriority = '512'",
+     "not supported by this calico-node"),
+    ("BGPPeer", {"peerIP": "10.0.0.3", "asNumber": 65000, "password": {"secretKeyRef": {"name": "s"}}},
+     "spec.password.secretKeyRef.key", "must be a secret's name / key"),
+    ("BGPFilter", {"importV4": [{"action": "Accept", "priority": 5}]}, "spec.importV4[0].priority = '5'",
+     "not supported by this calico-node"),
     ("Profile", {"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": ["90:80"]}}]},
      "spec.ingress[0].destination.ports[0] = '90:80'", "low <= high"),
     ("Profile", {"egress": [{"action": "Accept"}]}, "spec.egress[0].action = 'Accept'",
@@ -383,3 +397,21 @@ def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(
         assert problem in r.stderr, r.stderr
     r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "nodes.x", {})))
     assert r.returncode == 1 and "a FelixConfiguration is named default or node.<node name>" in r.stderr
+
+
+def test_bind_mode_node_ip_refuses_peers_without_a_source_address(etcd, tmp_path):
+    """BIRD 2 cannot bind some sessions to the node IP and others to every address: refused both ways."""
+    config = doc("BGPConfiguration", "default", {"bindMode": "NodeIP"})
+    peer = doc("BGPPeer", "unbound", {"peerIP": "10.0.0.3", "asNumber": 65000, "sourceAddress": "None"})
+    try:
+        assert run(etcd, "apply", "-f", write(tmp_path, config)).returncode == 0
+        r = run(etcd, "apply", "-f", write(tmp_path, peer, name="peer.yaml"))
+        assert r.returncode == 1 and "spec.sourceAddress" in r.stderr and "bindMode NodeIP" in r.stderr, r.stderr
+        assert etcd.get_json(RES + "bgppeers/unbound") is None
+        assert run(etcd, "delete", "bgpconfig", "default").returncode == 0
+        assert run(etcd, "apply", "-f", write(tmp_path, peer, name="peer.yaml")).returncode == 0
+        r = run(etcd, "apply", "-f", write(tmp_path, config))
+        assert r.returncode == 1 and "spec.bindMode" in r.stderr and "unbound" in r.stderr, r.stderr
+    finally:
+        run(etcd, "delete", "bgppeer", "unbound")
+        run(etcd, "delete", "bgpconfig", "default")

@@ -84,7 +84,7 @@ def test_vxlan_pools_are_not_bgp_and_cross_subnet_filters_kernel_routes():
                                                                         vxlan_mode="CrossSubnet")]
     s = snap([N1, N2], pools=pools, blocks={"10.1.0.0/26": "n1"})
     text = birdconf.render(s, "n1", "192.168.0.0/24")
-    assert "10.1.0.0/16" not in text.split("filter calico_export_to_bgp_peers")[1]
+    assert "10.1.0.0/16" not in text.split("function calico_export_to_bgp_peers()")[1]
     assert "if (net ~ [ 10.2.0.0/16+ ]) && !(bgp_next_hop ~ 192.168.0.0/24) then reject;" in text
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cni_calico.ctl import ipam_check, node_cmd, output
-from cni_calico.ctl.kinds.bgp import BGPCONFIGURATION, BGPPEER, NODE
+from cni_calico.ctl.kinds.bgp import BGPPEER, NODE
+from cni_calico.ctl.kinds.bgpconfig import BGPCONFIGURATION
 from cni_calico.ctl.kinds.policy import GLOBALNETWORKPOLICY, NETWORKPOLICY, PROFILE
 from cni_calico.ctl.kinds.workload import IPAMCONFIG, WORKLOADENDPOINT, ipam_encode
 from cni_calico.resources import Resource, ValidationError, from_stored, lookup, validate

@@ -1,23 +1,27 @@
-"""The BGP kinds: Node, BGPPeer, BGPConfiguration (Calico v3 shapes, names and table columns).
+"""The BGP kinds Node and BGPPeer (Calico v3 shapes, names and table columns), and the checks the BGP kinds
+share (secret references, durations, fields refused as not supported).
 
 Pure. AS numbers are stored as numbers (a dotted "1.10" becomes 65546), as
 calico-node reads them. A Node's routeReflectorClusterID is an IPv4 address;
 a BGPPeer targets either one node or a node selector, and either one peer IP
-(which needs an AS number) or a peer selector; the BGPConfiguration named
-"default" is the cluster's, `node.<name>` ones may not set cluster-wide fields.
+(which needs an AS number) or a peer selector. Every field is one calico-node renders into BIRD's config (see
+cni_calico.node.birdconf) or is refused as "not supported", naming the field
+and why: never stored and ignored. Passwords (`secretKeyRef`) are read by each
+calico-node from `<CALICO_SECRETS_DIR>/<name>/<key>` (cni_calico.node.secrets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
 
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
-from cni_calico.v3 import DEFAULT_AS
+from cni_calico.v3 import DEFAULT_AS, NEXT_HOP_MODES, SOURCE_ADDRESSES, parse_duration
 
 LOG_LEVELS = ("Debug", "Info", "Warning", "Error", "Fatal")
-SOURCE_ADDRESSES = ("UseNodeIP", "None")
-BIND_MODES = ("None", "NodeIP")
+_SECRET_PART = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 # --- Node ------------------------------------------------------------------------------------
@@ -89,13 +93,49 @@ NODE = register(Kind(
 
 PEER_TYPES: dict[str, type | tuple[type, ...]] = {
     "node": str, "peerIP": str, "nodeSelector": str, "peerSelector": str, "keepOriginalNextHop": bool,
-    "sourceAddress": str, "maxRestartTime": str, "ttlSecurity": int, "reachableBy": str,
+    "sourceAddress": str, "maxRestartTime": str, "ttlSecurity": int, "reachableBy": str, "nextHopMode": str,
+    "password": dict, "keepaliveTime": str, "numAllowedLocalASNumbers": int, "filters": list, "reversePeering": str,
 }
+# Calico's BGPPeer fields this calico-node does not render, and why.
+PEER_NOT_SUPPORTED = {
+    "localWorkloadSelector": "peering with local workloads needs Calico's local BGP peer watcher",
+}
+
+
+def not_supported(spec: Mapping, table: Mapping[str, str]) -> list[FieldError]:
+    return [FieldError(f"spec.{k}", f"not supported by this calico-node: {why}", spec[k])
+            for k, why in table.items() if spec.get(k) is not None]
+
+
+def secret_ref(field: str, value: object) -> list[FieldError]:
+    """A password: {secretKeyRef: {name, key}}, read by calico-node from <CALICO_SECRETS_DIR>/<name>/<key>."""
+    if value is None:
+        return []
+    ref = value.get("secretKeyRef") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or set(value) != {"secretKeyRef"} or not isinstance(ref, dict):
+        return [FieldError(field, "must be {secretKeyRef: {name, key}}", value)]
+    errors = fields.unknown(f"{field}.secretKeyRef.", ref, {"name", "key", "optional"})
+    for part in ("name", "key"):
+        if not isinstance(ref.get(part), str) or not _SECRET_PART.match(ref[part]) or ref[part] in (".", ".."):
+            errors.append(FieldError(f"{field}.secretKeyRef.{part}", "must be a secret's name / key "
+                                     "(letters, digits, '-', '_', '.')", ref.get(part)))
+    return errors
+
+
+def duration(field: str, value: object) -> list[FieldError]:
+    if value is None:
+        return []
+    try:
+        seconds = parse_duration(str(value))
+    except ValueError as exc:
+        return [FieldError(field, str(exc), value)]
+    return [] if 0 < seconds <= 65535 else [FieldError(field, "must be from 1s to 65535s (BIRD's limit)", value)]
 
 
 def _validate_peer(res: Resource) -> list[FieldError]:
     spec = res.spec
-    errors = fields.types("spec.", spec, {**PEER_TYPES, "asNumber": (int, str)})
+    errors = fields.types("spec.", spec, {**PEER_TYPES, "asNumber": (int, str), "localASNumber": (int, str)})
+    errors += not_supported(spec, PEER_NOT_SUPPORTED)
     if errors:
         return errors
     if spec.get("node"):
@@ -104,11 +144,27 @@ def _validate_peer(res: Resource) -> list[FieldError]:
     errors += selector_errors("spec.peerSelector", spec.get("peerSelector"))
     errors += _peer_ip("spec.peerIP", spec.get("peerIP"))
     errors += fields.ip("spec.reachableBy", spec.get("reachableBy"))
+    if spec.get("reachableBy") and not errors:
+        errors += _reachable_by(spec)
     errors += fields.one_of("spec.sourceAddress", spec.get("sourceAddress"), SOURCE_ADDRESSES)
-    asn, errs = fields.as_number("spec.asNumber", spec.get("asNumber"))
-    errors += errs
-    if asn is not None:
-        spec["asNumber"] = asn
+    errors += fields.one_of("spec.nextHopMode", spec.get("nextHopMode"), NEXT_HOP_MODES)
+    if spec.get("reversePeering") not in (None, "Auto"):
+        errors.append(FieldError("spec.reversePeering", "not supported by this calico-node: only Auto (peerings "
+                                 "made by a peerSelector are always symmetric here)", spec["reversePeering"]))
+    errors += secret_ref("spec.password", spec.get("password"))
+    errors += duration("spec.maxRestartTime", spec.get("maxRestartTime"))
+    errors += duration("spec.keepaliveTime", spec.get("keepaliveTime"))
+    if spec.get("ttlSecurity") is not None and not 0 <= spec["ttlSecurity"] <= 255:
+        errors.append(FieldError("spec.ttlSecurity", "must be 0-255 (hops)", spec["ttlSecurity"]))
+    if spec.get("numAllowedLocalASNumbers") is not None and not 0 <= spec["numAllowedLocalASNumbers"] <= 10:
+        errors.append(FieldError("spec.numAllowedLocalASNumbers", "must be 0-10", spec["numAllowedLocalASNumbers"]))
+    for i, name in enumerate(spec.get("filters") or []):
+        errors += fields.name(f"spec.filters[{i}]", name)
+    for key in ("asNumber", "localASNumber"):
+        asn, errs = fields.as_number(f"spec.{key}", spec.get(key))
+        errors += errs
+        if asn is not None:
+            spec[key] = asn
     if spec.get("node") and spec.get("nodeSelector"):
         errors.append(FieldError("spec.nodeSelector", "give either spec.node or spec.nodeSelector, not both",
                                  spec["nodeSelector"]))
@@ -123,6 +179,32 @@ def _validate_peer(res: Resource) -> list[FieldError]:
         errors.append(FieldError("spec.asNumber", "a BGPPeer with spec.peerSelector takes the peers' own AS numbers",
                                  spec["asNumber"]))
     return errors
+
+
+BIND_CONFLICT = ("in BIRD 2 one local address is both the session's listening and its source address, and a "
+                 "session listening on every address cannot open its socket beside ones bound to the node IP")
+
+
+def _peer_related(res: Resource, listing: Callable[[str], list[Resource]]) -> list[FieldError]:
+    """sourceAddress None cannot hold beside BGPConfiguration default's bindMode NodeIP in BIRD 2."""
+    if res.spec.get("sourceAddress") != "None":
+        return []
+    if any(c.name == "default" and c.spec.get("bindMode") == "NodeIP" for c in listing("bgpconfigurations")):
+        return [FieldError("spec.sourceAddress", "None is not supported by this calico-node while BGPConfiguration "
+                           f"default has bindMode NodeIP: {BIND_CONFLICT}", "None")]
+    return []
+
+
+def _reachable_by(spec: Mapping) -> list[FieldError]:
+    """confd's rule: a gateway of the peer's family, for a peer given by address."""
+    if not spec.get("peerIP"):
+        return [FieldError("spec.reachableBy", "needs spec.peerIP (a route to that address)", spec["reachableBy"])]
+    from cni_calico.v3 import split_peer_ip
+
+    peer = ipaddress.ip_address(split_peer_ip(spec["peerIP"])[0])
+    if ipaddress.ip_address(spec["reachableBy"]).version != peer.version:
+        return [FieldError("spec.reachableBy", "must be of the peer IP's family", spec["reachableBy"])]
+    return []
 
 
 def _peer_ip(field: str, value: str | None) -> list[FieldError]:
@@ -145,7 +227,7 @@ BGPPEER = register(Kind(
     plural="bgppeers",
     aliases=("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"),
     namespaced=False,
-    spec_fields=frozenset({*PEER_TYPES, "asNumber"}),
+    spec_fields=frozenset({*PEER_TYPES, *PEER_NOT_SUPPORTED, "asNumber", "localASNumber"}),
     headings=("NAME", "PEERIP", "NODE", "ASN"),
     wide_headings=("NAME", "PEERIP", "NODE", "ASN"),
     columns={
@@ -155,67 +237,5 @@ BGPPEER = register(Kind(
         "ASN": lambda r, c: str(r.spec.get("asNumber") if r.spec.get("asNumber") is not None else 0),
     },
     validate_spec=_validate_peer,
-))
-
-
-# --- BGPConfiguration ------------------------------------------------------------------------
-
-CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
-    "logSeverityScreen": str, "nodeToNodeMeshEnabled": bool, "asNumber": (int, str), "listenPort": int,
-    "serviceClusterIPs": list, "serviceExternalIPs": list, "serviceLoadBalancerIPs": list, "bindMode": str,
-    "communities": list, "prefixAdvertisements": list, "ignoredInterfaces": list,
-}
-CLUSTER_ONLY = ("nodeToNodeMeshEnabled", "asNumber", "serviceClusterIPs", "serviceExternalIPs",
-                "serviceLoadBalancerIPs")
-
-
-def _validate_config(res: Resource) -> list[FieldError]:
-    spec = res.spec
-    errors = fields.types("spec.", spec, CONFIG_TYPES)
-    if errors:
-        return errors
-    errors += fields.one_of("spec.logSeverityScreen", spec.get("logSeverityScreen"), LOG_LEVELS)
-    errors += fields.one_of("spec.bindMode", spec.get("bindMode"), BIND_MODES)
-    asn, errs = fields.as_number("spec.asNumber", spec.get("asNumber"))
-    errors += errs
-    if asn is not None:
-        spec["asNumber"] = asn
-    if spec.get("listenPort") is not None and not 1 <= spec["listenPort"] <= fields.MAX_PORT:
-        errors.append(FieldError("spec.listenPort", "must be 1-65535", spec["listenPort"]))
-    for key in ("serviceClusterIPs", "serviceExternalIPs", "serviceLoadBalancerIPs"):
-        for i, entry in enumerate(spec.get(key) or []):
-            where = f"spec.{key}[{i}]"
-            item, errs = fields.mapping(where, entry)
-            errors += errs + fields.unknown(f"{where}.", item, {"cidr"})
-            if not errs and "cidr" not in item:
-                errors.append(FieldError(f"{where}.cidr", "must be given"))
-            errors += fields.ip(f"{where}.cidr", item.get("cidr"), cidr="required")
-    errors += fields.string_list("spec.ignoredInterfaces", spec.get("ignoredInterfaces"))
-    if res.name.startswith("node."):
-        errors += [FieldError(f"spec.{k}", "may be set in the cluster-wide 'default' BGPConfiguration only", spec[k])
-                   for k in CLUSTER_ONLY if spec.get(k) is not None]
-    return errors
-
-
-def _dash(value: object) -> str:
-    if value is None or value == "":
-        return "-"
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-BGPCONFIGURATION = register(Kind(
-    name="BGPConfiguration",
-    plural="bgpconfigurations",
-    aliases=("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"),
-    namespaced=False,
-    spec_fields=frozenset(CONFIG_TYPES),
-    headings=("NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"),
-    wide_headings=("NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"),
-    columns={
-        "NAME": lambda r, c: r.name,
-        "LOGSEVERITY": lambda r, c: str(r.spec.get("logSeverityScreen") or ""),
-        "MESHENABLED": lambda r, c: _dash(r.spec.get("nodeToNodeMeshEnabled")),
-        "ASNUMBER": lambda r, c: _dash(r.spec.get("asNumber")),
-    },
-    validate_spec=_validate_config,
+    check_related=_peer_related,
 ))
