@@ -56,6 +56,7 @@ VARIABLES: dict[str, str] = {
     "FELIX_PROMETHEUSMETRICSHOST": "address the metrics exporter listens on (default: all)",
     "FELIX_PROMETHEUSMETRICSPORT": "its port (unset: FelixConfiguration's, else 9091)",
     "CALICO_CNI_SERVER": "true (default) or false: serve CNI requests on $CALICO_RUN_DIR/cni.sock",
+    "CALICO_SECRETS_DIR": "BGP passwords (secretKeyRef) as <dir>/<secret name>/<key> (default /etc/calico/secrets)",
     "CALICO_RUN_DIR": "BIRD's config, socket and pid file, readiness.json, the CNI socket (default /var/run/calico)",
     "CALICO_LIB_DIR": "the nodename and mtu files the CNI plugin reads (default /var/lib/calico)",
     "NOTIFY_SOCKET": "set by systemd (Type=notify): READY=1 is sent there once the dataplane is in sync",
