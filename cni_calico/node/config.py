@@ -44,8 +44,11 @@ VARIABLES: dict[str, str] = {
     "CALICO_NODE_LABELS": "labels for this node's Node resource: key=value,key=value",
     "CALICO_ROUTE_REFLECTOR_CLUSTER_ID": "makes this node a route reflector with that cluster ID",
     "CLUSTER_TYPE": "merged into ClusterInformation's clusterType (e.g. k8s,bgp)",
-    "CALICO_NODE_LOG_LEVEL": "debug, info (default), warning or error; wins over FelixConfiguration",
-    "LOG_LEVEL": "the log level when CALICO_NODE_LOG_LEVEL is unset",
+    "FELIX_LOGSEVERITYSCREEN": "Felix's name for the log level: Debug, Info (default), Warning, Error; wins "
+    "over FelixConfiguration logSeverityScreen and the variables below",
+    "CALICO_NODE_LOG_LEVEL": "the log level (debug, info, warning or error) when FELIX_LOGSEVERITYSCREEN is unset",
+    "CALICO_STARTUP_LOGLEVEL": "Calico's start-up log level: the level when the two above are unset",
+    "LOG_LEVEL": "the log level when none of the above is set",
     "FELIX_IPTABLESREFRESHINTERVAL": "seconds between checks that the kernel's policy rules are as programmed "
     "(default 90, else FelixConfiguration's)",
     "FELIX_HEALTHENABLED": "true (default) or false: serve /liveness and /readiness over HTTP",
@@ -62,6 +65,8 @@ VARIABLES: dict[str, str] = {
     "NOTIFY_SOCKET": "set by systemd (Type=notify): READY=1 is sent there once the dataplane is in sync",
 }
 
+# The log level's variables, first set wins: Felix's, ours, Calico's start-up's, the generic one.
+LOG_LEVEL_VARIABLES = ("FELIX_LOGSEVERITYSCREEN", "CALICO_NODE_LOG_LEVEL", "CALICO_STARTUP_LOGLEVEL", "LOG_LEVEL")
 MODES = ("always", "cross-subnet", "never")
 BACKENDS = ("bird", "none", "vxlan")
 DEFAULT_POOL_V4 = "192.168.0.0/16"
@@ -294,7 +299,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
     asn = env.get("AS", "").strip()
     if asn and (not asn.isdigit() or not 1 <= int(asn) <= 4294967295):
         raise NodeConfigError(f"AS={asn!r} is not an AS number (1 to 4294967295)")
-    level_var = "CALICO_NODE_LOG_LEVEL" if env.get("CALICO_NODE_LOG_LEVEL", "").strip() else "LOG_LEVEL"
+    level_var = next((v for v in LOG_LEVEL_VARIABLES if env.get(v, "").strip()), "LOG_LEVEL")
     level = env.get(level_var, "").strip().lower() or "info"
     level = "debug" if level == "trace" else level  # logrus's finest level; ours is debug
     if level not in LEVELS:
@@ -344,7 +349,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         secrets_dir=env.get("CALICO_SECRETS_DIR", "").strip() or "/etc/calico/secrets",
         cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
         refresh_from_env=bool(env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip()),
-        log_level_from_env=bool(env.get("CALICO_NODE_LOG_LEVEL") or env.get("LOG_LEVEL")),
+        log_level_from_env=any(env.get(v, "").strip() for v in LOG_LEVEL_VARIABLES),
         nodename_source=nodename_source,
         nodename_path=nodename_path,
         disable_node_ip_check=parse_bool(env, "DISABLE_NODE_IP_CHECK", False),

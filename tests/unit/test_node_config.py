@@ -111,10 +111,30 @@ def test_help_lists_every_variable_calico_node_reads(capsys):
 
 @pytest.mark.parametrize("name,raw", [("FELIX_HEALTHPORT", "99999"), ("FELIX_HEALTHPORT", "http"),
                                       ("FELIX_HEALTHHOST", "not a host"), ("CALICO_NODE_LOG_LEVEL", "loud"),
-                                      ("LOG_LEVEL", "loud")])
+                                      ("LOG_LEVEL", "loud"), ("FELIX_LOGSEVERITYSCREEN", "Chatty"),
+                                      ("CALICO_STARTUP_LOGLEVEL", "loud"), ("FELIX_PROMETHEUSMETRICSPORT", "0"),
+                                      ("FELIX_PROMETHEUSMETRICSENABLED", "maybe"),
+                                      ("FELIX_PROMETHEUSMETRICSHOST", "any")])
 def test_other_bad_values_name_the_variable(name, raw):
     with pytest.raises(NodeConfigError) as err:
         from_env({**GOOD, name: raw})
     assert str(err.value).startswith(f"{name}={raw!r}")
     with pytest.raises(NodeConfigError, match="^NO_DEFAULT_POOLS=true contradicts CALICO_IPV4POOL_CIDR"):
         from_env({**GOOD, "NO_DEFAULT_POOLS": "true", "CALICO_IPV4POOL_CIDR": "10.0.0.0/16"})
+
+
+def test_log_level_variables_in_calicos_names_first_set_wins():
+    cfg = from_env({**GOOD, "FELIX_LOGSEVERITYSCREEN": "Warning", "CALICO_NODE_LOG_LEVEL": "debug",
+                    "LOG_LEVEL": "error"})
+    assert (cfg.log_level, cfg.log_level_from_env) == ("warning", True)
+    assert from_env({**GOOD, "CALICO_STARTUP_LOGLEVEL": "Error", "LOG_LEVEL": "debug"}).log_level == "error"
+    cfg = from_env(GOOD)
+    assert (cfg.log_level, cfg.log_level_from_env) == ("info", False)
+
+
+def test_metrics_variables_unset_leave_it_to_felixconfiguration():
+    cfg = from_env(GOOD)
+    assert (cfg.metrics_enabled, cfg.metrics_host, cfg.metrics_port) == (None, "", None)
+    cfg = from_env({**GOOD, "FELIX_PROMETHEUSMETRICSENABLED": "True", "FELIX_PROMETHEUSMETRICSPORT": "9191",
+                    "FELIX_PROMETHEUSMETRICSHOST": "127.0.0.1"})
+    assert (cfg.metrics_enabled, cfg.metrics_host, cfg.metrics_port) == (True, "127.0.0.1", 9191)
