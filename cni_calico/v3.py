@@ -312,7 +312,7 @@ def parse_duration(text: str) -> float:
 # What calico-node honours of a FelixConfiguration, and the fields it accepts only at the value that
 # describes what it does anyway (Calico's start-up writes them so): anything else is refused.
 FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "ipipEnabled", "vxlanEnabled",
-                  "prometheusMetricsEnabled", "prometheusMetricsPort")
+                  "prometheusMetricsEnabled", "prometheusMetricsPort", "healthEnabled", "healthHost", "healthPort")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
                "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
                "defaultEndpointToHostAction": "Return"}
@@ -337,6 +337,9 @@ class FelixConfiguration:
     vxlan_enabled: bool | None = None  # vxlanEnabled: False = never vxlan.calico
     metrics_enabled: bool | None = None  # prometheusMetricsEnabled
     metrics_port: int | None = None  # prometheusMetricsPort
+    health_enabled: bool | None = None  # healthEnabled
+    health_host: str | None = None  # healthHost
+    health_port: int | None = None  # healthPort
 
     @classmethod
     def from_value(cls, value: dict) -> FelixConfiguration:
@@ -350,11 +353,30 @@ class FelixConfiguration:
         nat = res.spec.get("natOutgoingAddress")
         ipip, vxlan = res.spec.get("ipipEnabled"), res.spec.get("vxlanEnabled")
         metrics, port = res.spec.get("prometheusMetricsEnabled"), res.spec.get("prometheusMetricsPort")
+        health, health_host, health_port = (res.spec.get(k) for k in ("healthEnabled", "healthHost", "healthPort"))
         return cls(res.name, seconds, str(level) if level in LOG_SEVERITIES else None,
                    str(nat) if nat and ipv4_address(str(nat)) else None,
                    ipip if isinstance(ipip, bool) else None, vxlan if isinstance(vxlan, bool) else None,
                    metrics if isinstance(metrics, bool) else None,
-                   port if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535 else None)
+                   _port(port), health if isinstance(health, bool) else None,
+                   str(health_host) if health_host and listen_host(str(health_host)) else None, _port(health_port))
+
+
+def _port(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535 else None
+
+
+def listen_host(text: str) -> bool:
+    """An address to listen on: an IP address or localhost (what Felix's healthHost takes here)."""
+    import ipaddress
+
+    if text == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def ipv4_address(text: str) -> bool:

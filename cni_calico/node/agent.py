@@ -221,6 +221,7 @@ class Agent:
             self.nat_address = nat
             self.routing_dirty = True
         self.metrics_felix = (pick("metrics_enabled"), pick("metrics_port"))
+        self.health.configure(pick("health_enabled"), pick("health_host"), pick("health_port"))
         self._apply_metrics_settings()
         if not self.cfg.log_level_from_env:
             level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)

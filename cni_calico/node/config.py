@@ -113,6 +113,7 @@ class NodeConfig:
     health_enabled: bool = True
     health_host: str = "127.0.0.1"
     health_port: int = 9099
+    health_set: frozenset[str] = frozenset()  # the FELIX_HEALTH* variables given (they win over FelixConfiguration)
     metrics_enabled: bool | None = None  # None: FelixConfiguration decides
     metrics_host: str = ""  # "": all addresses, as Felix
     metrics_port: int | None = None
@@ -356,6 +357,8 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         health_enabled=health_enabled,
         health_host=health_host,
         health_port=health_port,
+        health_set=frozenset(v for v in ("FELIX_HEALTHENABLED", "FELIX_HEALTHHOST", "FELIX_HEALTHPORT")
+                             if env.get(v, "").strip()),
         metrics_enabled=metrics_enabled,
         metrics_host=metrics_host,
         metrics_port=metrics_port,

@@ -26,19 +26,36 @@ class NodeHealth:
         self.reported: tuple[list[str], bool] | None = None
         self.written_at = 0.0
         self.notified = False
-        self.server = None  # cni_calico.node.health_http.HealthServer when FELIX_HEALTHENABLED
+        self.server = None  # cni_calico.node.health_http.HealthServer while the endpoint is enabled
+        self.serving: tuple[str, int] = ("", 0)  # its host and port
 
     def start(self) -> None:
-        if not self.cfg.health_enabled:
+        self.configure(None, None, None)
+
+    def configure(self, enabled: bool | None, host: str | None, port: int | None) -> None:
+        """The endpoint as FelixConfiguration's healthEnabled / healthHost / healthPort say (None: not
+        set there), where the FELIX_HEALTH* variables do not say otherwise (the environment wins, as
+        Felix's); a change moves or stops the server."""
+        cfg = self.cfg
+
+        def pick(var: str, env_value, felix_value):
+            return env_value if var in cfg.health_set or felix_value is None else felix_value
+
+        wanted = (pick("FELIX_HEALTHHOST", cfg.health_host, host), pick("FELIX_HEALTHPORT", cfg.health_port, port))
+        on = pick("FELIX_HEALTHENABLED", cfg.health_enabled, enabled)
+        if self.server is not None and (not on or wanted != self.serving):
+            self.server.stop()
+            self.server = None
+        if not on or self.server is not None:
             return
         from cni_calico.node.health_http import HealthServer
 
+        self.serving = wanted
         try:
-            self.server = HealthServer(self.cfg.health_host, self.cfg.health_port, lambda: self.state).start()
+            self.server = HealthServer(*wanted, lambda: self.state).start()
         except OSError as exc:
             # The endpoint is for probes; the node's routing must not depend on a free port.
-            log.error("health endpoint not served on %s:%d (FELIX_HEALTHHOST/FELIX_HEALTHPORT): %s",
-                      self.cfg.health_host, self.cfg.health_port, exc)
+            log.error("health endpoint not served on %s:%d: %s", *wanted, exc)
 
     def report(self, problems: list[str], in_sync: bool) -> None:
         now = time.monotonic()

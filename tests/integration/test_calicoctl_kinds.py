@@ -379,20 +379,26 @@ def test_clusterinformation_is_shown_not_written(etcd, tmp_path):
 
 def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(etcd, tmp_path):
     spec = {"iptablesRefreshInterval": "30s", "logSeverityScreen": "Warning", "reportingInterval": "0s",
-            "floatingIPs": "Disabled", "bpfLogLevel": "", "ipipEnabled": False, "vxlanEnabled": True}
+            "floatingIPs": "Disabled", "bpfLogLevel": "", "ipipEnabled": False, "vxlanEnabled": True,
+            "healthEnabled": True, "healthHost": "127.0.0.1", "healthPort": 9099, "prometheusMetricsEnabled": False,
+            "prometheusMetricsPort": 9091}
     r = run(etcd, "apply", "-f", write(tmp_path, doc("FelixConfiguration", "default", spec)))
     assert r.returncode == 0, r.stderr
     assert etcd.get_json(RES + "felixconfigurations/default")["spec"]["iptablesRefreshInterval"] == "30s"
     assert run(etcd, "get", "felixconfig", "-o", "wide").stdout.split("\n")[1].split() == ["default", "30s", "Warning"]
     r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "node.node1", {
         "iptablesRefreshInterval": "soon", "logSeverityScreen": "Chatty", "floatingIPs": "Enabled",
-        "bpfEnabled": True, "natOutgoingAddress": "fd00::1", "vxlanEnabled": "yes"})))
+        "bpfEnabled": True, "natOutgoingAddress": "fd00::1", "vxlanEnabled": "yes", "healthPort": 70000,
+        "healthHost": "any", "prometheusMetricsPort": 0})))
     assert r.returncode == 1
     for problem in ("spec.iptablesRefreshInterval = 'soon' ('soon' is not a duration",
                     "spec.natOutgoingAddress = 'fd00::1' (must be an IPv4 address)",
                     "spec.logSeverityScreen = 'Chatty' (must be one of Debug, Info, Warning, Error, Fatal)",
                     "spec.floatingIPs = 'Enabled' (not supported by this calico-node: only 'Disabled'",
                     "spec.vxlanEnabled = 'yes' (must be true or false)",
+                    "spec.healthPort = '70000' (must be a port, 1-65535)",
+                    "spec.healthHost = 'any' (must be an IP address or localhost)",
+                    "spec.prometheusMetricsPort = '0' (must be a port, 1-65535)",
                     "spec.bpfEnabled = 'true' (not supported by this calico-node (it honours iptablesRefreshInterval"):
         assert problem in r.stderr, r.stderr
     r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "nodes.x", {})))

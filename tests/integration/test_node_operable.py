@@ -247,3 +247,27 @@ def test_sd_notify_ready_once_in_sync_and_stopping(cluster, lab, tmp_path):
         assert time.monotonic() - started < 40
         node.stop(graceful=True)
         assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_felixconfiguration_moves_and_stops_the_health_endpoint_where_the_environment_does_not_say(cluster, etcd):
+    cluster.add_node(1)
+    cluster.add_node(2, start=False)
+    cluster.start("node2", FELIX_HEALTHPORT="9199")  # node2's port is its environment's
+    wait_for(lambda: _get(cluster, "node1", "http://127.0.0.1:9099/liveness")[0] == 200, 30, "node1's endpoint")
+    wait_for(lambda: _get(cluster, "node2", "http://127.0.0.1:9199/liveness")[0] == 200, 30, "node2's endpoint")
+
+    def felix(spec: dict) -> None:
+        etcd.put_json("/calico/resources/v3/projectcalico.org/felixconfigurations/default", {
+            "kind": "FelixConfiguration", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "default"},
+            "spec": spec})
+
+    felix({"healthPort": 9299})
+    wait_for(lambda: _get(cluster, "node1", "http://127.0.0.1:9299/liveness")[0] == 200, 15, "node1 on 9299")
+    assert _get(cluster, "node1", "http://127.0.0.1:9099/liveness")[0] == 0
+    assert _get(cluster, "node2", "http://127.0.0.1:9199/liveness")[0] == 200  # FELIX_HEALTHPORT wins
+    felix({"healthEnabled": False})
+    wait_for(lambda: _get(cluster, "node1", "http://127.0.0.1:9099/liveness")[0] == 0
+             and _get(cluster, "node1", "http://127.0.0.1:9299/liveness")[0] == 0, 15, "node1's endpoint gone")
+    wait_for(lambda: _get(cluster, "node2", "http://127.0.0.1:9199/liveness")[0] == 0, 15, "node2's too")
+    felix({})
+    wait_for(lambda: _get(cluster, "node1", "http://127.0.0.1:9099/liveness")[0] == 200, 15, "back on 9099")

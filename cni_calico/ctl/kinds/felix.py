@@ -4,7 +4,8 @@ Pure. calico-node honours iptablesRefreshInterval (the drift check's interval), 
 (its log level), natOutgoingAddress (outgoing NAT's source address) and ipipEnabled / vxlanEnabled
 (false: that encapsulation is never programmed, whatever the pools say; true or unset: programmed
 when a pool that selects the node needs it, as Felix) and prometheusMetricsEnabled /
-prometheusMetricsPort (the metrics exporter; the FELIX_PROMETHEUSMETRICS* environment wins); the first
+prometheusMetricsPort (the metrics exporter) and healthEnabled / healthHost / healthPort (the health
+endpoint), the FELIX_PROMETHEUSMETRICS* / FELIX_HEALTH* environment winning; the first
 two unless
 FELIX_IPTABLESREFRESHINTERVAL or a log level variable is set in its environment, which wins, as
 Felix's environment does. A few fields are accepted at
@@ -18,7 +19,15 @@ from __future__ import annotations
 import re
 
 from cni_calico.resources import FieldError, Kind, Resource, register
-from cni_calico.v3 import FELIX_DEFAULTS, FELIX_HONOURED, FELIX_INERT, LOG_SEVERITIES, ipv4_address, parse_duration
+from cni_calico.v3 import (
+    FELIX_DEFAULTS,
+    FELIX_HONOURED,
+    FELIX_INERT,
+    LOG_SEVERITIES,
+    ipv4_address,
+    listen_host,
+    parse_duration,
+)
 
 NAME = re.compile(r"^(default|node\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
 
@@ -40,10 +49,13 @@ def _validate(res: Resource) -> list[FieldError]:
         elif key == "natOutgoingAddress":
             if not ipv4_address(str(value)):
                 errors.append(FieldError(f"spec.{key}", "must be an IPv4 address", value))
-        elif key == "prometheusMetricsPort":
+        elif key == "healthHost":
+            if not isinstance(value, str) or not listen_host(value):
+                errors.append(FieldError(f"spec.{key}", "must be an IP address or localhost", value))
+        elif key in ("prometheusMetricsPort", "healthPort"):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
                 errors.append(FieldError(f"spec.{key}", "must be a port, 1-65535", value))
-        elif key in ("ipipEnabled", "vxlanEnabled", "prometheusMetricsEnabled"):
+        elif key in ("ipipEnabled", "vxlanEnabled", "prometheusMetricsEnabled", "healthEnabled"):
             if not isinstance(value, bool):
                 errors.append(FieldError(f"spec.{key}", "must be true or false", value))
         elif key == "logSeverityScreen":
