@@ -109,10 +109,13 @@ class CniServer:
     def _record(self, command: str, status: int, out: str, seconds: float) -> None:
         from cni_calico.node import metrics
 
-        metrics.observe_request(command, status, out, seconds)
-        if self._round_trips is None:
-            self._round_trips = metrics.Delta()
-        metrics.metrics().round_trips.labels("cni-server").inc(self._round_trips.take(self.host.round_trips()))
+        try:
+            metrics.observe_request(command, status, out, seconds)
+            if self._round_trips is None:
+                self._round_trips = metrics.Delta()
+            metrics.metrics().round_trips.labels("cni-server").inc(self._round_trips.take(self.host.round_trips()))
+        except Exception:  # noqa: BLE001 - figures are never worth a failed request
+            log.exception("recording the metrics of a %s request failed", command)
 
     def _serve(self, conn: socket.socket) -> None:
         from cni_calico import skel
@@ -144,9 +147,9 @@ class CniServer:
             self.served += 1
             took = time.monotonic() - started
             log.debug("%s %s: %d in %.1f ms", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), status, took * 1000)
-            if self.metrics:
-                self._record(env.get("CNI_COMMAND", ""), status, out, took)
             try:
                 conn.sendall(frame(b"%d" % status, out.encode()))
             except OSError:
                 log.warning("the plugin for %s went away before its answer", env.get("CNI_CONTAINERID"))
+            if self.metrics:  # after the answer: the runtime never waits for the figures
+                self._record(env.get("CNI_COMMAND", ""), status, out, took)

@@ -56,7 +56,9 @@ def test_metrics_move_as_pods_come_and_go(cluster, etcd, lab):
     def figures() -> dict[str, float]:
         return scrape(cluster, "node1") or {}
 
-    wait_for(lambda: figures().get("felix_active_local_endpoints") == 2, 15, "two local endpoints")
+    # The CNI server records a request's figures just after its answer.
+    wait_for(lambda: figures().get("felix_active_local_endpoints") == 2 and figures().get(
+        'cni_calico_cni_request_seconds_count{command="ADD"}') == 3, 15, "two local endpoints, three ADDs")
     got = figures()
     assert got['cni_calico_cni_requests_total{code="0",command="ADD"}'] == 2
     assert got['cni_calico_cni_requests_total{code="7",command="ADD"}'] == 1
@@ -76,7 +78,8 @@ def test_metrics_move_as_pods_come_and_go(cluster, etcd, lab):
     cid, pod = pods[0]
     run = Lab.run_plugin(cluster.ns["node1"], "DEL", conf, cid, Lab.netns_path(pod), extra_env=env)
     assert run.rc == 0, run.stderr[-2000:]
-    wait_for(lambda: figures().get("felix_active_local_endpoints") == 1, 15, "one local endpoint left")
+    wait_for(lambda: figures().get("felix_active_local_endpoints") == 1 and figures().get(
+        'cni_calico_cni_requests_total{code="0",command="DEL"}') == 1, 15, "one local endpoint left, one DEL")
     got = figures()
     assert got['cni_calico_cni_requests_total{code="0",command="DEL"}'] == 1
     assert got['cni_calico_ipam_addresses_in_use{pool="pool"}'] == 1
