@@ -50,7 +50,7 @@ reliability: deps
 
 # One PyInstaller onedir bundle (dist/cni-calico/calico + _internal/); every name is a relative symlink
 # to its executable, which dispatches on the name it was called by (cni_calico/entry.py).
-BUNDLE_NAMES := calico calico-ipam calicoctl calico-node
+BUNDLE_NAMES := calico calico-ipam calicoctl calico-node calico-kube-controllers
 
 build: venv
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/work build/cni-calico.spec
@@ -88,6 +88,21 @@ bench: deps build
 	$(PY) -m tests.bench.bench_node
 	$(PY) -m tests.bench.bench_policy
 	$(PY) -m tests.bench.bench_scale
+
+# A real kube-apiserver for the Kubernetes tests (issue 17), built from the k8s.io/kubernetes module
+# by tests/kube/go.mod (staging modules pinned to the matching v0.x). Cached outside the checkout,
+# keyed by version, and skipped when the binary is there; niced, since the build takes the cores.
+KUBE_VERSION := v1.37.2
+KUBE_CACHE ?= /var/cache/cni-calico
+KUBE_APISERVER := $(KUBE_CACHE)/kube-apiserver-$(KUBE_VERSION)
+
+.PHONY: kube-apiserver
+kube-apiserver: $(KUBE_APISERVER)
+
+$(KUBE_APISERVER):
+	mkdir -p $(KUBE_CACHE)
+	cd tests/kube && nice -n 19 go build -trimpath -ldflags='-s -w' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
+	mv $@.tmp $@
 
 clean:
 	rm -rf dist build/work $(VENV) *.egg-info
