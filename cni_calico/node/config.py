@@ -51,6 +51,9 @@ class NodeConfig:
     cni_server: bool = True  # serve CNI requests on $CALICO_RUN_DIR/cni.sock (the fast path)
     refresh_interval: float = DEFAULT_REFRESH  # seconds between checks that the kernel's rules are as programmed
     cluster_type: str = ""  # CLUSTER_TYPE, merged into ClusterInformation's clusterType (e.g. "k8s,bgp")
+    # CALICO_K8S_NODE_REF: the Kubernetes Node this node is (Calico's spec.orchRefs), which lets
+    # calico-kube-controllers' node controller clean the node up when that Node is deleted.
+    k8s_node_ref: str = ""
     # Set in the environment: then it wins over FelixConfiguration's (as Felix's environment does).
     refresh_from_env: bool = False
     log_level_from_env: bool = False
@@ -188,6 +191,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         cni_server=env.get("CALICO_CNI_SERVER", "true").strip().lower() not in ("false", "0", "no", "off"),
         refresh_interval=refresh_interval,
         cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
+        k8s_node_ref=env.get("CALICO_K8S_NODE_REF", "").strip(),
         refresh_from_env=bool(env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip()),
         log_level_from_env=bool(env.get("CALICO_NODE_LOG_LEVEL") or env.get("LOG_LEVEL")),
     )
