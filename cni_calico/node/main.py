@@ -24,10 +24,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ready", action="store_true",
                         help="readiness probe: exit 0 if the calico-node of this host (CALICO_RUN_DIR) is running "
                         "and can serve every pool that selects it; else exit 1 saying why")
+    parser.add_argument("--install-cni", action="store_true",
+                        help="install the CNI plugin on this host and keep its kubeconfig current, as Calico's "
+                        "install-cni init container (see cni_calico/node/install_cni.py for the environment)")
     parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
     args = parser.parse_args(argv)
     if args.ready:
         return ready()
+    if args.install_cni:
+        from cni_calico.logsetup import setup_stderr
+        from cni_calico.node.install_cni import main as install_cni
+
+        setup_stderr("info")
+        return install_cni()
     if args.cleanup:
         from cni_calico.policy import natout
         from cni_calico.policy.iptables import PolicyError, cleanup, ipv6_available
