@@ -70,9 +70,18 @@ class ApiAccess:
     # token is rotated by the kubelet under a long-running process (calico-kube-controllers).
     token_file: str = ""
     _token_mtime: float = field(default=0.0, repr=False, compare=False)
+    # A client-go exec credential plugin (users[].user.exec): run for a token, again when it expires.
+    exec_plugin: dict = field(default_factory=dict)
+    _token_expiry: float = field(default=0.0, repr=False, compare=False)
 
     def bearer(self) -> str:
-        """The token to send now: the token file's current content when there is one."""
+        """The token to send now: the token file's current content when there is one, or the exec
+        plugin's token (run again once the one it gave has expired)."""
+        if self.exec_plugin:
+            import time
+
+            if not self.token or (self._token_expiry and time.time() >= self._token_expiry - 10):
+                self.token, self._token_expiry = run_exec_plugin(self.exec_plugin)
         if self.token_file:
             try:
                 mtime = os.stat(self.token_file).st_mtime
@@ -83,6 +92,45 @@ class ApiAccess:
             except OSError as exc:  # keep the last token: the file may be mid-rotation
                 log.warning("cannot re-read token file %s: %s", self.token_file, exc.strerror)
         return self.token
+
+
+def run_exec_plugin(spec: dict) -> tuple[str, float]:
+    """(token, expiry as a Unix time or 0) from a client-go exec credential plugin: `command` with
+    `args` and `env`, KUBERNETES_EXEC_INFO naming the ExecCredential apiVersion, stdout an
+    ExecCredential whose status holds the token (client certificates from a plugin: not supported)."""
+    import datetime
+    import subprocess
+
+    command = str(spec.get("command") or "")
+    env = {**os.environ, **{str(e.get("name")): str(e.get("value")) for e in spec.get("env") or []
+                            if isinstance(e, dict)}}
+    version = str(spec.get("apiVersion") or "client.authentication.k8s.io/v1")
+    env["KUBERNETES_EXEC_INFO"] = json.dumps({"apiVersion": version, "kind": "ExecCredential",
+                                              "spec": {"interactive": False}})
+    try:
+        proc = subprocess.run([command, *[str(a) for a in spec.get("args") or []]], env=env, capture_output=True,
+                              timeout=TIMEOUT * 2, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KubeError(f"exec credential plugin {command!r} failed: {exc}") from None
+    if proc.returncode:
+        raise KubeError(f"exec credential plugin {command!r} exited {proc.returncode}: "
+                        f"{proc.stderr.decode(errors='replace')[-300:]}")
+    try:
+        status = json.loads(proc.stdout).get("status") or {}
+    except (ValueError, AttributeError):
+        raise KubeError(f"exec credential plugin {command!r} did not print an ExecCredential") from None
+    token = str(status.get("token") or "")
+    if not token:
+        raise KubeError(f"exec credential plugin {command!r} gave no token (client certificates from a "
+                        "plugin are not supported)")
+    expiry = 0.0
+    if status.get("expirationTimestamp"):
+        try:
+            when = datetime.datetime.fromisoformat(str(status["expirationTimestamp"]).replace("Z", "+00:00"))
+            expiry = when.timestamp()
+        except ValueError:
+            pass
+    return token, expiry
 
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -170,10 +218,13 @@ def load_kubeconfig(path: str) -> ApiAccess:
         except OSError as exc:
             raise KubeError(f"cannot read token file {token_file} of kubeconfig {path}: "
                             f"{exc.strerror}") from None
-    if not token and not (user.get("client-certificate") or user.get("client-certificate-data")):
-        if user.get("exec") or user.get("auth-provider"):
-            raise KubeError(f"kubeconfig {path}: exec and auth-provider credentials are not supported; "
-                            "use a token, tokenFile or a client certificate")
+    exec_plugin = user.get("exec") if isinstance(user.get("exec"), dict) and not token else {}
+    if exec_plugin and not exec_plugin.get("command"):
+        raise KubeError(f"kubeconfig {path}: the exec credential plugin has no command")
+    if not token and not exec_plugin and not (user.get("client-certificate") or user.get("client-certificate-data")):
+        if user.get("auth-provider"):
+            raise KubeError(f"kubeconfig {path}: auth-provider credentials are not supported (removed from "
+                            "client-go); use a token, tokenFile, exec or a client certificate")
     return ApiAccess(
         server=server.rstrip("/"),
         ca_file=file(cluster, "certificate-authority"),
@@ -185,6 +236,7 @@ def load_kubeconfig(path: str) -> ApiAccess:
         cert_data=data(user, "client-certificate-data"),
         key_data=data(user, "client-key-data"),
         token_file=token_file,
+        exec_plugin=exec_plugin,
     )
 
 
