@@ -164,23 +164,24 @@ def rules(peers: list[dict] | None, ports: list[dict] | None, ingress: bool) -> 
     return out
 
 
+def _direction(np: dict, ingress: bool) -> list[dict]:
+    """The Calico rules of a policy's ingress (or egress) rules; one that cannot be converted is
+    dropped with a warning, as Calico does."""
+    meta, spec = _meta(np), np.get("spec") or {}
+    out: list[dict] = []
+    for rule in spec.get("ingress" if ingress else "egress") or []:
+        try:
+            out += rules(rule.get("from" if ingress else "to"), rule.get("ports"), ingress)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("NetworkPolicy %s/%s: dropping an %s rule that cannot be converted: %s",
+                        meta.get("namespace"), meta.get("name"), "ingress" if ingress else "egress", exc)
+    return out
+
+
 def network_policy(np: dict) -> tuple[str, str, dict]:
     """(namespace, name, spec) of the Calico NetworkPolicy for a Kubernetes NetworkPolicy."""
     meta, spec = _meta(np), np.get("spec") or {}
-    ingress: list[dict] = []
-    for rule in spec.get("ingress") or []:
-        try:
-            ingress += rules(rule.get("from"), rule.get("ports"), ingress=True)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("NetworkPolicy %s/%s: dropping an ingress rule that cannot be converted: %s",
-                        meta.get("namespace"), meta.get("name"), exc)
-    egress: list[dict] = []
-    for rule in spec.get("egress") or []:
-        try:
-            egress += rules(rule.get("to"), rule.get("ports"), ingress=False)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("NetworkPolicy %s/%s: dropping an egress rule that cannot be converted: %s",
-                        meta.get("namespace"), meta.get("name"), exc)
+    ingress, egress = _direction(np, True), _direction(np, False)
     declared = spec.get("policyTypes") or []
     types = [t for t in ("Ingress", "Egress") if t in declared] or ["Ingress"]
     return str(meta.get("namespace") or ""), KNP_PREFIX + str(meta.get("name")), {

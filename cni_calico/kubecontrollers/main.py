@@ -74,30 +74,21 @@ def main(argv: list[str]) -> int:
         "NetworkPolicy, namespace and service account profiles, endpoint labels, deleted nodes.",
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    args = parser.parse_args(argv)
-    if args.version:
-        from cni_calico import __version__
+    from cni_calico import __version__
 
-        print(__version__)
-        return 0
-    from cni_calico.kubecontrollers.config import ConfigError, from_env
-
-    try:
-        cfg = from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"calico-kube-controllers: {exc}\n")
-        return 2
-    from cni_calico.logsetup import LEVELS, setup_stderr
-
-    setup_stderr(cfg.log_level if cfg.log_level in LEVELS else "info")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.parse_args(argv)
     from cni_calico.datastore import Datastore
     from cni_calico.kube import KubeError, load_access
     from cni_calico.kubecontrollers.client import KubeApi
+    from cni_calico.kubecontrollers.config import ConfigError, from_env
+    from cni_calico.logsetup import LEVELS, setup_stderr
 
-    try:
+    try:  # a bad setting or unusable credentials: say which, and stop before starting anything
+        cfg = from_env()
+        setup_stderr(cfg.log_level if cfg.log_level in LEVELS else "info")
         api = KubeApi(load_access(cfg.kubeconfig))
-    except KubeError as exc:
+    except (ConfigError, KubeError) as exc:
         sys.stderr.write(f"calico-kube-controllers: {exc}\n")
         return 2
     ds = Datastore(cfg.etcd)
