@@ -4,7 +4,9 @@ It stores into the lab's etcd under a prefix of its own (`/kube-<hex>/`, never u
 the per-test wipe clears), serves https on a free 127.0.0.1 port with the lab CA's server
 certificate, authenticates a static token the tests make (user `cni-calico-tests` in
 `system:masters`, so RBAC allows everything) and signs service-account tokens with a key made
-here (so TokenRequest works and a test can act as a service account under RBAC). No other
+here (so TokenRequest works and a test can act as a service account under RBAC). ConfigMaps skip
+the watch cache (`--watch-cache-sizes=configmaps#0`) so that a test can get a real 410 Gone by
+compacting etcd: the cache itself answers an old version with the objects it holds instead. No other
 Kubernetes component runs: pods are created with `spec.nodeName` set (no scheduler), a
 namespace's `default` service account is created by `namespace()` (no controller-manager), and
 pods stay Pending (no kubelet) — the plugin is run by the tests, as the runtime would.
@@ -74,6 +76,11 @@ class KubeApiServer:
             "--service-account-key-file", str(sa_key), "--service-account-signing-key-file", str(sa_key),
             "--api-audiences", "https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range", "10.96.0.0/24",
+            "--endpoint-reconciler-type", "none",  # it refuses a loopback advertise address
+            "--allow-privileged=true",  # as every cluster running a CNI DaemonSet
+            # ConfigMaps (which nothing here uses) bypass the watch cache, so a watch from a
+            # compacted version reaches etcd and answers 410 Gone, as a cache past its window does.
+            "--watch-cache-sizes", "configmaps#0",
             "--cert-dir", str(self.dir / "cert-dir"),
             "--enable-priority-and-fairness=false",  # fewer moving parts and goroutines on 2 shared cores
             "--profiling=false", "--v=1",
