@@ -138,7 +138,9 @@ def test_network_policy_namespace_and_pod_labels_and_node_deletion(lab, etcd, ku
         # addresses and affinities released after the grace period.
         cluster.calico["node2"].stop(graceful=False)
         for name, ns in (("a-client", "team-a"), ("b-client", "team-b")):
-            api.delete(f"/api/v1/namespaces/{ns}/pods/{name}")
+            # Forced, as kube-controller-manager's pod GC does for a lost node's pods (no kubelet
+            # would ever confirm a graceful deletion).
+            api.delete(f"/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0")
         assert etcd.keys("/calico/ipam/v2/host/node2/")
         api.delete("/api/v1/nodes/node2")
         wait_for(lambda: etcd.get_json(f"{RES}/nodes/node2") is None, 30, "Calico node node2 to be deleted")
