@@ -96,3 +96,35 @@ def test_node_controller_deletes_only_kubernetes_nodes_after_the_grace():
     ctl.tick(due)
     assert store.value(keys.resource("nodes", "n2")) is None
     assert store.value(keys.resource("nodes", "n1")) is not None and store.value(keys.resource("nodes", "plain"))
+
+
+class Pods:
+    def __init__(self, pods: list[tuple[str, str]]) -> None:
+        self.pods = [{"metadata": {"namespace": ns, "name": name}, "status": {"phase": "Running"}}
+                     for ns, name in pods]
+
+    def get(self, path):
+        return {"items": self.pods}
+
+    def list(self, path):
+        return self.pods, "1"
+
+
+def test_ipam_gc_releases_allocations_of_pods_the_api_no_longer_has(tmp_path):
+    from ipam.assign import AssignArgs, auto_assign
+    from ipam.store import IpamStore
+    from tests.lab import pool
+
+    store = MemStore({keys.resource("ippools", "p"): pool("p", "10.9.0.0/24")})
+    live = auto_assign(store, AssignArgs("k8s.c1", "n1", str(tmp_path), {"namespace": "a", "pod": "live"}))
+    gone = auto_assign(store, AssignArgs("k8s.c2", "n1", str(tmp_path), {"namespace": "a", "pod": "gone"}))
+    plain = auto_assign(store, AssignArgs("net.c3", "n1", str(tmp_path), {}))  # not a Kubernetes pod's
+    ctl = NodeController(store, Pods([("a", "live")]), grace=5)
+    ctl.tick(100.0)  # first seen missing
+    ctl.tick(104.0)
+    ipam = IpamStore(store)
+    assert all(ipam.ips_by_handle(c) for c in ("k8s.c1", "k8s.c2", "net.c3"))
+    ctl.tick(105.0)  # missing for the whole grace: released
+    assert ipam.ips_by_handle("k8s.c2") == []
+    assert ipam.ips_by_handle("k8s.c1") and ipam.ips_by_handle("net.c3")
+    assert live and gone and plain
