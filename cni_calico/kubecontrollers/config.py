@@ -21,7 +21,9 @@ class Config:
     controllers: tuple[str, ...]
     log_level: str = "info"
     node_grace: float = 60.0  # CALICO_NODE_DELETION_GRACE: seconds before a gone Node's clean-up
-    node_period: float = 10.0  # seconds between the node controller's checks (and IPAM GC)
+    node_period: float = 10.0  # seconds between the node controller's checks
+    gc_period: float = 300.0  # seconds between IPAM garbage collections
+    labels_period: float = 60.0  # seconds between full checks of every endpoint's labels
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
@@ -56,4 +58,6 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         log_level="warning" if level == "warn" else level,
         node_grace=_seconds(env, "CALICO_NODE_DELETION_GRACE", 60.0),
         node_period=_seconds(env, "CALICO_NODE_CHECK_PERIOD", 10.0),
+        gc_period=_seconds(env, "CALICO_IPAM_GC_PERIOD", 300.0),
+        labels_period=_seconds(env, "CALICO_LABELS_RESYNC_PERIOD", 60.0),
     )

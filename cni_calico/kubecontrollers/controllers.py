@@ -98,6 +98,13 @@ class WorkloadLabels:
             self.pods[key] = event.object
             self._update(lambda ns, pod: (ns, pod) == key, key[0])
 
+    def reconcile(self) -> None:
+        """Every endpoint brought to its pod's labels again. Run periodically: a pod relabelled
+        between the plugin's read of it and its endpoint's write is an event that found no endpoint
+        to change (we follow the API, not etcd's endpoints)."""
+        with self.lock:
+            self._update(lambda ns, pod: True)
+
     def namespaces_feed(self) -> _NamespaceFeed:
         return _NamespaceFeed(self)
 

@@ -2,8 +2,9 @@
 
 Configured as Calico's: ETCD_ENDPOINTS (+ ETCD_KEY_FILE, ETCD_CERT_FILE, ETCD_CA_CERT_FILE),
 KUBECONFIG (else in-cluster), ENABLED_CONTROLLERS (default all: node, policy, namespace,
-serviceaccount, workloadendpoint), LOG_LEVEL; ours: CALICO_NODE_DELETION_GRACE,
-CALICO_NODE_CHECK_PERIOD (seconds). Stops on SIGTERM / SIGINT.
+serviceaccount, workloadendpoint), LOG_LEVEL; ours, in seconds: CALICO_NODE_DELETION_GRACE (60),
+CALICO_NODE_CHECK_PERIOD (10), CALICO_IPAM_GC_PERIOD (300), CALICO_LABELS_RESYNC_PERIOD (60).
+Stops on SIGTERM / SIGINT.
 """
 
 from __future__ import annotations
@@ -25,8 +26,18 @@ PATHS = {
 }
 
 
+def every(stop: threading.Event, period: float, work) -> None:
+    """`work()` every `period` seconds until stopped; a failure is logged and tried again next time."""
+    while not stop.wait(period):
+        try:
+            work()
+        except Exception:
+            log.exception("periodic %s failed", getattr(work, "__qualname__", work))
+
+
 def build(cfg, ds, api, stop: threading.Event) -> list:
-    """The reflectors (and the node controller's ticker thread target) for the enabled controllers."""
+    """What runs for the enabled controllers: their reflectors, and the periodic work (the node
+    controller's checks, the endpoint labels' resync) as thread targets."""
     from cni_calico.kubecontrollers import convert
     from cni_calico.kubecontrollers.controllers import Mirror, WorkloadLabels
     from cni_calico.kubecontrollers.nodes import NodeController
@@ -45,7 +56,8 @@ def build(cfg, ds, api, stop: threading.Event) -> list:
         name, spec = convert.service_account_profile(obj)
         return ("", name), spec
 
-    reflectors = []
+    reflectors: list = []
+    tickers: list = []
     if "policy" in cfg.controllers:
         owned = Owned(ds, "NetworkPolicy", "networkpolicies", convert.KNP_PREFIX)
         reflectors.append(Reflector(api, PATHS["policy"], Mirror(owned, policy), stop))
@@ -59,9 +71,9 @@ def build(cfg, ds, api, stop: threading.Event) -> list:
         labels = WorkloadLabels(ds)
         reflectors.append(Reflector(api, PATHS["namespace"], labels.namespaces_feed(), stop))
         reflectors.append(Reflector(api, PATHS["pod"], labels, stop))
-    tickers = []
+        tickers.append(lambda: every(stop, cfg.labels_period, labels.reconcile))
     if "node" in cfg.controllers:
-        nodes = NodeController(ds, api, grace=cfg.node_grace)
+        nodes = NodeController(ds, api, grace=cfg.node_grace, gc_period=cfg.gc_period)
         reflectors.append(Reflector(api, PATHS["node"], nodes, stop))
         tickers.append(lambda: nodes.run(stop, cfg.node_period))
     return reflectors + tickers

@@ -51,6 +51,10 @@ class NodeController:
     ds: Store
     api: KubeApi
     grace: float = 60.0  # seconds a deleted Node's Calico node (or a pod's allocation) is kept
+    # Seconds between IPAM garbage collections: each reads every block and lists every pod, too
+    # much for every tick on a large cluster (Calico's runs every few minutes too).
+    gc_period: float = 300.0
+    _last_gc: float | None = None
     known: set[str] | None = None  # the Kubernetes Nodes, once listed
     pending: dict[str, float] = field(default_factory=dict)  # Calico node → when it may go
     missing_pods: dict[str, float] = field(default_factory=dict)  # "ip handle" → first seen missing
@@ -99,7 +103,9 @@ class NodeController:
             due = [n for n, when in self.pending.items() if when <= now]
         for calico in due:
             self._delete_if_orphan(calico, now)
-        self._collect_ipam(now)
+        if self._last_gc is None or now - self._last_gc >= self.gc_period:
+            self._last_gc = now
+            self._collect_ipam(now)
 
     def _pods(self, field_selector: str = "") -> list[dict] | None:
         try:

@@ -66,7 +66,8 @@ def test_bundle_holds_every_module_of_ours():
     assert needed <= bundled, sorted(needed - bundled)
 
 
-@pytest.mark.parametrize("name, module", [("calicoctl", "ctl"), ("calico-node", "node")])
+@pytest.mark.parametrize("name, module", [("calicoctl", "ctl"), ("calico-node", "node"),
+                                          ("calico-kube-controllers", "kubecontrollers")])
 def test_tools_start_from_the_bundle(name, module):
     """`--help` imports each tool's entry module: a module the bundle lacks shows up here."""
     if not (REPO / "cni_calico" / module / "main.py").exists():
