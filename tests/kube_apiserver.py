@@ -18,9 +18,9 @@ A node namespace cannot reach the host's loopback, so `bridge(ns)` makes the API
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
-import signal
 import ssl
 import subprocess
 import uuid
@@ -117,13 +117,15 @@ class KubeApiServer:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM, then SIGKILL after 20 s (the lab kills it at close too, should we not get here)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(20)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     # --- clients ------------------------------------------------------------------------------
 
