@@ -101,7 +101,7 @@ KUBE_APISERVER := $(KUBE_CACHE)/kube-apiserver-$(KUBE_VERSION)
 kube-apiserver: $(KUBE_APISERVER)
 
 kube-apiserver-if-go:
-	@if command -v go >/dev/null; then $(MAKE) --no-print-directory kube-apiserver || \
+	@if command -v go >/dev/null; then $(MAKE) --no-print-directory kube-apiserver crictl || \
 		echo "kube-apiserver could not be built: the Kubernetes API tests will skip"; \
 	else echo "no Go toolchain: the Kubernetes API tests will skip"; fi
 
@@ -109,6 +109,19 @@ $(KUBE_APISERVER):
 	mkdir -p $(KUBE_CACHE)
 	cd tests/kube && nice -n 19 go build -trimpath -ldflags='-s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
 	mv $@.tmp $@
+
+# crictl (cri-tools), playing the kubelet against containerd's CRI in tests/integration/test_cri.py.
+CRICTL_VERSION := v1.37.0
+CRICTL := $(KUBE_CACHE)/crictl-$(CRICTL_VERSION)
+
+.PHONY: crictl
+crictl: $(CRICTL)
+
+$(CRICTL):
+	mkdir -p $(KUBE_CACHE)/.crictl-build
+	GOBIN=$(KUBE_CACHE)/.crictl-build nice -n 19 go install -trimpath \
+		-ldflags="-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)" sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+	mv $(KUBE_CACHE)/.crictl-build/crictl $@
 
 clean:
 	rm -rf dist build/work $(VENV) *.egg-info
