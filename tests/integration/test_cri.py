@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_containerd import (
+    CONFIG_TOML,
     HOST_PATHS,
     IMAGE,
     NODENAME,
@@ -37,26 +38,8 @@ RES = "/calico/resources/v3/projectcalico.org"
 
 pytestmark = pytest.mark.skipif(not os.access(CRICTL, os.X_OK), reason="no crictl: run `make crictl`")
 
-CRI_CONFIG = """\
-version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-
-[grpc]
-  address = "{d}/containerd.sock"
-
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
+# test_containerd.py's config with the CRI plugin enabled and configured.
+CRI_CONFIG = CONFIG_TOML.replace('"io.containerd.grpc.v1.cri", ', "") + """
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{image}"
   enable_selinux = false
