@@ -147,7 +147,9 @@ def test_network_policy_namespace_and_pod_labels_and_node_deletion(lab, etcd, ku
         assert etcd.keys("/calico/ipam/v2/host/node2/") == []
         assert [w for k in etcd.keys(f"{RES}/workloadendpoints/")
                 if (w := etcd.get_json(k))["spec"]["node"] == "node2"] == []
-        assert etcd.get_json(f"{RES}/nodes/node1") is not None
+        # calico-node wrote the reference to its Kubernetes Node (CALICO_K8S_NODE_REF), as Calico's does.
+        assert etcd.get_json(f"{RES}/nodes/node1")["spec"]["orchRefs"] == [{"nodeName": "node1",
+                                                                           "orchestrator": "k8s"}]
 
     finally:
         proc.terminate()
