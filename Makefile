@@ -44,8 +44,9 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-# The bundle is built first: tests/integration/test_bundle.py runs it.
-test: deps lint build
+# The bundle is built first: tests/integration/test_bundle.py runs it. The kube-apiserver too where Go
+# is installed (once: it is cached); without it the Kubernetes API tests skip, saying so.
+test: deps lint build kube-apiserver-if-go
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Issue 6's suites alone (etcd fail-over, kill storm, fuzzing, stale DELs, FIFO reuse, node reboot); `make test` runs
@@ -56,7 +57,7 @@ reliability: deps
 
 # One PyInstaller onedir bundle (dist/cni-calico/calico + _internal/); every name is a relative symlink
 # to its executable, which dispatches on the name it was called by (cni_calico/entry.py).
-BUNDLE_NAMES := calico calico-ipam calicoctl calico-node
+BUNDLE_NAMES := calico calico-ipam calicoctl calico-node calico-kube-controllers
 
 build: venv
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/work build/cni-calico.spec
@@ -121,6 +122,39 @@ bench: deps build
 	$(PY) -m tests.bench.bench_node
 	$(PY) -m tests.bench.bench_policy
 	$(PY) -m tests.bench.bench_scale
+
+# A real kube-apiserver for the Kubernetes tests (issue 17), built from the k8s.io/kubernetes module
+# by tests/kube/go.mod (staging modules pinned to the matching v0.x). Cached outside the checkout,
+# keyed by version, and skipped when the binary is there; niced, since the build takes the cores.
+KUBE_VERSION := v1.37.2
+KUBE_CACHE ?= /var/cache/cni-calico
+KUBE_APISERVER := $(KUBE_CACHE)/kube-apiserver-$(KUBE_VERSION)
+
+.PHONY: kube-apiserver kube-apiserver-if-go
+kube-apiserver: $(KUBE_APISERVER)
+
+kube-apiserver-if-go:
+	@if command -v go >/dev/null; then $(MAKE) --no-print-directory kube-apiserver crictl || \
+		echo "kube-apiserver could not be built: the Kubernetes API tests will skip"; \
+	else echo "no Go toolchain: the Kubernetes API tests will skip"; fi
+
+$(KUBE_APISERVER):
+	mkdir -p $(KUBE_CACHE)
+	cd tests/kube && nice -n 19 go build -trimpath -ldflags='-s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
+	mv $@.tmp $@
+
+# crictl (cri-tools), playing the kubelet against containerd's CRI in tests/integration/test_cri.py.
+CRICTL_VERSION := v1.37.0
+CRICTL := $(KUBE_CACHE)/crictl-$(CRICTL_VERSION)
+
+.PHONY: crictl
+crictl: $(CRICTL)
+
+$(CRICTL):
+	mkdir -p $(KUBE_CACHE)/.crictl-build
+	GOBIN=$(KUBE_CACHE)/.crictl-build nice -n 19 go install -trimpath \
+		-ldflags="-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)" sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+	mv $(KUBE_CACHE)/.crictl-build/crictl $@
 
 clean:
 	rm -rf dist build/work $(VENV) *.egg-info

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-NAMES = ("calico", "calico-ipam", "calicoctl", "calico-node")
+NAMES = ("calico", "calico-ipam", "calicoctl", "calico-node", "calico-kube-controllers")
 VERSION_FLAGS = ("-v", "--version")
 HELP_FLAGS = ("-h", "--help")
 
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None, site_packages: str = "") -> int:
         from cni_calico.node.main import main as node
 
         return node(argv[1:])
+    elif name == "calico-kube-controllers":
+        from cni_calico.kubecontrollers.main import main as controllers
+
+        return controllers(argv[1:])
     elif name == "calico":
         return _calico(site_packages)
     else:

@@ -66,6 +66,94 @@ class ApiAccess:
     key_file: str = ""
     cert_data: bytes = b""  # PEM
     key_data: bytes = b""  # PEM
+    # A token read from a file is read again when the file changes: a projected service-account
+    # token is rotated by the kubelet under a long-running process (calico-kube-controllers).
+    token_file: str = ""
+    _token_mtime: float = field(default=0.0, repr=False, compare=False)
+    # A client-go exec credential plugin (users[].user.exec): run for a token, again when it expires.
+    exec_plugin: dict = field(default_factory=dict)
+    _token_expiry: float = field(default=0.0, repr=False, compare=False)
+
+    def bearer(self) -> str:
+        """The token to send now: the token file's current content when there is one, or the exec
+        plugin's token (run again once the one it gave has expired)."""
+        if self.exec_plugin:
+            import time
+
+            if not self.token or (self._token_expiry and time.time() >= self._token_expiry - 10):
+                self.token, self._token_expiry = run_exec_plugin(self.exec_plugin)
+        if self.token_file:
+            try:
+                mtime = os.stat(self.token_file).st_mtime
+                if mtime != self._token_mtime:
+                    with open(self.token_file, encoding="utf-8") as f:
+                        self.token = f.read().strip()
+                    self._token_mtime = mtime
+            except OSError as exc:  # keep the last token: the file may be mid-rotation
+                log.warning("cannot re-read token file %s: %s", self.token_file, exc.strerror)
+        return self.token
+
+
+def run_exec_plugin(spec: dict) -> tuple[str, float]:
+    """(token, expiry as a Unix time or 0) from a client-go exec credential plugin: `command` with
+    `args` and `env`, KUBERNETES_EXEC_INFO naming the ExecCredential apiVersion, stdout an
+    ExecCredential whose status holds the token (client certificates from a plugin: not supported)."""
+    import datetime
+    import subprocess
+
+    command = str(spec.get("command") or "")
+    env = {**os.environ, **{str(e.get("name")): str(e.get("value")) for e in spec.get("env") or []
+                            if isinstance(e, dict)}}
+    version = str(spec.get("apiVersion") or "client.authentication.k8s.io/v1")
+    env["KUBERNETES_EXEC_INFO"] = json.dumps({"apiVersion": version, "kind": "ExecCredential",
+                                              "spec": {"interactive": False}})
+    try:
+        proc = subprocess.run([command, *[str(a) for a in spec.get("args") or []]], env=env, capture_output=True,
+                              timeout=TIMEOUT * 2, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KubeError(f"exec credential plugin {command!r} failed: {exc}") from None
+    if proc.returncode:
+        raise KubeError(f"exec credential plugin {command!r} exited {proc.returncode}: "
+                        f"{proc.stderr.decode(errors='replace')[-300:]}")
+    try:
+        status = json.loads(proc.stdout).get("status") or {}
+    except (ValueError, AttributeError):
+        raise KubeError(f"exec credential plugin {command!r} did not print an ExecCredential") from None
+    token = str(status.get("token") or "")
+    if not token:
+        raise KubeError(f"exec credential plugin {command!r} gave no token (client certificates from a "
+                        "plugin are not supported)")
+    expiry = 0.0
+    if status.get("expirationTimestamp"):
+        try:
+            when = datetime.datetime.fromisoformat(str(status["expirationTimestamp"]).replace("Z", "+00:00"))
+            expiry = when.timestamp()
+        except ValueError:
+            pass
+    return token, expiry
+
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def in_cluster_access(env: dict[str, str] | None = None, sa_dir: str = SA_DIR) -> ApiAccess:
+    """The API as a pod sees it (client-go's rest.InClusterConfig): KUBERNETES_SERVICE_HOST/PORT,
+    the service account's token (re-read when rotated) and the cluster CA."""
+    env = os.environ if env is None else env
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise KubeError("not in a cluster: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set")
+    token_file = os.path.join(sa_dir, "token")
+    access = ApiAccess(server=f"https://{'[' + host + ']' if ':' in host else host}:{port}",
+                       ca_file=os.path.join(sa_dir, "ca.crt"), token_file=token_file)
+    if not access.bearer():
+        raise KubeError(f"not in a cluster: cannot read the service account token {token_file}")
+    return access
+
+
+def load_access(kubeconfig: str) -> ApiAccess:
+    """The kubeconfig's access when one is named, else the in-cluster one."""
+    return load_kubeconfig(kubeconfig) if kubeconfig else in_cluster_access()
 
 
 def read_kubeconfig(path: str) -> bytes:
@@ -122,17 +210,21 @@ def load_kubeconfig(path: str) -> ApiAccess:
     if not server.startswith(("https://", "http://")):
         raise KubeError(f"kubeconfig {path}: cluster {context.get('cluster')!r} has no https:// server")
     token = str(user.get("token") or "")
-    if not token and user.get("tokenFile"):
+    token_file = file(user, "tokenFile") if not token else ""
+    if token_file:
         try:
-            with open(file(user, "tokenFile"), encoding="utf-8") as f:
+            with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as exc:
-            raise KubeError(f"cannot read token file {file(user, 'tokenFile')} of kubeconfig {path}: "
+            raise KubeError(f"cannot read token file {token_file} of kubeconfig {path}: "
                             f"{exc.strerror}") from None
-    if not token and not (user.get("client-certificate") or user.get("client-certificate-data")):
-        if user.get("exec") or user.get("auth-provider"):
-            raise KubeError(f"kubeconfig {path}: exec and auth-provider credentials are not supported; "
-                            "use a token, tokenFile or a client certificate")
+    exec_plugin = user.get("exec") if isinstance(user.get("exec"), dict) and not token else {}
+    if exec_plugin and not exec_plugin.get("command"):
+        raise KubeError(f"kubeconfig {path}: the exec credential plugin has no command")
+    if not token and not exec_plugin and not (user.get("client-certificate") or user.get("client-certificate-data")):
+        if user.get("auth-provider"):
+            raise KubeError(f"kubeconfig {path}: auth-provider credentials are not supported (removed from "
+                            "client-go); use a token, tokenFile, exec or a client certificate")
     return ApiAccess(
         server=server.rstrip("/"),
         ca_file=file(cluster, "certificate-authority"),
@@ -143,13 +235,15 @@ def load_kubeconfig(path: str) -> ApiAccess:
         key_file=file(user, "client-key"),
         cert_data=data(user, "client-certificate-data"),
         key_data=data(user, "client-key-data"),
+        token_file=token_file,
+        exec_plugin=exec_plugin,
     )
 
 
 # --- the API --------------------------------------------------------------------------------------
 
 
-def _tls_context(access: ApiAccess):
+def tls_context(access: ApiAccess):
     import ssl
     import tempfile
 
@@ -185,14 +279,15 @@ class ApiClient:
         self.prefix = url.path.rstrip("/")
         if url.scheme == "https":
             self.conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout,
-                                                    context=_tls_context(access))
+                                                    context=tls_context(access))
         else:
             self.conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
 
     def get(self, path: str) -> dict:
         headers = {"Accept": "application/json", "User-Agent": "cni-calico"}
-        if self.access.token:
-            headers["Authorization"] = f"Bearer {self.access.token}"
+        token = self.access.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             self.conn.request("GET", self.prefix + path, headers=headers)
             resp = self.conn.getresponse()
@@ -258,6 +353,18 @@ def _json_list(value: str, name: str, where: str) -> list[str]:
     return items
 
 
+def pod_labels(pod: dict, namespace: dict) -> dict[str, str]:
+    """The labels the plugin gives a pod's WorkloadEndpoint (before the two system labels): the
+    pod's own, its namespace's under `pcns.`, and its service account. calico-kube-controllers
+    keeps an endpoint's labels equal to these as the pod and namespace change."""
+    labels = dict(_meta(pod, "labels"))
+    labels.update({NS_PREFIX + k: v for k, v in _meta(namespace, "labels").items()})
+    account = (pod.get("spec") or {}).get("serviceAccountName")
+    if account:
+        labels[SERVICE_ACCOUNT_LABEL] = str(account)
+    return labels
+
+
 def pod_info(pod: dict, namespace: dict) -> PodInfo:
     """Labels, pools and requested addresses: pod annotations over namespace annotations."""
     import ipaddress
@@ -265,12 +372,7 @@ def pod_info(pod: dict, namespace: dict) -> PodInfo:
     ns_name = str((namespace.get("metadata") or {}).get("name") or "")
     pod_name = f"pod {ns_name}/{(pod.get('metadata') or {}).get('name')}"
     pod_notes, ns_notes = _meta(pod, "annotations"), _meta(namespace, "annotations")
-    info = PodInfo()
-    info.labels.update(_meta(pod, "labels"))
-    info.labels.update({NS_PREFIX + k: v for k, v in _meta(namespace, "labels").items()})
-    account = (pod.get("spec") or {}).get("serviceAccountName")
-    if account:
-        info.labels[SERVICE_ACCOUNT_LABEL] = str(account)
+    info = PodInfo(labels=pod_labels(pod, namespace))
     for family, name in POOLS_ANNOTATION.items():
         if name in pod_notes:
             info.pools[family] = _json_list(pod_notes[name], name, pod_name)

@@ -16,6 +16,9 @@ Fixtures:
     make_pod     a factory: each call makes a pod namespace; all are removed after the test.
     pool         pool1 = 10.60.0.0/24 (blocks of /26) in `etcd`; the value is its CIDR.
     conf         a factory: conf(**kw) is `netconf(etcd, **kw)`, the plugin's network config.
+    kube_apiserver (session) a real kube-apiserver (tests/kube_apiserver.py) on loopback, storing into
+                 the session's etcd under its own prefix; skipped when `make kube-apiserver` has not
+                 built it. Started once, stopped by PID at the end of the session.
 
 Hook: pytest_collection_modifyitems skips the integration tests when etcd, ip, socat or ping is missing.
 """
@@ -119,3 +122,16 @@ def conf(etcd):
 
     return make
 
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver(lab, etcd_server, tmp_path_factory):
+    from tests.kube_apiserver import KubeApiServer, binary
+
+    if not binary():
+        pytest.skip("no kube-apiserver: run `make kube-apiserver` (builds it from k8s.io/kubernetes with Go)")
+    server = KubeApiServer(lab, etcd_server, tmp_path_factory.mktemp("kube-apiserver"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()

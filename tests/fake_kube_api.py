@@ -1,7 +1,9 @@
 """A stand-in for the Kubernetes API server: exactly the two GETs the plugin makes, over HTTPS.
 
-No API server can be installed on the test machines, so the tests run this one (inside a lab node
-namespace, where the plugin runs). It answers, in the API's real JSON shape (kind, apiVersion v1,
+A test double, kept for the plugin's pod-lookup tests (tests/integration/test_kubernetes.py: auth
+variants, failures, request counts), run inside a lab node namespace, where the plugin runs. The
+controllers, manifests and end-to-end tests run the real kube-apiserver (tests/kube_apiserver.py).
+It answers, in the API's real JSON shape (kind, apiVersion v1,
 metadata with name, namespace, uid, resourceVersion, labels, annotations):
 
     GET /api/v1/namespaces/{ns}/pods/{name}   -> a Pod, or a 404 Status

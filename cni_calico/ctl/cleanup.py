@@ -88,17 +88,17 @@ def delete_node(store: ResourceStore, res: Resource) -> tuple[Resource, str]:
     node = store.current(res)
     ipam = IpamStore(store.ds)
     done = Cleaned()
-    holders = _holders(ipam)
+    held_by = holders(ipam)
     endpoints = [w for w in store.list(WORKLOADENDPOINT) if w.spec.get("node") == node.name]
     for wep in endpoints:
         for ip in _ips(wep.spec.get("ipNetworks")):
-            held = holders.get(ip)
+            held = held_by.get(ip)
             if held and _belongs(held, str(wep.spec.get("containerID") or "")):
                 if ipam.release_ip_of_handle(ip, held[0]):
                     done.released.append(ip)
     bgp = node.spec.get("bgp") if isinstance(node.spec.get("bgp"), dict) else {}
     for ip in _ips([node.spec.get("ipv4VXLANTunnelAddr"), bgp.get("ipv4IPIPTunnelAddr")]):
-        held = holders.get(ip)
+        held = held_by.get(ip)
         if held and (held[1].get("node") == node.name or held[0].endswith(f"-tunnel-addr-{node.name}")):
             if ipam.release_ip_of_handle(ip, held[0]):
                 done.released.append(ip)
@@ -160,7 +160,7 @@ def _within(cidr: str, net) -> bool:
     return block.version == net.version and block.subnet_of(net)
 
 
-def _holders(ipam) -> dict[str, tuple[str, dict]]:
+def holders(ipam) -> dict[str, tuple[str, dict]]:
     """Every allocated address -> (handle, secondary attributes)."""
     out: dict[str, tuple[str, dict]] = {}
     for block, _ in ipam.blocks():

@@ -43,6 +43,8 @@ VARIABLES: dict[str, str] = {
     "AS": "this node's AS number (default: BGPConfiguration's, else 64512)",
     "CALICO_NODE_LABELS": "labels for this node's Node resource: key=value,key=value",
     "CALICO_ROUTE_REFLECTOR_CLUSTER_ID": "makes this node a route reflector with that cluster ID",
+    "CALICO_K8S_NODE_REF": "the Kubernetes Node this node is (spec.orchRefs, as Calico's): lets "
+    "calico-kube-controllers clean up after a deleted Node",
     "CLUSTER_TYPE": "merged into ClusterInformation's clusterType (e.g. k8s,bgp)",
     "FELIX_LOGSEVERITYSCREEN": "Felix's name for the log level: Debug, Info (default), Warning, Error; wins "
     "over FelixConfiguration logSeverityScreen and the variables below",
@@ -104,6 +106,9 @@ class NodeConfig:
     refresh_interval: float = DEFAULT_REFRESH  # seconds between checks that the kernel's rules are as programmed
     secrets_dir: str = "/etc/calico/secrets"  # CALICO_SECRETS_DIR: BGP passwords as <dir>/<secret name>/<key>
     cluster_type: str = ""  # CLUSTER_TYPE, merged into ClusterInformation's clusterType (e.g. "k8s,bgp")
+    # CALICO_K8S_NODE_REF: the Kubernetes Node this node is (Calico's spec.orchRefs), which lets
+    # calico-kube-controllers' node controller clean the node up when that Node is deleted.
+    k8s_node_ref: str = ""
     # Set in the environment: then it wins over FelixConfiguration's (as Felix's environment does).
     refresh_from_env: bool = False
     log_level_from_env: bool = False
@@ -349,6 +354,7 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         refresh_interval=refresh_interval,
         secrets_dir=env.get("CALICO_SECRETS_DIR", "").strip() or "/etc/calico/secrets",
         cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
+        k8s_node_ref=env.get("CALICO_K8S_NODE_REF", "").strip(),
         refresh_from_env=bool(env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip()),
         log_level_from_env=any(env.get(v, "").strip() for v in LOG_LEVEL_VARIABLES),
         nodename_source=nodename_source,

@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("-threshold-time", "--threshold-time", type=_duration, default=None, metavar="DURATION",
                         help="with -bird-ready/-bird6-ready: how long after start every BGP session must be "
                         "up (a Go duration, default 30s), as Calico's")
+    parser.add_argument("--install-cni", action="store_true",
+                        help="install the CNI plugin on this host and keep its kubeconfig current, as Calico's "
+                        "install-cni init container (see cni_calico/node/install_cni.py for the environment)")
     parser.add_argument("--serve-cni", action="store_true", help=argparse.SUPPRESS)  # calico-node's own child
     return parser
 
@@ -74,6 +77,12 @@ def main(argv: list[str]) -> int:
         return probes.run(list(dict.fromkeys(args.checks)), threshold=threshold)
     if args.ready:
         return ready()
+    if args.install_cni:
+        from cni_calico.logsetup import setup_stderr
+        from cni_calico.node.install_cni import main as install_cni
+
+        setup_stderr("info")
+        return install_cni()
     if args.cleanup:
         from cni_calico.policy import natout
         from cni_calico.policy.iptables import PolicyError, cleanup, ipv6_available

@@ -50,6 +50,8 @@ def register_node(ds: Store, cfg: NodeConfig, ipv4_cidr: str, ipv6_cidr: str = "
             bgp["asNumber"] = cfg.as_number
         if cfg.rr_cluster_id:
             bgp["routeReflectorClusterID"] = cfg.rr_cluster_id
+        if cfg.k8s_node_ref:  # as Calico's startup: exactly one reference, to the Kubernetes Node
+            node.spec["orchRefs"] = [{"nodeName": cfg.k8s_node_ref, "orchestrator": "k8s"}]
         return Txn().put(key, node.to_value(), current.mod_revision if current else 0), node
 
     node = transact(ds, attempt, f"registering node {cfg.nodename}")

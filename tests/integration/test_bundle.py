@@ -157,7 +157,8 @@ def test_the_code_does_not_import_netaddr():
             assert "import netaddr" not in text and "from netaddr" not in text, path
 
 
-@pytest.mark.parametrize("name, module", [("calicoctl", "ctl"), ("calico-node", "node")])
+@pytest.mark.parametrize("name, module", [("calicoctl", "ctl"), ("calico-node", "node"),
+                                          ("calico-kube-controllers", "kubecontrollers")])
 def test_tools_start_from_the_bundle(name, module):
     """`--help` imports each tool's entry module: a module the bundle lacks shows up here."""
     if not (REPO / "cni_calico" / module / "main.py").exists():

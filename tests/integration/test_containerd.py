@@ -184,6 +184,7 @@ class Containerd:
         self.socket = str(workdir / "containerd.sock")
         self.proc: subprocess.Popen | None = None
         self.mnt_ns = ""
+        self.config_toml = CONFIG_TOML  # test_cri.py's runtime enables the CRI plugin here
         self.runs: dict[str, subprocess.Popen] = {}
         self.env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -196,7 +197,7 @@ class Containerd:
         for sub in ("root", "state", "opt", "etc-upper", "etc-work", "calico-run"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "netns").touch()
-        (d / "config.toml").write_text(CONFIG_TOML.format(d=d))
+        (d / "config.toml").write_text(self.config_toml.format(d=d))
         (d / "start.sh").write_text(START_SH.format(d=d, netns=Lab.netns_path(self.node)))
         log = open(d / "containerd.log", "wb")
         self.proc = subprocess.Popen(

@@ -1,7 +1,8 @@
 """The pod and its namespace read from the Kubernetes API: pool and address annotations, labels, auth.
 
-No Kubernetes API server can be installed on the test machines, so these tests run a small HTTPS
-server of their own (tests/fake_kube_api.py: Python http.server + ssl, with a CA and certificates
+These tests run a small HTTPS server of their own, a double that lets them count requests and
+inject failures (the real kube-apiserver runs in test_kube_controllers.py and test_cri.py)
+(tests/fake_kube_api.py: Python http.server + ssl, with a CA and certificates
 made here by openssl through tests.lab.Certs). It answers exactly the two GETs the plugin makes
 (GET /api/v1/namespaces/{ns}/pods/{name} and GET /api/v1/namespaces/{ns}) in the API's real JSON
 shape (kind Pod / Namespace, apiVersion v1, metadata with name, namespace, uid, labels,

@@ -133,12 +133,34 @@ def test_certificate_files(tmp_path):
 @pytest.mark.parametrize(("user", "cluster", "current", "words"), [
     ({"token": "t"}, None, "missing", "no context named 'missing'"),
     ({"token": "t"}, {"server": "127.0.0.1:6443"}, "main", "https://"),
-    ({"exec": {"command": "aws"}}, None, "main", "exec"),
+    ({"auth-provider": {"name": "gcp"}}, None, "main", "auth-provider"),
+    ({"exec": {"args": ["x"]}}, None, "main", "no command"),
     ({"client-key-data": "%%%"}, None, "main", "base64"),
 ])
 def test_kubeconfig_errors_say_what(tmp_path, user, cluster, current, words):
     with pytest.raises(kube.KubeError, match=words):
         kube.load_kubeconfig(write_kubeconfig(tmp_path, user, cluster, current))
+
+
+def test_exec_credential_plugin_token_and_its_expiry(tmp_path):
+    """client-go's exec protocol: KUBERNETES_EXEC_INFO in, an ExecCredential out; run again once expired."""
+    calls = tmp_path / "calls"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, os, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.loads(os.environ['KUBERNETES_EXEC_INFO'])['kind'] + '\\n')\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',\n"
+        "  'status': {'token': 'tok-' + os.environ['WHO'] + sys.argv[1],\n"
+        "             'expirationTimestamp': '2000-01-01T00:00:00Z'}}))\n")
+    access = kube.load_kubeconfig(write_kubeconfig(tmp_path, {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+        "args": [str(plugin), "-1"], "env": [{"name": "WHO", "value": "me"}]}}))
+    assert access.bearer() == "tok-me-1"
+    assert access.bearer() == "tok-me-1"  # expired (in 2000): run again
+    assert calls.read_text().split() == ["ExecCredential", "ExecCredential"]
+    failing = kube.load_kubeconfig(write_kubeconfig(tmp_path, {"exec": {"command": "/bin/false"}}))
+    with pytest.raises(kube.KubeError, match="exited 1"):
+        failing.bearer()
 
 
 def test_no_current_context_with_two_contexts(tmp_path):

@@ -57,7 +57,7 @@ def test_no_module_outside_keys_builds_an_etcd_key():
             if isinstance(node, ast.JoinedStr) and node.values:
                 node = node.values[0]
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                assert not node.value.startswith("/calico"), f"{path}:{node.lineno}: {node.value!r}"
+                assert not node.value.startswith("/calico/"), f"{path}:{node.lineno}: {node.value!r}"
 
 
 @pytest.mark.parametrize("error,code", [
