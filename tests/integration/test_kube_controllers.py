@@ -15,19 +15,11 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pytest
-
 from tests.integration.cluster import Cluster
-from tests.integration.test_policy import checked_cluster
 from tests.lab import Lab, add_pool, netconf, plugin_dir, wait_for
 
 RES = "/calico/resources/v3/projectcalico.org"
 SETTLE = 20.0  # seconds: API watch → etcd → every calico-node's rules
-
-
-@pytest.fixture
-def cluster(lab, etcd):
-    yield from checked_cluster(lab, etcd)  # and the machine's own iptables and ipsets left alone
 
 
 def start_controllers(lab: Lab, etcd, kubeconfig: str, workdir) -> subprocess.Popen:
