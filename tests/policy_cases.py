@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from cni_calico import keys
-from cni_calico.policy import model, render
+from cni_calico.policy import hostep, model, render
 from cni_calico.policy.calc import Changes, PolicyCalculator
 
 NODE = "n1"
@@ -75,6 +75,10 @@ def policy_op(draw):
         spec["egress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
         spec["types"] = draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
+    if not namespaced:  # Felix's kinds of GlobalNetworkPolicy (doNotTrack wins over preDNAT)
+        for flag in ("doNotTrack", "preDNAT", "applyOnForward"):
+            if draw(st.integers(0, 2)) == 0:
+                spec[flag] = True
     meta = {"name": f"p{n}", **({"namespace": "a"} if namespaced else {})}
     return ("policy", key, {"metadata": meta, "spec": spec, "_namespaced": namespaced})
 
@@ -105,11 +109,27 @@ def netset_op(draw):
     return ("netset", key, {"metadata": meta, "spec": {"nets": nets}})
 
 
-OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op(), netset_op()),
-               min_size=1, max_size=25)
+@st.composite
+def host_op(draw):
+    """A HostEndpoint: this node's or another's, on a named interface, on "*", on none (expectedIPs
+    only) or on a workload's; its expectedIPs join selector sets."""
+    n = draw(st.integers(0, 2))
+    if draw(st.integers(0, 4)) == 0:
+        return ("host", f"h{n}", None)
+    labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
+                                ("role", draw(st.sampled_from(["r1", None])))) if v}
+    spec = {"node": draw(st.sampled_from([NODE, NODE, "n2"])),
+            "interfaceName": draw(st.sampled_from(["eth0", "eth0", "eth1", "*", "", "cali1"])),
+            "expectedIPs": draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True)),
+            "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}
+    return ("host", f"h{n}", {"metadata": {"name": f"h{n}", "labels": labels}, "spec": spec})
 
 
-PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers"}
+OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op(), netset_op(),
+                         host_op()), min_size=1, max_size=25)
+
+
+PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers", "host": "hostendpoints"}
 
 
 def netset_key(key: str) -> str:
@@ -142,6 +162,7 @@ class World:
         self.profiles: dict[str, model.Profile] = {}
         self.policies: dict[str, model.Policy] = {}
         self.tiers: dict[str, model.Tier] = {}
+        self.failsafe = hostep.Failsafe()
 
     def apply(self, op, calc: PolicyCalculator | None = None) -> None:
         """Records an update (and feeds it to `calc`, when given)."""
@@ -161,6 +182,11 @@ class World:
             self._put(self.endpoints, netset_key(key), netset)
             if calc is not None:
                 calc.update_endpoint(netset_key(key), netset)
+        elif kind == "host":
+            host = None if value is None else model.host_endpoint_from_resource(value)
+            self._put(self.endpoints, f"hostendpoint:{key}", host)
+            if calc is not None:
+                calc.update_endpoint(f"hostendpoint:{key}", host)
         elif kind == "tier":
             tier = None if value is None else model.tier_from_resource(value)
             self._put(self.tiers, key, tier)
@@ -182,7 +208,8 @@ class World:
     def render(self) -> dict:
         eps = model.with_effective_labels(list(self.endpoints.values()), self.profiles)
         local = render.local_endpoints(eps, NODE)
-        return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers)
+        return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers,
+                                 hosts=hostep.local_host_endpoints(eps, NODE), failsafe=self.failsafe)
 
 
 def apply_changes(state: dict, changes: Changes) -> None:

@@ -52,6 +52,7 @@ class Agent:
         self.refresh_interval = cfg.refresh_interval
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
         self.nat: dict = {}  # IP version -> cni_calico.policy.natout.NatDataplane, made in start()
+        self.failsafe = None  # cni_calico.policy.hostep.Failsafe in force, made in start()
         self.reported: list[str] | None = None  # the readiness problems last written (None: none yet)
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
@@ -124,6 +125,7 @@ class Agent:
 
         self.nat = {v: NatDataplane(version=v) for v in ((4, 6) if ipv6_available() else (4,))}
         self.policy = PolicySync(self.cfg.nodename)
+        self._apply_failsafe(None, None)
         self.syncer.resync()
         self.sync_once(0.0)
 
@@ -183,11 +185,26 @@ class Agent:
             log.info("outgoing NAT to %s (FelixConfiguration natOutgoingAddress)", nat or "the node's address")
             self.nat_address = nat
             self.routing_dirty = True
+        self._apply_failsafe(pick("failsafe_inbound"), pick("failsafe_outbound"))
         if not self.cfg.log_level_from_env:
             level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)
             if logging.getLogger().level != level:
                 logging.getLogger().setLevel(level)
                 log.warning("log level %s (FelixConfiguration logSeverityScreen)", logging.getLevelName(level))
+
+    def _apply_failsafe(self, inbound, outbound) -> None:
+        """The failsafe ports: the environment's, else FelixConfiguration's, else Felix's defaults."""
+        from cni_calico.policy.hostep import Failsafe
+
+        default = Failsafe()
+        failsafe = Failsafe(next(v for v in (self.cfg.failsafe_inbound, inbound, default.inbound) if v is not None),
+                            next(v for v in (self.cfg.failsafe_outbound, outbound, default.outbound) if v is not None))
+        if failsafe != self.failsafe and self.policy is not None:
+            if self.failsafe is not None or failsafe != default:
+                log.info("failsafe ports: inbound %s, outbound %s", ",".join(p.text() for p in failsafe.inbound) or
+                         "none", ",".join(p.text() for p in failsafe.outbound) or "none")
+            self.failsafe = failsafe
+            self.policy.set_failsafe(failsafe)
 
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""

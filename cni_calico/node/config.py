@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
 from cni_calico.names import is_valid_nodename
-from cni_calico.v3 import DEFAULT_BLOCK_SIZE
+from cni_calico.v3 import DEFAULT_BLOCK_SIZE, ProtoPort, parse_port_list
 
 MODES = ("always", "cross-subnet", "never")
 BACKENDS = ("bird", "none", "vxlan")
@@ -54,6 +54,10 @@ class NodeConfig:
     # Set in the environment: then it wins over FelixConfiguration's (as Felix's environment does).
     refresh_from_env: bool = False
     log_level_from_env: bool = False
+    # FELIX_FAILSAFEINBOUNDHOSTPORTS / FELIX_FAILSAFEOUTBOUNDHOSTPORTS (None: not set, FelixConfiguration's or
+    # Felix's defaults hold); they win over FelixConfiguration's as Felix's environment does.
+    failsafe_inbound: tuple[ProtoPort, ...] | None = None
+    failsafe_outbound: tuple[ProtoPort, ...] | None = None
 
     @property
     def nodename_file(self) -> str:
@@ -161,6 +165,13 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         refresh_interval = 0.0
     if not 0.5 <= refresh_interval <= 86400:
         raise NodeConfigError(f"FELIX_IPTABLESREFRESHINTERVAL={refresh!r} must be seconds from 0.5 to 86400")
+    failsafe = {}
+    for name in ("FELIX_FAILSAFEINBOUNDHOSTPORTS", "FELIX_FAILSAFEOUTBOUNDHOSTPORTS"):
+        raw = env.get(name, "").strip()
+        try:
+            failsafe[name] = parse_port_list(raw) if raw else None
+        except ValueError as exc:
+            raise NodeConfigError(f"{name}={raw!r}: {exc}") from None
     return NodeConfig(
         nodename=nodename,
         ip=ip,
@@ -190,4 +201,6 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         cluster_type=",".join(t.strip() for t in env.get("CLUSTER_TYPE", "").split(",") if t.strip()),
         refresh_from_env=bool(env.get("FELIX_IPTABLESREFRESHINTERVAL", "").strip()),
         log_level_from_env=bool(env.get("CALICO_NODE_LOG_LEVEL") or env.get("LOG_LEVEL")),
+        failsafe_inbound=failsafe["FELIX_FAILSAFEINBOUNDHOSTPORTS"],
+        failsafe_outbound=failsafe["FELIX_FAILSAFEOUTBOUNDHOSTPORTS"],
     )

@@ -11,6 +11,9 @@ update touches only what depends on it:
 - a policy or profile: its chains where a local endpoint uses them, the local endpoints it
   selects (a policy) or labels (a profile's labelsToApply: its endpoints are re-indexed);
 - a tier: the local endpoints' own chains (tiers are few and rarely change);
+- a local host endpoint (cni_calico.policy.hostep; its node is this one and it names an interface):
+  its own chains, re-rendered whole when it, a policy selecting it, its profile, a tier or the failsafe
+  ports change (a node has a few), and the fixed host endpoint chains when the set of them changes;
 - nothing else: endpoint updates never re-render policy chains, and nothing re-renders BIRD.
 
 Set and chain lifetimes are reference counts: a policy or profile chain lives while some local
@@ -24,7 +27,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from cni_calico.policy import model
+from cni_calico.policy import hostep, model
+from cni_calico.policy.hostep import Failsafe
 from cni_calico.policy.index import SelectorIndex, discard
 from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, IpSet, Ruleset
 from cni_calico.policy.render import (
@@ -33,7 +37,9 @@ from cni_calico.policy.render import (
     body_chains,
     dispatchable,
     fixed_chains,
-    own_chain,
+    for_workloads,
+    host_endpoint_chains,
+    host_summary,
     policy_chain,
     present_profiles,
     profile_chain,
@@ -73,6 +79,7 @@ class _Family:
         self.selector_of: dict[str, str] = {}  # selector set -> its selector
         self.members: dict[str, dict[str, int]] = {}  # set -> address -> endpoints holding it (selector sets)
         self.static: dict[str, tuple[str, ...]] = {}  # net set -> members
+        self.fixed: set[str] = set()  # the fixed chains written (render.fixed_chains)
         self.pending = Changes()
 
     def write(self, name: str, rules: tuple[str, ...]) -> None:
@@ -107,8 +114,9 @@ class _Family:
 
 
 class PolicyCalculator:
-    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6)) -> None:
+    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6), failsafe: Failsafe | None = None) -> None:
         self.nodename = nodename
+        self.failsafe = failsafe or Failsafe()
         self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels (effective: in the index)
         self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
         self.profiles: dict[str, model.Profile] = {}
@@ -118,13 +126,18 @@ class PolicyCalculator:
         self.index = SelectorIndex()
         self.by_interface: dict[str, set[str]] = {}  # local interface -> endpoints claiming it
         self.local: dict[str, str] = {}  # local interface -> the endpoint that has it (first by key)
-        self.jumps: dict[str, set[str]] = {}  # local interface -> the body chains its chains jump to
+        # local interface (workloads), "host:<name>" (host endpoints) -> the body chains its chains jump to
+        self.jumps: dict[str, dict] = {}
+        self.owned: dict[str, tuple[str, ...]] = {}  # the same keys -> its own chains
+        self.host_claims: dict[str, set[str]] = {}  # host endpoint chain name (hostep.iface_key) -> claimants
+        self.hosts: dict[str, str] = {}  # host endpoint chain name -> the host endpoint that has it
+        self.host_owns: dict[str, dict[str, tuple[str, ...]]] = {}  # chain name -> its own chains
         self.families = {v: _Family(v) for v in versions}
         self._dirty_local: set[str] = set()
+        self._dirty_hosts: set[str] = set()
+        self._summary: hostep.HostSummary | None = None
         self._sets_of: dict[str, list[tuple[_Family, str]]] = {}  # active selector -> its live sets
-        for fam in self.families.values():
-            for name, rules in fixed_chains([], fam.version).items():
-                fam.write(name, rules)
+        self._write_fixed()
 
     # --- updates -------------------------------------------------------------------------------
 
@@ -134,6 +147,7 @@ class PolicyCalculator:
             for name in old.profiles:
                 discard(self.by_profile, name, key)
             self._unclaim(key, old)
+            self._unclaim_host(key, old)
         if ep is None:
             left = self.index.remove(key)
             self._move_addresses(key, old.addresses if old else (), (), left, set(), set())
@@ -145,6 +159,11 @@ class PolicyCalculator:
             if dispatchable(ep, self.nodename):
                 self.by_interface.setdefault(ep.interface, set()).add(key)
                 self._claim(ep.interface)
+            if hostep.policed(ep, self.nodename):
+                name = hostep.iface_key(ep)
+                self.host_claims.setdefault(name, set()).add(key)
+                self.hosts[name] = min(self.host_claims[name])
+                self._dirty_hosts.add(name)
         self._refresh_locals()
 
     def update_profile(self, name: str, profile: model.Profile | None) -> None:
@@ -159,6 +178,9 @@ class PolicyCalculator:
         for iface, key in self.local.items():
             if name in self.endpoints[key].profiles:
                 self._dirty_local.add(iface)
+        for host, key in self.hosts.items():
+            if name in self.endpoints[key].profiles:
+                self._dirty_hosts.add(host)
         self._refresh_locals()
 
     def update_policy(self, key: str, policy: model.Policy | None) -> None:
@@ -171,6 +193,10 @@ class PolicyCalculator:
             labels = self.index.labels(ep_key)
             if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
                 self._dirty_local.add(iface)
+        for host, ep_key in self.hosts.items():
+            labels = self.index.labels(ep_key)
+            if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
+                self._dirty_hosts.add(host)
         self._refresh_locals()
 
     def update_tier(self, name: str, tier: model.Tier | None) -> None:
@@ -180,7 +206,14 @@ class PolicyCalculator:
         else:
             self.tiers[name] = tier
         self._dirty_local.update(self.local)
+        self._dirty_hosts.update(self.hosts)
         self._refresh_locals()
+
+    def set_failsafe(self, failsafe: Failsafe) -> None:
+        """FelixConfiguration's (or the environment's) failsafe ports: the failsafe chains change."""
+        if failsafe != self.failsafe:
+            self.failsafe = failsafe
+            self._write_fixed()
 
     # --- the result ----------------------------------------------------------------------------
 
@@ -219,6 +252,8 @@ class PolicyCalculator:
         self._move_addresses(key, old_addresses, ep.addresses, left, joined, before - left)
         if self.local.get(ep.interface) == key:
             self._dirty_local.add(ep.interface)
+        if ep.host and self.hosts.get(hostep.iface_key(ep)) == key:
+            self._dirty_hosts.add(hostep.iface_key(ep))
 
     def _move_addresses(self, key: str, old: tuple[str, ...], new: tuple[str, ...], left: set[str],
                         joined: set[str], stayed: set[str]) -> None:
@@ -259,6 +294,46 @@ class PolicyCalculator:
             self.local.pop(ep.interface, None)
         self._dirty_local.add(ep.interface)
 
+    def _unclaim_host(self, key: str, ep: model.Endpoint) -> None:
+        name = hostep.iface_key(ep)
+        claimants = self.host_claims.get(name)
+        if not ep.host or claimants is None or key not in claimants:
+            return
+        claimants.discard(key)
+        if claimants:
+            self.hosts[name] = min(claimants)
+        else:
+            del self.host_claims[name]
+            self.hosts.pop(name, None)
+        self._dirty_hosts.add(name)
+
+    def _refresh_hosts(self) -> bool:
+        """Re-renders the dirty host endpoints' chains; True when the fixed chains must follow."""
+        dirty, self._dirty_hosts = self._dirty_hosts, set()
+        for name in sorted(dirty):
+            key = self.hosts.get(name)
+            if key is None:
+                self._set_jumps(f"host:{name}", {}, None)
+                self.host_owns.pop(name, None)
+                continue
+            ep, labels = self.endpoints[key], self.index.labels(key)
+            selecting = [p for p in self.ordered if matches(p.selector, labels)]
+            own, bodies = host_endpoint_chains(name, selecting, present_profiles(ep, self.profiles), self.tiers)
+            self._set_jumps(f"host:{name}", bodies, own)
+            self.host_owns[name] = own
+        summary = host_summary(self.host_owns)
+        changed, self._summary = summary != self._summary, summary
+        return changed
+
+    def _write_fixed(self) -> None:
+        for fam in self.families.values():
+            chains = fixed_chains(sorted(self.local), fam.version, self._summary, self.failsafe)
+            for name in fam.fixed - set(chains):
+                fam.remove(name)
+            for name, rules in chains.items():
+                fam.write(name, rules)
+            fam.fixed = set(chains)
+
     def _refresh_locals(self) -> None:
         dirty, self._dirty_local = self._dirty_local, set()
         interfaces_changed = False
@@ -270,32 +345,32 @@ class PolicyCalculator:
                 continue
             interfaces_changed |= iface not in self.jumps
             ep, labels = self.endpoints[key], self.index.labels(key)
-            selecting = [p for p in self.ordered if matches(p.selector, labels)]
+            selecting = for_workloads([p for p in self.ordered if matches(p.selector, labels)])
             present = present_profiles(ep, self.profiles)
             self._set_jumps(iface, body_chains(selecting, present, self.tiers),
                             workload_chains(iface, selecting, present, self.tiers))
-        if interfaces_changed:
-            for fam in self.families.values():
-                for name, rules in fixed_chains(sorted(self.local), fam.version).items():
-                    fam.write(name, rules)
+        if self._refresh_hosts() or interfaces_changed:
+            self._write_fixed()
 
-    def _set_jumps(self, iface: str, bodies: dict, own: dict[str, tuple[str, ...]] | None) -> None:
-        before = self.jumps.get(iface, {})
+    def _set_jumps(self, key: str, bodies: dict, own: dict[str, tuple[str, ...]] | None) -> None:
+        """An endpoint's own chains (None: it is gone) and the body chains they jump to."""
+        before = self.jumps.get(key, {})
+        old_own = self.owned.pop(key, ())
         for fam in self.families.values():
             for name in set(bodies) - set(before):
                 self._ref_body(fam, name, *bodies[name])
             for name in set(before) - set(bodies):
                 self._unref_body(fam, name)
-            for kind in ("fw", "tw"):
-                name = own_chain(iface, kind)
-                if own is None:
+            for name in old_own:
+                if own is None or name not in own:
                     fam.remove(name)
-                else:
-                    fam.write(name, own[name])
+            for name, rules in (own or {}).items():
+                fam.write(name, rules)
         if own is None:
-            self.jumps.pop(iface, None)
+            self.jumps.pop(key, None)
         else:
-            self.jumps[iface] = bodies  # type: ignore[assignment]
+            self.jumps[key] = bodies
+            self.owned[key] = tuple(own)
 
     # --- policy and profile chains -------------------------------------------------------------
 

@@ -3,10 +3,18 @@
 IPPool lives in cni_calico.resources itself; importing this package adds, in
 this order (the order `--help` lists them): Node, BGPPeer, BGPConfiguration,
 NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig, IPReservation, Tier,
-ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet.
+ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet, HostEndpoint.
 `fields` and `rules` hold the checks the kinds share.
 """
 
-from cni_calico.ctl.kinds import bgp, felix, networksets, policy, tier, workload  # noqa: F401 - registers the kinds
+from cni_calico.ctl.kinds import (  # noqa: F401 - registers the kinds
+    bgp,
+    felix,
+    hostendpoints,
+    networksets,
+    policy,
+    tier,
+    workload,
+)
 
-__all__ = ["bgp", "felix", "networksets", "policy", "tier", "workload"]
+__all__ = ["bgp", "felix", "hostendpoints", "networksets", "policy", "tier", "workload"]

@@ -1,10 +1,12 @@
 """FelixConfiguration: `default` for every node, `node.<name>` for one (it wins field by field).
 
 Pure. calico-node honours iptablesRefreshInterval (the policy drift check's interval),
-logSeverityScreen (its log level) and natOutgoingAddress (outgoing NAT's source address); the first
-two unless FELIX_IPTABLESREFRESHINTERVAL or a log level variable is set in its environment, which
-wins, as Felix's environment does. A few fields are accepted at
-the one value that says what calico-node does anyway (Calico's start-up writes them so: see
+logSeverityScreen (its log level), natOutgoingAddress (outgoing NAT's source address) and
+failsafeInboundHostPorts / failsafeOutboundHostPorts (the ports no host endpoint policy can close: a
+list of {protocol: TCP|UDP|SCTP, port, net}; `[]` for none); each but natOutgoingAddress unless
+FELIX_IPTABLESREFRESHINTERVAL, a log level variable or FELIX_FAILSAFEINBOUNDHOSTPORTS /
+FELIX_FAILSAFEOUTBOUNDHOSTPORTS is set in its environment, which wins, as Felix's environment does.
+A few fields are accepted at the one value that says what calico-node does anyway (Calico's start-up writes them so: see
 cni_calico.v3.FELIX_INERT); every other field is refused naming it, never stored and ignored.
 clientv3's defaults (cni_calico.v3.FELIX_DEFAULTS) are filled in on every write, as Calico's are.
 """
@@ -14,7 +16,15 @@ from __future__ import annotations
 import re
 
 from cni_calico.resources import FieldError, Kind, Resource, register
-from cni_calico.v3 import FELIX_DEFAULTS, FELIX_HONOURED, FELIX_INERT, LOG_SEVERITIES, ipv4_address, parse_duration
+from cni_calico.v3 import (
+    FELIX_DEFAULTS,
+    FELIX_HONOURED,
+    FELIX_INERT,
+    LOG_SEVERITIES,
+    ipv4_address,
+    parse_duration,
+    proto_ports_from_config,
+)
 
 NAME = re.compile(r"^(default|node\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
 
@@ -36,6 +46,11 @@ def _validate(res: Resource) -> list[FieldError]:
         elif key == "natOutgoingAddress":
             if not ipv4_address(str(value)):
                 errors.append(FieldError(f"spec.{key}", "must be an IPv4 address", value))
+        elif key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts"):
+            try:
+                proto_ports_from_config(value)
+            except ValueError as exc:
+                errors.append(FieldError(f"spec.{key}", str(exc), value))
         elif key == "logSeverityScreen":
             if value not in LOG_SEVERITIES:
                 errors.append(FieldError(f"spec.{key}", f"must be one of {', '.join(LOG_SEVERITIES)}", value))
