@@ -59,8 +59,8 @@ def profile_op(draw):
 
 
 @st.composite
-def policy_op(draw):
-    n = draw(st.integers(0, 3))
+def policy_op(draw, global_only: bool = False):
+    n = draw(st.sampled_from([1, 3] if global_only else [0, 1, 2, 3]))
     namespaced = n % 2 == 0
     key = f"a/p{n}" if namespaced else f"p{n}"
     if draw(st.integers(0, 4)) == 0:
@@ -77,7 +77,7 @@ def policy_op(draw):
         spec["types"] = draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
     if not namespaced:  # Felix's kinds of GlobalNetworkPolicy (doNotTrack wins over preDNAT)
         for flag in ("doNotTrack", "preDNAT", "applyOnForward"):
-            if draw(st.integers(0, 2)) == 0:
+            if draw(st.booleans()):
                 spec[flag] = True
     meta = {"name": f"p{n}", **({"namespace": "a"} if namespaced else {})}
     return ("policy", key, {"metadata": meta, "spec": spec, "_namespaced": namespaced})
@@ -110,7 +110,7 @@ def netset_op(draw):
 
 
 @st.composite
-def host_op(draw):
+def host_op(draw, here: bool = False):
     """A HostEndpoint: this node's or another's, on a named interface, on "*", on none (expectedIPs
     only) or on a workload's; its expectedIPs join selector sets."""
     n = draw(st.integers(0, 2))
@@ -118,15 +118,20 @@ def host_op(draw):
         return ("host", f"h{n}", None)
     labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
                                 ("role", draw(st.sampled_from(["r1", None])))) if v}
-    spec = {"node": draw(st.sampled_from([NODE, NODE, "n2"])),
-            "interfaceName": draw(st.sampled_from(["eth0", "eth0", "eth1", "*", "", "cali1"])),
+    spec = {"node": NODE if here else draw(st.sampled_from([NODE, NODE, "n2"])),
+            "interfaceName": draw(st.sampled_from(["eth0", "eth1", "*"] if here else
+                                                  ["eth0", "eth0", "eth1", "*", "", "cali1"])),
             "expectedIPs": draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True)),
             "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}
     return ("host", f"h{n}", {"metadata": {"name": f"h{n}", "labels": labels}, "spec": spec})
 
 
-OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op(), netset_op(),
-                         host_op()), min_size=1, max_size=25)
+OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), policy_op(), tier_op(),
+                         netset_op(), host_op(), host_op()), min_size=1, max_size=25)
+# Host endpoints of this node and GlobalNetworkPolicies (of every kind) most of all.
+HOST_OPS = st.lists(st.one_of(host_op(here=True), host_op(), policy_op(global_only=True),
+                              policy_op(global_only=True), profile_op(), tier_op(), endpoint_op()),
+                    min_size=1, max_size=25)
 
 
 PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers", "host": "hostendpoints"}

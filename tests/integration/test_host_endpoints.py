@@ -1,7 +1,8 @@
 """HostEndpoint policy as Felix applies it, with real traffic between simulated nodes (IPv4 and IPv6):
 a host endpoint on node1's uplink (eth0, the veth to the switch) polices what node2 sends to node1
-itself; the failsafe ports (SSH on 22, BGP on 179) stay open whatever the policy; a host endpoint
-without profile or policy denies the rest; pod-to-pod traffic across the nodes is not affected;
+itself; the failsafe ports (SSH on 22, BGP on 179) stay open whatever the policy, and
+FelixConfiguration's failsafeInboundHostPorts replaces them; a host endpoint without profile or policy
+denies the rest; the "*" host endpoint polices every host interface; pod-to-pod traffic across the nodes is not affected;
 preDNAT policy (mangle table) catches forwarded traffic too; a doNotTrack allow (raw table) un-tracks
 its packets; deleting the host endpoint, drift and `calico-node --cleanup` restore everything.
 
@@ -178,3 +179,20 @@ def test_pre_dnat_deny_and_do_not_track_allow(cluster):
     run = Lab.in_ns(n1, f"{plugin_dir()}/calico-node", "--cleanup")
     assert run.returncode == 0 and "raw chain: cali-PREROUTING" in run.stdout, run.stdout + run.stderr
     assert "cali" not in saved(cluster, "node1")
+
+
+def test_the_all_interfaces_host_endpoint_polices_every_host_interface_but_not_workloads(cluster):
+    pods = setup(cluster, "10.92.0.0/16", "fd00:92::/64")
+    # "*" covers the loopback too (etcd is reached there in the lab): the policy admits it.
+    put_policy(cluster.etcd, "star", {"selector": "hep == 'star'", "ingress": [
+        {"action": "Allow", "protocol": "ICMP", "source": {"nets": [f"{NODE2}/32"]}},
+        {"action": "Allow", "protocol": "ICMPv6", "source": {"nets": [f"{NODE2_6}/128"]}},
+        {"action": "Allow", "source": {"nets": ["127.0.0.0/8", "::1/128"]}}], "egress": [{"action": "Allow"}]})
+    hep = put_hep(cluster.etcd, "node1-all", "node1", "*", {"hep": "star"}, [NODE1])
+    expect(to_node1(cluster), [True, True, False, False, True, True], timeout=20)
+    assert all(reach(pod_to_pod(pods)))
+    _, a3, _ = add_pod(cluster, "node1")  # calico-node still reaches etcd; the new pod is admitted
+    assert ping(pods["p2"][0], a3, timeout=5)
+    assert "-A cali-from-host-endpoint -g cali-fh-any-interface-at-all" in saved(cluster, "node1")
+    delete(cluster, hep)
+    expect(to_node1(cluster), [True] * 6, timeout=20)

@@ -13,12 +13,22 @@ from cni_calico.policy.calc import PolicyCalculator
 from cni_calico.policy.index import SelectorIndex
 from cni_calico.policy.layout import IpSet
 from cni_calico.selector import parse
-from tests.policy_cases import NODE, OPS, SELECTORS, World, apply_changes
+from tests.policy_cases import HOST_OPS, NODE, OPS, SELECTORS, World, apply_changes
 
 
 @settings(max_examples=300, deadline=None)
 @given(ops=OPS)
 def test_every_update_leaves_what_a_full_render_gives(ops):
+    check_against_render(ops)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=HOST_OPS)
+def test_host_endpoints_and_every_kind_of_policy_leave_what_a_full_render_gives(ops):
+    check_against_render(ops)
+
+
+def check_against_render(ops) -> None:
     calc, world = PolicyCalculator(NODE), World()
     kernel: dict[int, dict] = {4: {}, 6: {}}
     for op in ops:
