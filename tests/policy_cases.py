@@ -119,7 +119,7 @@ def host_op(draw, here: bool = False):
     labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
                                 ("role", draw(st.sampled_from(["r1", None])))) if v}
     spec = {"node": NODE if here else draw(st.sampled_from([NODE, NODE, "n2"])),
-            "interfaceName": draw(st.sampled_from(["eth0", "eth1", "*"] if here else
+            "interfaceName": draw(st.sampled_from(["eth0", "eth1", "*", ""] if here else
                                                   ["eth0", "eth0", "eth1", "*", "", "cali1"])),
             "expectedIPs": draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True)),
             "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}
@@ -128,9 +128,16 @@ def host_op(draw, here: bool = False):
 
 OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), policy_op(), tier_op(),
                          netset_op(), host_op(), host_op()), min_size=1, max_size=25)
+@st.composite
+def addresses_op(draw):
+    """This node's interfaces and their addresses (host endpoints without interfaceName follow them)."""
+    return ("addresses", "", {iface: draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True))
+                              for iface in ("eth0", "eth1", "cali1") if draw(st.booleans())})
+
+
 # Host endpoints of this node and GlobalNetworkPolicies (of every kind) most of all.
 HOST_OPS = st.lists(st.one_of(host_op(here=True), host_op(), policy_op(global_only=True),
-                              policy_op(global_only=True), profile_op(), tier_op(), endpoint_op()),
+                              policy_op(global_only=True), profile_op(), tier_op(), endpoint_op(), addresses_op()),
                     min_size=1, max_size=25)
 
 
@@ -168,6 +175,7 @@ class World:
         self.policies: dict[str, model.Policy] = {}
         self.tiers: dict[str, model.Tier] = {}
         self.failsafe = hostep.Failsafe()
+        self.addresses: dict[str, frozenset[str]] = {}
 
     def apply(self, op, calc: PolicyCalculator | None = None) -> None:
         """Records an update (and feeds it to `calc`, when given)."""
@@ -187,6 +195,10 @@ class World:
             self._put(self.endpoints, netset_key(key), netset)
             if calc is not None:
                 calc.update_endpoint(netset_key(key), netset)
+        elif kind == "addresses":
+            self.addresses = {iface: frozenset(held) for iface, held in value.items()}
+            if calc is not None:
+                calc.set_interface_addresses(self.addresses)
         elif kind == "host":
             host = None if value is None else model.host_endpoint_from_resource(value)
             self._put(self.endpoints, f"hostendpoint:{key}", host)
@@ -214,7 +226,8 @@ class World:
         eps = model.with_effective_labels(list(self.endpoints.values()), self.profiles)
         local = render.local_endpoints(eps, NODE)
         return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers,
-                                 hosts=hostep.local_host_endpoints(eps, NODE), failsafe=self.failsafe)
+                                 hosts=hostep.local_host_endpoints(eps, NODE, self.addresses),
+                                 failsafe=self.failsafe)
 
 
 def apply_changes(state: dict, changes: Changes) -> None:

@@ -214,6 +214,10 @@ class Agent:
             self._apply_routing()
             self._report_readiness()
         if self.policy is not None:
+            if self.policy.wants_addresses:  # host endpoints named by expectedIPs follow the addresses
+                from cni_calico.node.autodetect import interface_addresses
+
+                self.policy.set_interface_addresses(interface_addresses())
             self.policy.flush()
         return came
 

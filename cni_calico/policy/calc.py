@@ -11,8 +11,9 @@ update touches only what depends on it:
 - a policy or profile: its chains where a local endpoint uses them, the local endpoints it
   selects (a policy) or labels (a profile's labelsToApply: its endpoints are re-indexed);
 - a tier: the local endpoints' own chains (tiers are few and rarely change);
-- a local host endpoint (cni_calico.policy.hostep; its node is this one and it names an interface):
-  its own chains, re-rendered whole when it, a policy selecting it, its profile, a tier or the failsafe
+- a local host endpoint (cni_calico.policy.hostep; its node is this one and it names an interface,
+  or one of the node's interfaces holds an address it expects: `set_interface_addresses`): its own
+  chains, re-rendered whole when it, a policy selecting it, its profile, a tier or the failsafe
   ports change (a node has a few), and the fixed host endpoint chains when the set of them changes;
 - nothing else: endpoint updates never re-render policy chains, and nothing re-renders BIRD.
 
@@ -132,6 +133,9 @@ class PolicyCalculator:
         self.host_claims: dict[str, set[str]] = {}  # host endpoint chain name (hostep.iface_key) -> claimants
         self.hosts: dict[str, str] = {}  # host endpoint chain name -> the host endpoint that has it
         self.host_owns: dict[str, dict[str, tuple[str, ...]]] = {}  # chain name -> its own chains
+        self.host_names: dict[str, set[str]] = {}  # host endpoint -> the chain names it claims
+        self.interface_addresses: dict[str, frozenset[str]] = {}  # this node's interfaces' addresses
+        self.unnamed_hosts: set[str] = set()  # this node's host endpoints found by their expectedIPs alone
         self.families = {v: _Family(v) for v in versions}
         self._dirty_local: set[str] = set()
         self._dirty_hosts: set[str] = set()
@@ -147,7 +151,6 @@ class PolicyCalculator:
             for name in old.profiles:
                 discard(self.by_profile, name, key)
             self._unclaim(key, old)
-            self._unclaim_host(key, old)
         if ep is None:
             left = self.index.remove(key)
             self._move_addresses(key, old.addresses if old else (), (), left, set(), set())
@@ -159,12 +162,28 @@ class PolicyCalculator:
             if dispatchable(ep, self.nodename):
                 self.by_interface.setdefault(ep.interface, set()).add(key)
                 self._claim(ep.interface)
-            if hostep.policed(ep, self.nodename):
-                name = hostep.iface_key(ep)
-                self.host_claims.setdefault(name, set()).add(key)
-                self.hosts[name] = min(self.host_claims[name])
-                self._dirty_hosts.add(name)
+        if (old is not None and old.host) or (ep is not None and ep.host):
+            self._claim_hosts(key, self._host_names(ep) if ep is not None else set())
+            if ep is not None and not ep.interface and hostep.policed(ep, self.nodename):
+                self.unnamed_hosts.add(key)
+            else:
+                self.unnamed_hosts.discard(key)
         self._refresh_locals()
+
+    def set_interface_addresses(self, addresses: dict[str, frozenset[str]]) -> None:
+        """This node's interfaces and their addresses: host endpoints without an interfaceName police
+        the interfaces that hold one of their expectedIPs."""
+        if addresses == self.interface_addresses:
+            return
+        self.interface_addresses = dict(addresses)
+        for key in sorted(self.unnamed_hosts):
+            self._claim_hosts(key, self._host_names(self.endpoints[key]))
+        self._refresh_locals()
+
+    @property
+    def wants_addresses(self) -> bool:
+        """Whether some host endpoint of this node is found by its expectedIPs alone."""
+        return bool(self.unnamed_hosts)
 
     def update_profile(self, name: str, profile: model.Profile | None) -> None:
         old = self.profiles.pop(name, None)
@@ -252,8 +271,9 @@ class PolicyCalculator:
         self._move_addresses(key, old_addresses, ep.addresses, left, joined, before - left)
         if self.local.get(ep.interface) == key:
             self._dirty_local.add(ep.interface)
-        if ep.host and self.hosts.get(hostep.iface_key(ep)) == key:
-            self._dirty_hosts.add(hostep.iface_key(ep))
+        for name in self.host_names.get(key, ()):
+            if self.hosts.get(name) == key:
+                self._dirty_hosts.add(name)
 
     def _move_addresses(self, key: str, old: tuple[str, ...], new: tuple[str, ...], left: set[str],
                         joined: set[str], stayed: set[str]) -> None:
@@ -294,18 +314,28 @@ class PolicyCalculator:
             self.local.pop(ep.interface, None)
         self._dirty_local.add(ep.interface)
 
-    def _unclaim_host(self, key: str, ep: model.Endpoint) -> None:
-        name = hostep.iface_key(ep)
-        claimants = self.host_claims.get(name)
-        if not ep.host or claimants is None or key not in claimants:
-            return
-        claimants.discard(key)
-        if claimants:
-            self.hosts[name] = min(claimants)
-        else:
-            del self.host_claims[name]
-            self.hosts.pop(name, None)
-        self._dirty_hosts.add(name)
+    def _host_names(self, ep: model.Endpoint) -> set[str]:
+        if not hostep.policed(ep, self.nodename):
+            return set()
+        return hostep.interfaces_of(ep, self.interface_addresses)
+
+    def _claim_hosts(self, key: str, names: set[str]) -> None:
+        """A host endpoint now claims `names` (chain names); each name goes to its first claimant by key."""
+        old = self.host_names.pop(key, set())
+        if names:
+            self.host_names[key] = names
+        for name in old - names:
+            self.host_claims[name].discard(key)
+        for name in names - old:
+            self.host_claims.setdefault(name, set()).add(key)
+        for name in old | names:  # the endpoint changed: its names re-render even when it keeps them
+            claimants = self.host_claims.get(name)
+            if claimants:
+                self.hosts[name] = min(claimants)
+            else:
+                self.host_claims.pop(name, None)
+                self.hosts.pop(name, None)
+            self._dirty_hosts.add(name)
 
     def _refresh_hosts(self) -> bool:
         """Re-renders the dirty host endpoints' chains; True when the fixed chains must follow."""

@@ -1,17 +1,20 @@
 """Host endpoints as Felix polices them: the chains that apply policy to traffic to, from and through
 a host's own interfaces, and the failsafe ports no policy can close (pure, no I/O).
 
-A HostEndpoint of this node names an interface (``interfaceName``; ``*``: every interface, whose
-chains carry Felix's name ``any-interface-at-all``). Felix sorts each policy selecting it into one list
-(``Policy.kind``): doNotTrack ones police it in the raw table, before conntrack (an Allow also
-un-tracks the packet: NOTRACK, then ACCEPT); preDNAT ones police its ingress in the mangle table,
-before DNAT; the others ("normal") police traffic that ends or starts in the host itself in the
-filter table, and those with ``applyOnForward`` also traffic forwarded through the interface. In the
-raw and mangle tables a tier's end is Pass (normal policy still follows in the filter table); there
-are no profiles and no final drop. A host endpoint with no profile and no policy drops all its
-traffic to and from the host but the failsafe ports; forwarded traffic is allowed when no
-applyOnForward policy selects it. Traffic to and from local workloads (``cali+``) is never policed
-here (their own chains do that). doNotTrack policies do not apply to ``*`` (as Felix: ignored).
+A HostEndpoint of this node names an interface (``interfaceName``; ``*``: every interface, whose chains
+carry Felix's name ``any-interface-at-all``), or, without a name, polices each interface that holds one
+of its ``expectedIPs`` (the node's interface addresses are an input: ``addresses``); of several host
+endpoints for one interface the first by name wins (Felix's rule). Felix sorts each policy selecting it
+into one list (``Policy.kind``): doNotTrack ones police it in the raw table, before conntrack (an Allow
+also un-tracks the packet: NOTRACK, then ACCEPT); preDNAT ones police its ingress in the mangle table,
+before DNAT; the others ("normal") police traffic that ends or starts in the host itself in the filter
+table, and those with ``applyOnForward`` also traffic forwarded through the interface. In the raw and
+mangle tables a tier's end is Pass (normal policy still follows in the filter table); there are no
+profiles and no final drop. A host endpoint with no profile and no policy drops all its traffic to and
+from the host but the failsafe ports; forwarded traffic is allowed when no applyOnForward policy selects
+it. Traffic between the host and its own workloads (``cali+``) is never policed here (their own chains do
+that; forwarded workload traffic meets the ``*`` endpoint's forward and preDNAT policy, as in Felix).
+doNotTrack policies do not apply to ``*`` (as Felix: ignored).
 
 Layout (Felix's names), present only while this node has a host endpoint::
 
@@ -114,25 +117,34 @@ def iface_key(ep: Endpoint) -> str:
 
 
 def policed(ep: Endpoint, node: str) -> bool:
-    """Whether a host endpoint is this node's and names an interface we can police."""
-    if not ep.host or ep.node != node:
+    """Whether a host endpoint is this node's and names an interface we can police (or, unnamed,
+    expects addresses an interface may hold)."""
+    if not ep.host or ep.node != node or not (ep.interface or ep.addresses):
         return False
-    if not ep.interface:
-        log.debug("host endpoint %s names no interface (expectedIPs only): not policed", ep.key)
-        return False
-    if ep.interface.startswith(IFACE_PREFIX) and ep.interface != "*":
+    if ep.interface.startswith(IFACE_PREFIX):
         log.warning("host endpoint %s: interface %s is a workload's; not policed", ep.key, ep.interface)
         return False
     return True
 
 
-def local_host_endpoints(endpoints: list[Endpoint], node: str) -> dict[str, Endpoint]:
-    """This node's policed host endpoints by chain name (``iface_key``); of two naming one interface,
-    the first by name (as Felix)."""
+def interfaces_of(ep: Endpoint, addresses: dict[str, frozenset[str]]) -> set[str]:
+    """The chain names a policed host endpoint claims: its interface's, or (no interfaceName) those of
+    the interfaces holding one of its expectedIPs (never a workload's)."""
+    if ep.interface:
+        return {iface_key(ep)}
+    wanted = set(ep.addresses)
+    return {name for name, held in addresses.items() if held & wanted and not name.startswith(IFACE_PREFIX)}
+
+
+def local_host_endpoints(endpoints: list[Endpoint], node: str,
+                         addresses: dict[str, frozenset[str]] | None = None) -> dict[str, Endpoint]:
+    """This node's policed host endpoints by chain name (``iface_key``); of two for one interface, the
+    first by name (as Felix). ``addresses``: the node's interfaces' addresses (for expectedIPs)."""
     out: dict[str, Endpoint] = {}
     for ep in sorted(endpoints, key=lambda e: e.key):
         if policed(ep, node):
-            out.setdefault(iface_key(ep), ep)
+            for name in interfaces_of(ep, addresses or {}):
+                out.setdefault(name, ep)
     return dict(sorted(out.items()))
 
 

@@ -40,6 +40,7 @@ class PolicySync:
             self.dataplanes.append(Dataplane(self.dataplane.run, version=6))
         self.versions = tuple(d.family.version for d in self.dataplanes)
         self.failsafe = Failsafe()
+        self.addresses: dict[str, frozenset[str]] = {}  # this node's interfaces' (host endpoints by expectedIPs)
         self.calc = PolicyCalculator(nodename, self.versions, self.failsafe)
         self.whole = True  # the next flush applies the whole state (start, resync, after a failure)
         self.updates = 0  # updates fed since start (for tests and benchmarks)
@@ -54,7 +55,18 @@ class PolicySync:
         """A snapshot follows (its keys come as updates): start from nothing; the next flush makes the
         kernel hold the whole new state, diffed against what it holds now."""
         self.calc = PolicyCalculator(self.nodename, self.versions, self.failsafe)  # the old one goes first
+        self.calc.set_interface_addresses(self.addresses)
         self.whole = True
+
+    @property
+    def wants_addresses(self) -> bool:
+        """Whether a host endpoint of this node is found by its expectedIPs (then feed the addresses)."""
+        return self.calc.wants_addresses
+
+    def set_interface_addresses(self, addresses: dict[str, frozenset[str]]) -> None:
+        """This node's interfaces and their addresses; kept across resets."""
+        self.addresses = addresses
+        self.calc.set_interface_addresses(addresses)
 
     def set_failsafe(self, failsafe: Failsafe) -> None:
         """The failsafe ports changed (FelixConfiguration or the environment); kept across resets."""

@@ -1,8 +1,8 @@
-"""HostEndpoint policy as Felix applies it, with real traffic between simulated nodes (IPv4 and IPv6):
-a host endpoint on node1's uplink (eth0, the veth to the switch) polices what node2 sends to node1
-itself; the failsafe ports (SSH on 22, BGP on 179) stay open whatever the policy, and
-FelixConfiguration's failsafeInboundHostPorts replaces them; a host endpoint without profile or policy
-denies the rest; the "*" host endpoint polices every host interface; pod-to-pod traffic across the nodes is not affected;
+"""HostEndpoint policy as Felix applies it, with real traffic between simulated nodes (IPv4 and IPv6): a
+host endpoint on node1's uplink (eth0, the veth to the switch) polices what node2 sends to node1 itself;
+the failsafe ports (SSH on 22, BGP on 179) stay open whatever the policy, and FelixConfiguration's
+failsafeInboundHostPorts replaces them; a host endpoint without profile or policy denies the rest; the
+"*" host endpoint polices every host interface; pod-to-pod traffic across the nodes is not affected;
 preDNAT policy (mangle table) catches forwarded traffic too; a doNotTrack allow (raw table) un-tracks
 its packets; deleting the host endpoint, drift and `calico-node --cleanup` restore everything.
 
@@ -194,5 +194,21 @@ def test_the_all_interfaces_host_endpoint_polices_every_host_interface_but_not_w
     _, a3, _ = add_pod(cluster, "node1")  # calico-node still reaches etcd; the new pod is admitted
     assert ping(pods["p2"][0], a3, timeout=5)
     assert "-A cali-from-host-endpoint -g cali-fh-any-interface-at-all" in saved(cluster, "node1")
+    delete(cluster, hep)
+    expect(to_node1(cluster), [True] * 6, timeout=20)
+
+
+def test_a_host_endpoint_without_interface_name_polices_the_interface_holding_its_expected_ip(cluster):
+    pods = setup(cluster, "10.93.0.0/16", "fd00:93::/64")
+    hep = put_hep(cluster.etcd, "node1-by-ip", "node1", "", {"hep": "node1"}, [NODE1])
+    expect(to_node1(cluster), [False, False, False, False, True, True], timeout=20)
+    assert ":cali-fh-eth0 " in saved(cluster, "node1") and all(reach(pod_to_pod(pods)))
+    # The address moves away from eth0: nothing holds it, nothing is policed.
+    Lab.in_ns(cluster.ns["node1"], "ip", "addr", "del", f"{NODE1}/24", "dev", "eth0", check=True)
+    eventually(lambda: ":cali-fh-eth0 " not in saved(cluster, "node1"), timeout=20)
+    Lab.in_ns(cluster.ns["node1"], "ip", "addr", "add", f"{NODE1}/24", "dev", "eth0", check=True)
+    Lab.in_ns(cluster.ns["node1"], "ip", "route", "replace", "default", "via", "192.168.200.254", "dev", "eth0",
+              check=True)
+    expect(to_node1(cluster), [False, False, False, False, True, True], timeout=20)
     delete(cluster, hep)
     expect(to_node1(cluster), [True] * 6, timeout=20)

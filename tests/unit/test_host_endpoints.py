@@ -310,3 +310,19 @@ def test_a_first_apply_reads_mangle_and_raw_only_with_host_endpoints():
     fake = Fake()
     Dataplane(fake).apply(rendered([hep()], []))
     assert "iptables-save -t mangle" in fake.commands() and "iptables-save -t raw" in fake.commands()
+
+
+def test_a_host_endpoint_without_interface_name_goes_where_its_expected_ips_are():
+    by_ip = hep("b", iface="", expectedIPs=["10.0.0.5"])
+    addresses = {"eth0": frozenset({"10.0.0.5"}), "eth1": frozenset({"10.0.0.6"}), "cali1": frozenset({"10.0.0.5"})}
+    assert hostep.local_host_endpoints([by_ip], NODE, addresses) == {"eth0": by_ip}
+    assert hostep.local_host_endpoints([by_ip], NODE) == {}
+    named = hep("a", iface="eth0")  # first by name, as Felix
+    assert hostep.local_host_endpoints([by_ip, named], NODE, addresses) == {"eth0": named}
+    calc = PolicyCalculator(NODE)
+    calc.update_endpoint("hostendpoint:b", by_ip)
+    assert calc.wants_addresses and "cali-fh-eth0" not in calc.ruleset(4).chains
+    calc.set_interface_addresses(addresses)
+    assert "cali-fh-eth0" in calc.ruleset(4).chains and "cali-fh-eth1" not in calc.ruleset(4).chains
+    calc.update_endpoint("hostendpoint:b", None)
+    assert not calc.wants_addresses and "cali-INPUT" not in calc.ruleset(4).chains
