@@ -135,10 +135,18 @@ def addresses_op(draw):
                               for iface in ("eth0", "eth1", "cali1") if draw(st.booleans())})
 
 
+@st.composite
+def tunnels_op(draw):
+    """The pools' encapsulations and the nodes' addresses (host endpoint policy lets tunnels through)."""
+    return ("tunnels", "", {"vxlan": draw(st.booleans()), "ipip": draw(st.booleans()),
+                            "hosts": draw(st.lists(st.sampled_from(["192.168.0.1", "192.168.0.2", "10.0.0.1"]),
+                                                   max_size=3, unique=True))})
+
+
 # Host endpoints of this node and GlobalNetworkPolicies (of every kind) most of all.
 HOST_OPS = st.lists(st.one_of(host_op(here=True), host_op(), policy_op(global_only=True),
-                              policy_op(global_only=True), profile_op(), tier_op(), endpoint_op(), addresses_op()),
-                    min_size=1, max_size=25)
+                              policy_op(global_only=True), profile_op(), tier_op(), endpoint_op(), addresses_op(),
+                              tunnels_op()), min_size=1, max_size=25)
 
 
 PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers", "host": "hostendpoints"}
@@ -176,6 +184,7 @@ class World:
         self.tiers: dict[str, model.Tier] = {}
         self.failsafe = hostep.Failsafe()
         self.addresses: dict[str, frozenset[str]] = {}
+        self.tunnels = hostep.Tunnels()
 
     def apply(self, op, calc: PolicyCalculator | None = None) -> None:
         """Records an update (and feeds it to `calc`, when given)."""
@@ -195,6 +204,10 @@ class World:
             self._put(self.endpoints, netset_key(key), netset)
             if calc is not None:
                 calc.update_endpoint(netset_key(key), netset)
+        elif kind == "tunnels":
+            self.tunnels = hostep.Tunnels(value["vxlan"], value["ipip"], tuple(value["hosts"]))
+            if calc is not None:
+                calc.set_tunnels(self.tunnels)
         elif kind == "addresses":
             self.addresses = {iface: frozenset(held) for iface, held in value.items()}
             if calc is not None:
@@ -227,7 +240,7 @@ class World:
         local = render.local_endpoints(eps, NODE)
         return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers,
                                  hosts=hostep.local_host_endpoints(eps, NODE, self.addresses),
-                                 failsafe=self.failsafe)
+                                 failsafe=self.failsafe, tunnels=self.tunnels)
 
 
 def apply_changes(state: dict, changes: Changes) -> None:

@@ -225,6 +225,13 @@ class Agent:
         self.routing.revision = self.syncer.revision
         snap = self.routing.snapshot()
         self._apply_nat(snap.pools)
+        if self.policy is not None:  # host endpoint policy lets the pools' tunnels between nodes through
+            from cni_calico.policy.hostep import Tunnels
+
+            pools = [p for p in snap.pools if not p.disabled]
+            self.policy.set_tunnels(Tunnels(any(p.vxlan_mode != "Never" for p in pools),
+                                            any(p.ipip_mode != "Never" for p in pools),
+                                            tuple(sorted(n.ipv4 for n in snap.nodes.values() if n.ipv4))))
         me = self.cfg.nodename
         if me not in snap.nodes:
             log.warning("node %s is no longer registered: withdrawing its routes", me)

@@ -29,9 +29,9 @@ import logging
 from dataclasses import dataclass, field
 
 from cni_calico.policy import hostep, model
-from cni_calico.policy.hostep import Failsafe
+from cni_calico.policy.hostep import Failsafe, Tunnels
 from cni_calico.policy.index import SelectorIndex, discard
-from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, IpSet, Ruleset
+from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, TABLES, IpSet, Ruleset, qualified, split_key
 from cni_calico.policy.render import (
     DIRECTIONS,
     RuleRenderer,
@@ -81,6 +81,7 @@ class _Family:
         self.members: dict[str, dict[str, int]] = {}  # set -> address -> endpoints holding it (selector sets)
         self.static: dict[str, tuple[str, ...]] = {}  # net set -> members
         self.fixed: set[str] = set()  # the fixed chains written (render.fixed_chains)
+        self.fixed_sets: dict[str, tuple[str, ...]] = {}  # the sets they name (hostep.tunnel_set) -> members
         self.pending = Changes()
 
     def write(self, name: str, rules: tuple[str, ...]) -> None:
@@ -118,6 +119,7 @@ class PolicyCalculator:
     def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6), failsafe: Failsafe | None = None) -> None:
         self.nodename = nodename
         self.failsafe = failsafe or Failsafe()
+        self.tunnels = Tunnels()
         self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels (effective: in the index)
         self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
         self.profiles: dict[str, model.Profile] = {}
@@ -227,6 +229,12 @@ class PolicyCalculator:
         self._dirty_local.update(self.local)
         self._dirty_hosts.update(self.hosts)
         self._refresh_locals()
+
+    def set_tunnels(self, tunnels: Tunnels) -> None:
+        """The pools' encapsulations and the nodes' addresses (host endpoints let tunnels through)."""
+        if tunnels != self.tunnels:
+            self.tunnels = tunnels
+            self._write_fixed()
 
     def set_failsafe(self, failsafe: Failsafe) -> None:
         """FelixConfiguration's (or the environment's) failsafe ports: the failsafe chains change."""
@@ -357,12 +365,43 @@ class PolicyCalculator:
 
     def _write_fixed(self) -> None:
         for fam in self.families.values():
-            chains = fixed_chains(sorted(self.local), fam.version, self._summary, self.failsafe)
+            sets = hostep.tunnel_set(self.tunnels, fam.version) if self._summary is not None else {}
+            self._fixed_sets(fam, {name: s.members for name, s in sets.items()})
+            chains = fixed_chains(sorted(self.local), fam.version, self._summary, self.failsafe, self.tunnels)
             for name in fam.fixed - set(chains):
                 fam.remove(name)
             for name, rules in chains.items():
                 fam.write(name, rules)
             fam.fixed = set(chains)
+
+    def _fixed_sets(self, fam: _Family, wanted: dict[str, tuple[str, ...]]) -> None:
+        """The fixed chains' sets: made, refilled and destroyed with them (one reference each)."""
+        for name in set(fam.fixed_sets) - set(wanted):
+            del fam.fixed_sets[name]
+            self._unref_set(fam, name)
+        for name, members in wanted.items():
+            old = fam.fixed_sets.get(name)
+            if old == members:
+                continue
+            fam.fixed_sets[name] = members
+            if old is None:
+                fam.set_refs[name] = fam.set_refs.get(name, 0) + 1
+                fam.pending.destroyed.discard(name)
+                fam.pending.created[name] = IpSet("hash:net", members)
+            elif name not in fam.pending.created:
+                for member in set(members) - set(old):
+                    self._pending_member(fam, name, member, True)
+                for member in set(old) - set(members):
+                    self._pending_member(fam, name, member, False)
+            fam.static[name] = members
+
+    @staticmethod
+    def _pending_member(fam: _Family, name: str, member: str, add: bool) -> None:
+        undo, do = (fam.pending.deleted, fam.pending.added) if add else (fam.pending.added, fam.pending.deleted)
+        if member in undo.get(name, ()):
+            undo[name].discard(member)
+        else:
+            do.setdefault(name, set()).add(member)
 
     def _refresh_locals(self) -> None:
         dirty, self._dirty_local = self._dirty_local, set()
@@ -434,10 +473,11 @@ class PolicyCalculator:
             for direction, letter, _, _ in DIRECTIONS:
                 if source is None:
                     continue
-                chain = policy_chain(source, letter) if is_policy else profile_chain(source, letter)
+                chain = split_key(policy_chain(source, letter) if is_policy else profile_chain(source, letter))[1]
                 rules = getattr(source, direction)
-                if chain in fam.chain_refs and rules is not None:
-                    self._render_body(fam, chain, rules)
+                for table in TABLES:  # a normal policy's chains are in mangle too (DNATed host traffic)
+                    if qualified(table, chain) in fam.chain_refs and rules is not None:
+                        self._render_body(fam, qualified(table, chain), rules)
         # Chains that disappear (a policy losing a direction, or deleted) go when their endpoints drop
         # them: the callers mark those endpoints dirty.
 

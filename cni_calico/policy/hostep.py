@@ -22,17 +22,26 @@ Layout (Felix's names), present only while this node has a host endpoint::
         [IPv6: neighbour discovery ACCEPT]; clear marks; -> cali-from-host-endpoint; accepted -> ACCEPT
     filter OUTPUT ─> cali-OUTPUT: accepted -> ACCEPT; -o cali+ RETURN; [IPv6 ND]; clear marks;
         not DNAT -> cali-to-host-endpoint; accepted -> ACCEPT
-    cali-FORWARD (cni_calico.policy.render) adds cali-from-hep-forward first, cali-to-hep-forward last
+    cali-FORWARD (cni_calico.policy.render) adds cali-from-hep-forward first, cali-to-hep-forward after
+        the workloads' dispatch, and at its end marks what goes on as forwarded (not the host's)
     cali-from-host-endpoint: -i <if> -g cali-fh-<if> ... [*: -g cali-fh-any-interface-at-all]
     cali-to-host-endpoint:   -o <if> -g cali-th-<if> ...; cali-from/to-hep-forward: cali-fhfw-/thfw-
     cali-fh-<if> / cali-th-<if>: conntrack; -j cali-failsafe-in / -out; tiers; profiles; DROP
     cali-fhfw-<if> / cali-thfw-<if>: conntrack; tiers of applyOnForward policies (none: accept)
     mangle PREROUTING ─> cali-PREROUTING: ESTABLISHED,RELATED ACCEPT; accepted ACCEPT;
         -> cali-from-host-endpoint (interfaces with preDNAT policy) -> cali-fh-<if>; accepted ACCEPT
+    mangle POSTROUTING ─> cali-POSTROUTING: accepted (forwarded) RETURN; clear marks; DNATed (host
+        traffic whose interface was only known after filter OUTPUT) -> cali-to-host-endpoint ->
+        cali-th-<if>: the normal egress policy again, with the policy and profile chains in mangle too
     raw PREROUTING / OUTPUT ─> cali-PREROUTING / cali-OUTPUT: clear marks; [-i cali+ RETURN];
         -> cali-from/to-host-endpoint (interfaces with doNotTrack policy); accepted -> ACCEPT
     cali-failsafe-in / -out (filter, mangle, raw): ACCEPT the failsafe protocol/ports (raw: the
         other list's source ports too, so replies are not caught by a doNotTrack policy)
+
+Encapsulation (Felix's rules, IPv4): while a pool uses VXLAN (or IPIP), cali-INPUT accepts VXLAN (UDP
+4789; IPIP: protocol 4) from any node's address to a local one, and cali-OUTPUT the same from a local
+address to any node's, before host endpoint policy: a node's pods stay reachable through its tunnel
+whatever the policy of its uplink. The nodes' addresses are the hash:net set ``tunnel_set`` (``Tunnels``).
 
 IPv6: cali-INPUT and cali-OUTPUT accept neighbour discovery (ICMPv6 133-136) before any host endpoint
 policy, so that no policy can cut the node off from its neighbours while failsafe ports stay open
@@ -53,9 +62,13 @@ from cni_calico.policy.layout import (
     ND_TYPES,
     OUTPUT_CHAIN,
     PASS_MARK,
+    POSTROUTING_CHAIN,
     PREROUTING_CHAIN,
+    IpSet,
     chain_name,
     qualified,
+    set_member,
+    set_name,
     split_key,
 )
 from cni_calico.policy.model import Endpoint, Policy, Profile, Tier
@@ -74,7 +87,12 @@ FAILSAFE_OUT = "cali-failsafe-out"
 _ACCEPTED = f"-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}"
 _NOT_PASSED = f"-m mark --mark 0x0/{PASS_MARK:#x}"
 _CLEAR = f"-j MARK --set-xmark 0x0/{MARKS:#x}"
+VXLAN_PORT = 4789  # cni_calico.node.tunnels' (Felix's default)
 _CONNTRACK = ("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "-m conntrack --ctstate INVALID -j DROP")
+# mangle POSTROUTING allows by RETURN (the mangle table is for changing packets that go on): marked
+_CONNTRACK_RETURN = (
+    f"-m conntrack --ctstate RELATED,ESTABLISHED -j MARK --set-xmark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}",
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", "-m conntrack --ctstate INVALID -j DROP")
 
 
 # --- failsafe ports --------------------------------------------------------------------------------
@@ -106,6 +124,38 @@ def failsafe_chains(failsafe: Failsafe, version: int, table: str) -> dict[str, t
         inbound += rules(failsafe.outbound, "--sports", "-s")
         outbound += rules(failsafe.inbound, "--sports", "-d")
     return {qualified(table, FAILSAFE_IN): tuple(inbound), qualified(table, FAILSAFE_OUT): tuple(outbound)}
+
+
+# --- encapsulation between nodes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tunnels:
+    """Which encapsulations this cluster's pools use, and every node's IPv4 address."""
+
+    vxlan: bool = False
+    ipip: bool = False
+    hosts: tuple[str, ...] = ()
+
+
+def tunnel_set(tunnels: Tunnels | None, version: int) -> dict[str, IpSet]:
+    """The nodes' addresses as the set the encapsulation rules name (IPv4, with some encapsulation)."""
+    if tunnels is None or version != 4 or not (tunnels.vxlan or tunnels.ipip):
+        return {}
+    members = tuple(sorted({set_member(h) for h in tunnels.hosts if ":" not in h}))
+    return {set_name("h", "all-hosts", version): IpSet("hash:net", members)}
+
+
+def _tunnel_rules(tunnels: Tunnels | None, version: int, inbound: bool) -> tuple[str, ...]:
+    """Felix's: encapsulated traffic between nodes passes host endpoint policy (IPv4)."""
+    sets = tunnel_set(tunnels, version)
+    if not sets or tunnels is None:
+        return ()
+    name = next(iter(sets))
+    peer = f"-m set --match-set {name} src -m addrtype --dst-type LOCAL" if inbound else (
+        f"-m addrtype --src-type LOCAL -m set --match-set {name} dst")
+    rules = [f"-p udp -m multiport --dports {VXLAN_PORT} {peer} -j ACCEPT"] if tunnels.vxlan else []
+    return (*rules, *([f"-p 4 {peer} -j ACCEPT"] if tunnels.ipip else []))
 
 
 # --- which host endpoints, which policies ----------------------------------------------------------
@@ -178,8 +228,9 @@ def host_chain(tiers: list[tuple[Tier, list[str]]], profiles: list[str], kind: s
     """One host endpoint chain (Felix's endpointIptablesChain): conntrack (not in raw), the failsafe
     jump, the tiers' policy chains; normal chains end with the profiles and a drop, forward chains
     with a tier's drop only (and accept when no applyOnForward policy selects the endpoint at all:
-    ``some_policy`` False), raw and mangle ones just return."""
-    rules = [] if kind == "untracked" else list(_CONNTRACK)
+    ``some_policy`` False), raw and preDNAT ones just return. "dnat" is normal policy in mangle
+    POSTROUTING (allowing by RETURN)."""
+    rules = [] if kind == "untracked" else list(_CONNTRACK_RETURN if kind == "dnat" else _CONNTRACK)
     if failsafe:
         rules.append(f"-j {failsafe}")
     rules.append(_CLEAR)
@@ -191,11 +242,11 @@ def host_chain(tiers: list[tuple[Tier, list[str]]], profiles: list[str], kind: s
             if kind == "untracked":
                 rules.append(f"{_ACCEPTED} -j NOTRACK")
             rules.append(f"{_ACCEPTED} -j RETURN")
-        if kind in ("normal", "forward") and tier.default_action == "Deny":
+        if kind in ("normal", "forward", "dnat") and tier.default_action == "Deny":
             rules.append(f"{_NOT_PASSED} -j DROP")
     if kind == "forward" and not some_policy:
         rules += [f"-j MARK --set-xmark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}", "-j RETURN"]
-    if kind == "normal":
+    if kind in ("normal", "dnat"):
         for chain in profiles:
             rules += [f"-j {chain}", f"{_ACCEPTED} -j RETURN"]
         rules.append("-j DROP")
@@ -224,6 +275,9 @@ def own_chains(name: str, lists: dict[str, list[tuple[Tier, list[Policy]]]], pre
         profiles = [profile_chain(p, letter) for p in present]
         out[chain_name(f"cali-{prefix}-", name)] = host_chain(chain_of("normal", direction, letter), profiles,
                                                                "normal", failsafe)
+        if direction == "egress":  # DNATed host traffic, in mangle POSTROUTING
+            out[qualified("mangle", chain_name("cali-th-", name))] = host_chain(
+                chain_of("normal", direction, letter), profiles, "dnat", failsafe)
         out[chain_name(f"cali-{prefix}fw-", name)] = host_chain(chain_of("forward", direction, letter), [],
                                                                  "forward", "", some("forward"))
         if some("untracked") and name != ALL_INTERFACES:
@@ -235,24 +289,29 @@ def own_chains(name: str, lists: dict[str, list[tuple[Tier, list[Policy]]]], pre
     return out
 
 
-def _dispatch(names: tuple[str, ...], flag: str, prefix: str) -> tuple[str, ...]:
-    """Goto each named interface's chain; the "*" endpoint's chain is the default for the rest."""
+def _dispatch(names: tuple[str, ...], flag: str, prefix: str, skip_workloads: bool = False) -> tuple[str, ...]:
+    """Goto each named interface's chain; the "*" endpoint's chain is the default for the rest (not for
+    traffic to workloads where ``skip_workloads``)."""
     rules = [f"{flag} {n} -g {chain_name(prefix, n)}" for n in names if n != ALL_INTERFACES]
     if ALL_INTERFACES in names:
+        rules += [f"-o {IFACE_PREFIX}+ -j RETURN"] if skip_workloads else []
         rules.append(f"-g {chain_name(prefix, ALL_INTERFACES)}")
     return tuple(rules)
 
 
-def fixed_chains(summary: HostSummary, failsafe: Failsafe, version: int) -> dict[str, tuple[str, ...]]:
-    """The chains every host endpoint shares (Ruleset keys); cali-FORWARD's part is render's."""
+def fixed_chains(summary: HostSummary, failsafe: Failsafe, version: int,
+                 tunnels: Tunnels | None = None) -> dict[str, tuple[str, ...]]:
+    """The chains every host endpoint shares (Ruleset keys); cali-FORWARD's part is render's. The
+    encapsulation rules name `tunnel_set`'s set."""
     family = FAMILIES[version]
     nd = tuple(f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in ND_TYPES
                if version == 6)
     names, workloads = summary.interfaces, f"{IFACE_PREFIX}+"
     out = {
-        INPUT_CHAIN: (f"-i {workloads} -j RETURN", f"{_ACCEPTED} -j ACCEPT", *nd, _CLEAR, f"-j {FROM_HEP}",
-                      f"{_ACCEPTED} -j ACCEPT"),
-        OUTPUT_CHAIN: (f"{_ACCEPTED} -j ACCEPT", f"-o {workloads} -j RETURN", *nd, _CLEAR,
+        INPUT_CHAIN: (*_tunnel_rules(tunnels, version, True), f"-i {workloads} -j RETURN", f"{_ACCEPTED} -j ACCEPT",
+                      *nd, _CLEAR, f"-j {FROM_HEP}", f"{_ACCEPTED} -j ACCEPT"),
+        OUTPUT_CHAIN: (f"{_ACCEPTED} -j ACCEPT", f"-o {workloads} -j RETURN", *_tunnel_rules(tunnels, version, False),
+                       *nd, _CLEAR,
                        f"-m conntrack ! --ctstate DNAT -j {TO_HEP}", f"{_ACCEPTED} -j ACCEPT"),
         FROM_HEP: _dispatch(names, "-i", "cali-fh-"),
         TO_HEP: _dispatch(names, "-o", "cali-th-"),
@@ -262,6 +321,9 @@ def fixed_chains(summary: HostSummary, failsafe: Failsafe, version: int) -> dict
                                                 f"{_ACCEPTED} -j ACCEPT", f"-j {FROM_HEP}",
                                                 f"{_ACCEPTED} -j ACCEPT"),
         qualified("mangle", FROM_HEP): _dispatch(summary.prednat, "-i", "cali-fh-"),
+        qualified("mangle", POSTROUTING_CHAIN): (f"{_ACCEPTED} -j RETURN", _CLEAR,
+                                                 f"-m conntrack --ctstate DNAT -j {TO_HEP}", f"{_ACCEPTED} -j RETURN"),
+        qualified("mangle", TO_HEP): _dispatch(names, "-o", "cali-th-", skip_workloads=True),
         qualified("raw", PREROUTING_CHAIN): (_CLEAR, f"-i {workloads} -j RETURN", f"-j {FROM_HEP}",
                                              f"{_ACCEPTED} -j ACCEPT"),
         qualified("raw", OUTPUT_CHAIN): (_CLEAR, f"-j {TO_HEP}", f"{_ACCEPTED} -j ACCEPT"),
@@ -277,4 +339,6 @@ def forward_chain(workload_rules: tuple[str, ...]) -> tuple[str, ...]:
     """cali-FORWARD with host endpoints (Felix's): the accept bit survives (raw or preDNAT policy set
     it), forward policy of the incoming host endpoint first, of the outgoing one after the workloads'."""
     return (f"-j MARK --set-xmark 0x0/{PASS_MARK:#x}", f"-m mark --mark 0x0/{ACCEPT_MARK:#x} -j {FROM_HEP_FW}",
-            *workload_rules, f"-j {TO_HEP_FW}", f"{_ACCEPTED} -j ACCEPT")
+            *workload_rules, f"-j {TO_HEP_FW}", f"{_ACCEPTED} -j ACCEPT",
+            # what goes on through FORWARD is forwarded: mangle POSTROUTING applies no host policy to it
+            f"-j MARK --set-xmark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}")

@@ -6,8 +6,8 @@ What holds, for each family on its own (one Dataplane per family; see cni_calico
 - We own exactly: chains named ``cali-...`` in the family's filter table, the one jump to cali-FORWARD
   at the top of its FORWARD, and ipsets named ``cali40...`` (family inet) or ``cali60...`` (family
   inet6); while this node has a host endpoint (cni_calico.policy.hostep) also the ``cali-...`` chains
-  of the mangle and raw tables and the jumps at the top of INPUT, OUTPUT (filter), PREROUTING
-  (mangle) and PREROUTING, OUTPUT (raw): ``layout.HOOKS``. Nothing else is ever flushed, changed or
+  of the mangle and raw tables and the jumps at the top of INPUT, OUTPUT (filter), PREROUTING,
+  POSTROUTING (mangle) and PREROUTING, OUTPUT (raw): ``layout.HOOKS``. Nothing else is ever flushed, changed or
   deleted; without a host endpoint the mangle and raw tables are not even read.
 - Each apply is one ``iptables-restore --noflush`` (``ip6tables-restore``) transaction: every chain it
   writes is declared (``:chain - [0:0]`` flushes it) and rewritten whole, chains no longer rendered are

@@ -48,7 +48,7 @@ import re
 from collections.abc import Iterable
 
 from cni_calico.policy import hostep
-from cni_calico.policy.hostep import Failsafe, HostSummary
+from cni_calico.policy.hostep import Failsafe, HostSummary, Tunnels
 from cni_calico.policy.layout import (
     ACCEPT_MARK,
     FAMILIES,
@@ -295,16 +295,19 @@ def host_endpoint_chains(name: str, selecting: list[Policy], present: list[Profi
     they jump to (as `body_chains`), given every policy selecting it (in order) and its profiles."""
     lists = {kind: tiered(policies, tiers or {}) for kind, policies in hostep.split(selecting).items()}
     own = hostep.own_chains(name, lists, present, policy_chain, profile_chain)
-    jumped = {rule.split(" -j ")[-1] for rules in own.values() for rule in rules}
-    bodies: dict[str, tuple[str, Policy | Profile]] = {}
+    sources: dict[str, tuple[str, Policy | Profile]] = {}  # bare chain name -> what it renders
     for direction, letter, _, _ in DIRECTIONS:
-        for _, policies in [group for groups in lists.values() for group in groups]:
-            for policy in policies:
-                key = policy_chain(policy, letter)
-                if getattr(policy, direction) is not None and split_key(key)[1] in jumped:
-                    bodies[key] = (direction, policy)
+        for policy in [p for groups in lists.values() for _, policies in groups for p in policies]:
+            if getattr(policy, direction) is not None:
+                sources[split_key(policy_chain(policy, letter))[1]] = (direction, policy)
         for profile in present:
-            bodies[profile_chain(profile, letter)] = (direction, profile)
+            sources[profile_chain(profile, letter)] = (direction, profile)
+    bodies: dict[str, tuple[str, Policy | Profile]] = {}
+    for key, rules in own.items():  # each jump target, in the table of the chain that jumps
+        table = split_key(key)[0]
+        for target in (rule.rsplit("-j ", 1)[-1] for rule in rules):
+            if target in sources:
+                bodies[qualified(table, target)] = sources[target]
     return own, bodies
 
 
@@ -313,12 +316,12 @@ def host_summary(owns: dict[str, dict[str, tuple[str, ...]]]) -> HostSummary | N
     if not owns:
         return None
     return HostSummary(tuple(sorted(owns)),
-                       tuple(n for n in sorted(owns) if any(k.startswith("mangle:") for k in owns[n])),
-                       tuple(n for n in sorted(owns) if any(k.startswith("raw:") for k in owns[n])))
+                       tuple(n for n in sorted(owns) if qualified("mangle", chain_name("cali-fh-", n)) in owns[n]),
+                       tuple(n for n in sorted(owns) if qualified("raw", chain_name("cali-fh-", n)) in owns[n]))
 
 
 def fixed_chains(interfaces: list[str], version: int, hosts: HostSummary | None = None,
-                 failsafe: Failsafe | None = None) -> dict[str, tuple[str, ...]]:
+                 failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> dict[str, tuple[str, ...]]:
     """The dispatch chains (by local interface, sorted) and cali-FORWARD; with host endpoints, their
     fixed chains too (cni_calico.policy.hostep)."""
     family = FAMILIES[version]
@@ -333,7 +336,7 @@ def fixed_chains(interfaces: list[str], version: int, hosts: HostSummary | None 
     }
     if hosts is not None:
         out[FORWARD_CHAIN] = hostep.forward_chain(workloads)
-        out.update(hostep.fixed_chains(hosts, failsafe or Failsafe(), version))
+        out.update(hostep.fixed_chains(hosts, failsafe or Failsafe(), version, tunnels))
     return out
 
 
@@ -370,16 +373,17 @@ def local_endpoints(endpoints: list[Endpoint], node: str) -> list[Endpoint]:
 def render_all(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
                profiles: dict[str, Profile], versions: Iterable[int] = tuple(FAMILIES),
                tiers: dict[str, Tier] | None = None, hosts: dict[str, Endpoint] | None = None,
-               failsafe: Failsafe | None = None) -> dict[int, Ruleset]:
+               failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> dict[int, Ruleset]:
     """The rulesets of ``versions`` (selectors evaluated once for all)."""
     matcher = Matcher()
-    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers, hosts, failsafe) for v in versions}
+    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers, hosts, failsafe, tunnels)
+            for v in versions}
 
 
 def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
            profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None,
            tiers: dict[str, Tier] | None = None, hosts: dict[str, Endpoint] | None = None,
-           failsafe: Failsafe | None = None) -> Ruleset:
+           failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> Ruleset:
     """``version``'s ruleset, from scratch. ``local``: this node's workload endpoints (see
     local_endpoints); ``hosts``: its host endpoints by chain name (hostep.local_host_endpoints);
     ``endpoints``: the whole cluster's; all with effective labels. Only the policies and profiles
@@ -410,11 +414,12 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
         for key, (direction, source) in bodies.items():
             if key not in chains:
                 chains[key] = rr.rules_chain(getattr(source, direction))
-    chains.update(fixed_chains([ep.interface for ep in local], version, host_summary(owns), failsafe))
+    summary = host_summary(owns)
+    chains.update(fixed_chains([ep.interface for ep in local], version, summary, failsafe, tunnels))
     groups: dict[frozenset, list[Endpoint]] = {}
     for ep in endpoints:
         groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
-    ipsets = dict(rr.nets)
+    ipsets = {**rr.nets, **(hostep.tunnel_set(tunnels, version) if summary is not None else {})}
     for name, selector in rr.selectors.items():
         members = {a for labels, eps in groups.items() if matcher.matches(selector, labels)
                    for ep in eps for a in ep.addresses if family.holds(a)}

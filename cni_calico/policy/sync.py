@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from cni_calico import keys
 from cni_calico.policy import model
 from cni_calico.policy.calc import PolicyCalculator
-from cni_calico.policy.hostep import Failsafe
+from cni_calico.policy.hostep import Failsafe, Tunnels
 from cni_calico.policy.iptables import Dataplane, ipv6_available
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class PolicySync:
             self.dataplanes.append(Dataplane(self.dataplane.run, version=6))
         self.versions = tuple(d.family.version for d in self.dataplanes)
         self.failsafe = Failsafe()
+        self.tunnels = Tunnels()
         self.addresses: dict[str, frozenset[str]] = {}  # this node's interfaces' (host endpoints by expectedIPs)
         self.calc = PolicyCalculator(nodename, self.versions, self.failsafe)
         self.whole = True  # the next flush applies the whole state (start, resync, after a failure)
@@ -56,6 +57,7 @@ class PolicySync:
         kernel hold the whole new state, diffed against what it holds now."""
         self.calc = PolicyCalculator(self.nodename, self.versions, self.failsafe)  # the old one goes first
         self.calc.set_interface_addresses(self.addresses)
+        self.calc.set_tunnels(self.tunnels)
         self.whole = True
 
     @property
@@ -67,6 +69,11 @@ class PolicySync:
         """This node's interfaces and their addresses; kept across resets."""
         self.addresses = addresses
         self.calc.set_interface_addresses(addresses)
+
+    def set_tunnels(self, tunnels: Tunnels) -> None:
+        """The pools' encapsulations and the nodes' addresses (from the routing view); kept across resets."""
+        self.tunnels = tunnels
+        self.calc.set_tunnels(tunnels)
 
     def set_failsafe(self, failsafe: Failsafe) -> None:
         """The failsafe ports changed (FelixConfiguration or the environment); kept across resets."""

@@ -4,7 +4,10 @@ the failsafe ports (SSH on 22, BGP on 179) stay open whatever the policy, and Fe
 failsafeInboundHostPorts replaces them; a host endpoint without profile or policy denies the rest; the
 "*" host endpoint polices every host interface; pod-to-pod traffic across the nodes is not affected;
 preDNAT policy (mangle table) catches forwarded traffic too; a doNotTrack allow (raw table) un-tracks
-its packets; deleting the host endpoint, drift and `calico-node --cleanup` restore everything.
+its packets; host traffic DNATed on the node meets the egress policy in mangle POSTROUTING; VXLAN
+between nodes passes a denying host endpoint; a host endpoint without interfaceName
+polices the interface holding its expectedIPs; deleting the host endpoint, drift and `calico-node
+--cleanup` restore everything.
 
 Every iptables call runs inside the node namespaces (the lab's), never in the machine's own: the
 fixture checks that afterwards.
@@ -212,3 +215,40 @@ def test_a_host_endpoint_without_interface_name_polices_the_interface_holding_it
     expect(to_node1(cluster), [False, False, False, False, True, True], timeout=20)
     delete(cluster, hep)
     expect(to_node1(cluster), [True] * 6, timeout=20)
+
+
+def test_vxlan_between_nodes_passes_a_denying_host_endpoint(cluster):
+    add_pool(cluster.etcd, "vx", "10.94.0.0/16", 26, vxlan="Always")
+    for i in (1, 2):
+        cluster.add_node(i)
+    cluster.wait_established()
+    p1, a1 = cluster.add_pod("node1")
+    p2, a2 = cluster.add_pod("node2")
+    serve(cluster.lab, cluster.ns["node1"], OPEN)
+    expect([(ping, p1, a2), (ping, p2, a1), (tcp, cluster.ns["node2"], NODE1, OPEN)], [True] * 3, timeout=30)
+    # A profile-less host endpoint on node1's uplink denies OPEN; VXLAN from and to the other node passes.
+    put_hep(cluster.etcd, "node1-eth0", "node1", "eth0", {"hep": "node1"}, [NODE1])
+    expect([(ping, p1, a2), (ping, p2, a1), (tcp, cluster.ns["node2"], NODE1, OPEN)], [True, True, False],
+           timeout=20)
+    text = saved(cluster, "node1")
+    assert "-A cali-INPUT -p udp -m multiport --dports 4789 -m set --match-set cali40h:" in text, text
+
+
+def test_host_traffic_dnated_on_the_node_meets_the_egress_policy_in_mangle_postrouting(cluster):
+    setup(cluster, "10.95.0.0/16", "fd00:95::/64")
+    n1, n2 = cluster.ns["node1"], cluster.ns["node2"]
+    serve(cluster.lab, n2, OPEN, OPEN + 1)
+    for vip, port in (("10.96.0.10", OPEN), ("10.96.0.11", OPEN + 1)):  # a "service" DNATed on node1 itself
+        Lab.in_ns(n1, "iptables", "-t", "nat", "-A", "OUTPUT", "-d", vip, "-p", "tcp", "--dport", "80", "-j", "DNAT",
+                  "--to-destination", f"{NODE2}:{port}", check=True)
+    checks = [(tcp, n1, NODE2, OPEN), (tcp, n1, "10.96.0.10", 80), (tcp, n1, "10.96.0.11", 80)]
+    expect(checks, [True] * 3)
+    put_policy(cluster.etcd, "no-open", {"selector": "hep == 'node1'", "ingress": [{"action": "Allow"}], "egress": [
+        {"action": "Deny", "protocol": "TCP", "destination": {"nets": [f"{NODE2}/32"], "ports": [OPEN]}},
+        {"action": "Allow"}]})
+    put_hep(cluster.etcd, "node1-eth0", "node1", "eth0", {"hep": "node1"}, [NODE1])
+    # Filter OUTPUT cannot police the DNATed connection (its interface is known later): mangle POSTROUTING does.
+    expect(checks, [False, False, True], timeout=20)
+    mangle = Lab.in_ns(n1, "iptables-save", "-c", "-t", "mangle").stdout
+    drops = re.search(r"\[(\d+):\d+\] -A cali-po-no-open .*-j DROP", mangle)
+    assert drops and int(drops.group(1)) > 0, mangle

@@ -326,3 +326,43 @@ def test_a_host_endpoint_without_interface_name_goes_where_its_expected_ips_are(
     assert "cali-fh-eth0" in calc.ruleset(4).chains and "cali-fh-eth1" not in calc.ruleset(4).chains
     calc.update_endpoint("hostendpoint:b", None)
     assert not calc.wants_addresses and "cali-INPUT" not in calc.ruleset(4).chains
+
+
+def test_tunnels_between_nodes_pass_host_endpoint_policy_as_in_felix():
+    tunnels = hostep.Tunnels(vxlan=True, ipip=False, hosts=("192.168.200.1", "192.168.200.2"))
+    eps = model.with_effective_labels([hep()], {})
+    rs = render.render([], eps, [], {}, 4, hosts=hostep.local_host_endpoints(eps, NODE), tunnels=tunnels)
+    (name, ipset), = rs.ipsets.items()
+    assert name.startswith("cali40h:") and ipset.members == ("192.168.200.1", "192.168.200.2")
+    assert rs.chains["cali-INPUT"][0] == (f"-p udp -m multiport --dports 4789 -m set --match-set {name} src "
+                                          "-m addrtype --dst-type LOCAL -j ACCEPT")
+    assert f"-p udp -m multiport --dports 4789 -m addrtype --src-type LOCAL -m set --match-set {name} dst -j ACCEPT" \
+        in rs.chains["cali-OUTPUT"]
+    v6 = render.render([], eps, [], {}, 6, hosts=hostep.local_host_endpoints(eps, NODE), tunnels=tunnels)
+    assert not v6.ipsets and not any("4789" in r for r in v6.chains["cali-INPUT"])
+    assert not render.render([], eps, [], {}, 4, tunnels=tunnels).ipsets  # no host endpoint: no set
+    calc = PolicyCalculator(NODE, (4,))
+    calc.update_endpoint("hostendpoint:h1", hep())
+    calc.set_tunnels(tunnels)
+    assert calc.ruleset(4) == rs
+    calc.take_changes(4)
+    calc.set_tunnels(hostep.Tunnels(vxlan=True, hosts=("192.168.200.1",)))
+    changes = calc.take_changes(4)
+    assert changes.deleted == {name: {"192.168.200.2"}} and not changes.chains
+
+
+def test_dnated_host_traffic_meets_normal_egress_policy_in_mangle_postrouting():
+    rs = rendered([hep(profiles=["k"])], [gnp("out", egress=[{"action": "Deny"}]), gnp("in", ingress=[ALLOW])])
+    assert rs.chains["mangle:cali-POSTROUTING"] == (
+        "-m mark --mark 0x10000/0x10000 -j RETURN", "-j MARK --set-xmark 0x0/0x30000",
+        "-m conntrack --ctstate DNAT -j cali-to-host-endpoint", "-m mark --mark 0x10000/0x10000 -j RETURN")
+    th = rs.chains["mangle:cali-th-eth0"]
+    assert th[:3] == ("-m conntrack --ctstate RELATED,ESTABLISHED -j MARK --set-xmark 0x10000/0x10000",
+                      "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", "-m conntrack --ctstate INVALID -j DROP")
+    assert "-m mark --mark 0x0/0x20000 -j cali-po-out" in th and th[-1] == "-j DROP"
+    assert rs.chains["mangle:cali-po-out"] == rs.chains["cali-po-out"] == ("-j DROP",)  # in both tables
+    assert "mangle:cali-pi-in" not in rs.chains  # egress only
+    assert rs.chains["cali-FORWARD"][-1] == "-j MARK --set-xmark 0x10000/0x10000"  # forwarded: not the host's
+    assert '-I POSTROUTING 1 -m comment --comment "cali:calico-node policy" -j cali-POSTROUTING' in rs.text()
+    star = rendered([hep(iface="*")], [])
+    assert star.chains["mangle:cali-to-host-endpoint"][0] == "-o cali+ -j RETURN"  # not to local workloads
