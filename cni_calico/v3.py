@@ -77,13 +77,18 @@ SPEC_ORDER = {
     "NetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "serviceAccountSelector",
                       "performanceHints"),
     "FelixConfiguration": ("iptablesRefreshInterval", "defaultEndpointToHostAction", "logSeverityScreen",
-                           "reportingInterval", "natOutgoingAddress", "bpfLogLevel", "bpfConnectTimeLoadBalancing",
+                           "reportingInterval", "failsafeInboundHostPorts", "failsafeOutboundHostPorts",
+                           "natOutgoingAddress", "bpfLogLevel", "bpfConnectTimeLoadBalancing",
                            "bpfHostNetworkedNATWithoutCTLB", "floatingIPs"),
+    "HostEndpoint": ("node", "interfaceName", "expectedIPs", "profiles", "ports"),
     "GlobalNetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "doNotTrack", "preDNAT",
                             "applyOnForward", "serviceAccountSelector", "namespaceSelector", "performanceHints"),
 }
-# Spec fields written even when empty (not omitempty in Go).
-ALWAYS = {"IPPool": frozenset({"cidr"}), "FelixConfiguration": frozenset({"bpfLogLevel"})}
+# Spec fields written even when empty (not omitempty in Go; a pointer to a slice keeps `[]`).
+ALWAYS = {"IPPool": frozenset({"cidr"}),
+          "FelixConfiguration": frozenset({"bpfLogLevel", "failsafeInboundHostPorts", "failsafeOutboundHostPorts"})}
+PROTO_PORT_ORDER = ("protocol", "port", "net")
+ENDPOINT_PORT_ORDER = ("name", "protocol", "port")
 NODE_BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
 WITH_STATUS = frozenset({"Node", "Tier"})  # a struct status Go always writes (`"status":{}`)
 
@@ -131,6 +136,13 @@ def layout(kind: str, value: dict) -> dict:
                 spec[key] = [_rule(r) for r in spec[key]]
         if "labelsToApply" in spec:
             spec["labelsToApply"] = _sorted_map(spec["labelsToApply"])
+        for key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts"):
+            if kind == "FelixConfiguration" and isinstance(spec.get(key), list):
+                spec[key] = [_ordered(p, PROTO_PORT_ORDER, frozenset({"port"})) if isinstance(p, dict) else p
+                             for p in spec[key]]
+        if kind == "HostEndpoint" and isinstance(spec.get("ports"), list):
+            spec["ports"] = [_ordered(p, ENDPOINT_PORT_ORDER, frozenset(ENDPOINT_PORT_ORDER)) if isinstance(p, dict)
+                             else p for p in spec["ports"]]
         if kind == "Node" and isinstance(spec.get("bgp"), dict):
             spec["bgp"] = _ordered(spec["bgp"], NODE_BGP_ORDER)
         value["spec"] = spec
@@ -312,7 +324,8 @@ def parse_duration(text: str) -> float:
 # What calico-node honours of a FelixConfiguration, and the fields it accepts only at the value that
 # describes what it does anyway (Calico's start-up writes them so): anything else is refused.
 FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "ipipEnabled", "vxlanEnabled",
-                  "prometheusMetricsEnabled", "prometheusMetricsPort", "healthEnabled", "healthHost", "healthPort")
+                  "prometheusMetricsEnabled", "prometheusMetricsPort", "healthEnabled", "healthHost", "healthPort",
+                  "failsafeInboundHostPorts", "failsafeOutboundHostPorts")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
                "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
                "defaultEndpointToHostAction": "Return"}
@@ -340,6 +353,8 @@ class FelixConfiguration:
     health_enabled: bool | None = None  # healthEnabled
     health_host: str | None = None  # healthHost
     health_port: int | None = None  # healthPort
+    failsafe_inbound: tuple[ProtoPort, ...] | None = None  # failsafeInboundHostPorts ([] : none)
+    failsafe_outbound: tuple[ProtoPort, ...] | None = None  # failsafeOutboundHostPorts
 
     @classmethod
     def from_value(cls, value: dict) -> FelixConfiguration:
@@ -359,7 +374,8 @@ class FelixConfiguration:
                    ipip if isinstance(ipip, bool) else None, vxlan if isinstance(vxlan, bool) else None,
                    metrics if isinstance(metrics, bool) else None,
                    _port(port), health if isinstance(health, bool) else None,
-                   str(health_host) if health_host and listen_host(str(health_host)) else None, _port(health_port))
+                   str(health_host) if health_host and listen_host(str(health_host)) else None, _port(health_port),
+                   *(_failsafe(res.spec, key) for key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")))
 
 
 def _port(value: object) -> int | None:
@@ -377,6 +393,91 @@ def listen_host(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+
+def _failsafe(spec: dict, key: str) -> tuple[ProtoPort, ...] | None:
+    """A failsafe port list as set (None: not set, or not valid: Felix's default then holds)."""
+    if key not in spec:
+        return None
+    try:
+        return proto_ports_from_config(spec[key])
+    except ValueError:
+        return None
+
+
+# --- failsafe ports (FelixConfiguration failsafeInboundHostPorts / failsafeOutboundHostPorts) ---------
+
+@dataclass(frozen=True)
+class ProtoPort:
+    """One failsafe entry (Felix's ProtoPort): protocol "tcp", "udp" or "sctp", a port, and optionally
+    the peer's network (its family alone gets the rule)."""
+
+    protocol: str
+    port: int
+    net: str = ""
+
+    def text(self) -> str:
+        net = f":[{self.net}]" if ":" in self.net else f":{self.net}" if self.net else ""
+        return f"{self.protocol}{net}:{self.port}"
+
+
+def _defaults(text: str) -> tuple[ProtoPort, ...]:
+    return tuple(ProtoPort(p, int(n)) for p, n in (item.split(":") for item in text.split(",")))
+
+
+# Felix's failsafeInboundHostPorts / failsafeOutboundHostPorts defaults (felix/config/config_params.go).
+FAILSAFE_INBOUND = _defaults("tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667")
+FAILSAFE_OUTBOUND = _defaults("udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667")
+
+
+def parse_port_list(text: str) -> tuple[ProtoPort, ...]:
+    """Felix's environment form: ``(tcp|udp):<cidr>:<port>``, ``(tcp|udp):<port>`` or ``<port>``,
+    comma separated, IPv6 CIDRs in brackets; "none" is the empty list. ValueError names the bad entry."""
+    if text.strip().lower() == "none":
+        return ()
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        rest, net = item, ""
+        if "[" in rest and "]:" in rest:
+            start, end = rest.index("["), rest.index("]:")
+            net, rest = rest[start + 1:end], rest[:start] + rest[end + 2:]
+        parts = rest.split(":")
+        if len(parts) > 3:
+            raise ValueError(f"{item!r}: ports are <protocol>:<net>:<number>, <protocol>:<number> or <number>")
+        protocol = parts[0].lower() if len(parts) > 1 else "tcp"
+        net = parts[1] if len(parts) == 3 else net
+        if protocol not in ("tcp", "udp"):
+            raise ValueError(f"{item!r}: unknown protocol {protocol!r} (tcp or udp)")
+        out.append(_port_rule(item, protocol, parts[-1], net))
+    return tuple(out)
+
+
+def proto_ports_from_config(values: object) -> tuple[ProtoPort, ...]:
+    """FelixConfiguration's list of ``{protocol, port, net}`` (protocol TCP, UDP or SCTP; tcp when
+    absent). ValueError names the bad entry."""
+    if not isinstance(values, list):
+        raise ValueError("must be a list of {protocol, port, net}")
+    out = []
+    for i, value in enumerate(values):
+        if not isinstance(value, dict) or set(value) - {"protocol", "port", "net"}:
+            raise ValueError(f"[{i}] must be a mapping of protocol, port and net")
+        protocol = str(value.get("protocol") or "TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            raise ValueError(f"[{i}].protocol must be 'TCP' or 'UDP' or 'SCTP'")
+        out.append(_port_rule(f"[{i}]", protocol.lower(), value.get("port"), str(value.get("net") or "")))
+    return tuple(out)
+
+
+def _port_rule(what: str, protocol: str, port: object, net: str) -> ProtoPort:
+    if isinstance(port, bool) or not str(port).isdigit() or not 0 <= int(str(port)) <= 65535:
+        raise ValueError(f"{what}: the port must be a number from 0 to 65535")
+    if net:
+        try:
+            net = str(ipaddress.ip_network(net, strict=False))
+        except ValueError:
+            raise ValueError(f"{what}: invalid CIDR or IP {net!r}") from None
+    return ProtoPort(protocol, int(str(port)), net)
 
 
 def ipv4_address(text: str) -> bool:

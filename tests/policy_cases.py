@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from cni_calico import keys
-from cni_calico.policy import model, render
+from cni_calico.policy import hostep, model, render
 from cni_calico.policy.calc import Changes, PolicyCalculator
 
 NODE = "n1"
@@ -59,8 +59,8 @@ def profile_op(draw):
 
 
 @st.composite
-def policy_op(draw):
-    n = draw(st.integers(0, 3))
+def policy_op(draw, global_only: bool = False):
+    n = draw(st.sampled_from([1, 3] if global_only else [0, 1, 2, 3]))
     namespaced = n % 2 == 0
     key = f"a/p{n}" if namespaced else f"p{n}"
     if draw(st.integers(0, 4)) == 0:
@@ -75,6 +75,10 @@ def policy_op(draw):
         spec["egress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
         spec["types"] = draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
+    if not namespaced:  # Felix's kinds of GlobalNetworkPolicy (doNotTrack wins over preDNAT)
+        for flag in ("doNotTrack", "preDNAT", "applyOnForward"):
+            if draw(st.booleans()):
+                spec[flag] = True
     meta = {"name": f"p{n}", **({"namespace": "a"} if namespaced else {})}
     return ("policy", key, {"metadata": meta, "spec": spec, "_namespaced": namespaced})
 
@@ -105,11 +109,47 @@ def netset_op(draw):
     return ("netset", key, {"metadata": meta, "spec": {"nets": nets}})
 
 
-OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), tier_op(), netset_op()),
-               min_size=1, max_size=25)
+@st.composite
+def host_op(draw, here: bool = False):
+    """A HostEndpoint: this node's or another's, on a named interface, on "*", on none (expectedIPs
+    only) or on a workload's; its expectedIPs join selector sets."""
+    n = draw(st.integers(0, 2))
+    if draw(st.integers(0, 4)) == 0:
+        return ("host", f"h{n}", None)
+    labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
+                                ("role", draw(st.sampled_from(["r1", None])))) if v}
+    spec = {"node": NODE if here else draw(st.sampled_from([NODE, NODE, "n2"])),
+            "interfaceName": draw(st.sampled_from(["eth0", "eth1", "*", ""] if here else
+                                                  ["eth0", "eth0", "eth1", "*", "", "cali1"])),
+            "expectedIPs": draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True)),
+            "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}
+    return ("host", f"h{n}", {"metadata": {"name": f"h{n}", "labels": labels}, "spec": spec})
 
 
-PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers"}
+OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), policy_op(), tier_op(),
+                         netset_op(), host_op(), host_op()), min_size=1, max_size=25)
+@st.composite
+def addresses_op(draw):
+    """This node's interfaces and their addresses (host endpoints without interfaceName follow them)."""
+    return ("addresses", "", {iface: draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True))
+                              for iface in ("eth0", "eth1", "cali1") if draw(st.booleans())})
+
+
+@st.composite
+def tunnels_op(draw):
+    """The pools' encapsulations and the nodes' addresses (host endpoint policy lets tunnels through)."""
+    return ("tunnels", "", {"vxlan": draw(st.booleans()), "ipip": draw(st.booleans()),
+                            "hosts": draw(st.lists(st.sampled_from(["192.168.0.1", "192.168.0.2", "10.0.0.1"]),
+                                                   max_size=3, unique=True))})
+
+
+# Host endpoints of this node and GlobalNetworkPolicies (of every kind) most of all.
+HOST_OPS = st.lists(st.one_of(host_op(here=True), host_op(), policy_op(global_only=True),
+                              policy_op(global_only=True), profile_op(), tier_op(), endpoint_op(), addresses_op(),
+                              tunnels_op()), min_size=1, max_size=25)
+
+
+PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers", "host": "hostendpoints"}
 
 
 def netset_key(key: str) -> str:
@@ -142,6 +182,9 @@ class World:
         self.profiles: dict[str, model.Profile] = {}
         self.policies: dict[str, model.Policy] = {}
         self.tiers: dict[str, model.Tier] = {}
+        self.failsafe = hostep.Failsafe()
+        self.addresses: dict[str, frozenset[str]] = {}
+        self.tunnels = hostep.Tunnels()
 
     def apply(self, op, calc: PolicyCalculator | None = None) -> None:
         """Records an update (and feeds it to `calc`, when given)."""
@@ -161,6 +204,19 @@ class World:
             self._put(self.endpoints, netset_key(key), netset)
             if calc is not None:
                 calc.update_endpoint(netset_key(key), netset)
+        elif kind == "tunnels":
+            self.tunnels = hostep.Tunnels(value["vxlan"], value["ipip"], tuple(value["hosts"]))
+            if calc is not None:
+                calc.set_tunnels(self.tunnels)
+        elif kind == "addresses":
+            self.addresses = {iface: frozenset(held) for iface, held in value.items()}
+            if calc is not None:
+                calc.set_interface_addresses(self.addresses)
+        elif kind == "host":
+            host = None if value is None else model.host_endpoint_from_resource(value)
+            self._put(self.endpoints, f"hostendpoint:{key}", host)
+            if calc is not None:
+                calc.update_endpoint(f"hostendpoint:{key}", host)
         elif kind == "tier":
             tier = None if value is None else model.tier_from_resource(value)
             self._put(self.tiers, key, tier)
@@ -182,7 +238,9 @@ class World:
     def render(self) -> dict:
         eps = model.with_effective_labels(list(self.endpoints.values()), self.profiles)
         local = render.local_endpoints(eps, NODE)
-        return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers)
+        return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers,
+                                 hosts=hostep.local_host_endpoints(eps, NODE, self.addresses),
+                                 failsafe=self.failsafe, tunnels=self.tunnels)
 
 
 def apply_changes(state: dict, changes: Changes) -> None:

@@ -68,6 +68,7 @@ class Agent:
         self.identity_fix: dict[str, str] = {}  # spec.bgp fields to put back on our Node (someone changed them)
         self.identity_guard = RestoreGuard()
         self.identity_problem = ""  # set while another calico-node seems to use our name
+        self.failsafe = None  # cni_calico.policy.hostep.Failsafe in force, made in start()
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -144,6 +145,7 @@ class Agent:
 
         self.nat = {v: NatDataplane(version=v) for v in ((4, 6) if ipv6_available() else (4,))}
         self.policy = PolicySync(self.cfg.nodename)
+        self._apply_failsafe(None, None)
         self.syncer.resync()
         self.sync_once(0.0)
         self._apply_metrics_settings()
@@ -223,11 +225,26 @@ class Agent:
         self.metrics_felix = (pick("metrics_enabled"), pick("metrics_port"))
         self.health.configure(pick("health_enabled"), pick("health_host"), pick("health_port"))
         self._apply_metrics_settings()
+        self._apply_failsafe(pick("failsafe_inbound"), pick("failsafe_outbound"))
         if not self.cfg.log_level_from_env:
             level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)
             if logging.getLogger().level != level:
                 logging.getLogger().setLevel(level)
                 log.warning("log level %s (FelixConfiguration logSeverityScreen)", logging.getLevelName(level))
+
+    def _apply_failsafe(self, inbound, outbound) -> None:
+        """The failsafe ports: the environment's, else FelixConfiguration's, else Felix's defaults."""
+        from cni_calico.policy.hostep import Failsafe
+
+        default = Failsafe()
+        failsafe = Failsafe(next(v for v in (self.cfg.failsafe_inbound, inbound, default.inbound) if v is not None),
+                            next(v for v in (self.cfg.failsafe_outbound, outbound, default.outbound) if v is not None))
+        if failsafe != self.failsafe and self.policy is not None:
+            if self.failsafe is not None or failsafe != default:
+                log.info("failsafe ports: inbound %s, outbound %s", ",".join(p.text() for p in failsafe.inbound) or
+                         "none", ",".join(p.text() for p in failsafe.outbound) or "none")
+            self.failsafe = failsafe
+            self.policy.set_failsafe(failsafe)
 
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""
@@ -239,6 +256,10 @@ class Agent:
             self._apply_routing()
             self._report_readiness()
         if self.policy is not None:
+            if self.policy.wants_addresses:  # host endpoints named by expectedIPs follow the addresses
+                from cni_calico.node.autodetect import interface_addresses
+
+                self.policy.set_interface_addresses(interface_addresses())
             try:
                 changed = self.policy.flush()
             except Exception:
@@ -251,6 +272,13 @@ class Agent:
         self.routing.revision = self.syncer.revision
         snap = self.routing.snapshot()
         self._apply_nat(snap.pools)
+        if self.policy is not None:  # host endpoint policy lets the pools' tunnels between nodes through
+            from cni_calico.policy.hostep import Tunnels
+
+            pools = [p for p in snap.pools if not p.disabled]
+            self.policy.set_tunnels(Tunnels(any(p.vxlan_mode != "Never" for p in pools),
+                                            any(p.ipip_mode != "Never" for p in pools),
+                                            tuple(sorted(n.ipv4 for n in snap.nodes.values() if n.ipv4))))
         me = self.cfg.nodename
         if me not in snap.nodes:
             log.warning("node %s is no longer registered: withdrawing its routes", me)

@@ -1,4 +1,5 @@
-"""The node's own address: given by IP, or found by IP_AUTODETECTION_METHOD (as calico-node does)."""
+"""The node's own address: given by IP, or found by IP_AUTODETECTION_METHOD (as calico-node does); the
+interfaces' addresses host endpoints are found by."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def _addresses(ipr, family: int) -> list[tuple[str, str]]:
             continue
         out.append((names.get(addr["index"], ""), f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"))
     return out
+
+
+def interface_addresses() -> dict[str, frozenset[str]]:
+    """Every interface of this namespace but workloads' (cali*) with its addresses: where calico-node
+    finds the interfaces of host endpoints named by their expectedIPs alone (as Felix)."""
+    from pyroute2 import IPRoute
+
+    out: dict[str, set[str]] = {}
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for addr in ipr.get_addr():
+            name = names.get(addr["index"]) or ""
+            if name and not name.startswith("cali"):
+                out.setdefault(name, set()).add(str(addr.get_attr("IFA_ADDRESS")))
+    return {name: frozenset(held) for name, held in out.items()}
 
 
 def detect(method: str, family: int = 4) -> str:

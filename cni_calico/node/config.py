@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
 from cni_calico.logsetup import LEVELS
 from cni_calico.names import is_valid_nodename
-from cni_calico.v3 import DEFAULT_BLOCK_SIZE
+from cni_calico.v3 import DEFAULT_BLOCK_SIZE, ProtoPort, parse_port_list
 
 # Every variable calico-node reads, with one line each: `calico-node --help` prints this table, and
 # tests/unit/test_node_config.py checks that config.py reads no variable missing from it.
@@ -122,6 +122,10 @@ class NodeConfig:
     metrics_enabled: bool | None = None  # None: FelixConfiguration decides
     metrics_host: str = ""  # "": all addresses, as Felix
     metrics_port: int | None = None
+    # FELIX_FAILSAFEINBOUNDHOSTPORTS / FELIX_FAILSAFEOUTBOUNDHOSTPORTS (None: not set, FelixConfiguration's or
+    # Felix's defaults hold); they win over FelixConfiguration's as Felix's environment does.
+    failsafe_inbound: tuple[ProtoPort, ...] | None = None
+    failsafe_outbound: tuple[ProtoPort, ...] | None = None
 
     @property
     def nodename_file(self) -> str:
@@ -327,6 +331,13 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         raise NodeConfigError("NO_DEFAULT_POOLS=true contradicts CALICO_IPV4POOL_CIDR / CALICO_IPV6POOL_CIDR")
     health_enabled, health_host, health_port = _health(env)
     metrics_enabled, metrics_host, metrics_port = _metrics(env)
+    failsafe = {}
+    for name in ("FELIX_FAILSAFEINBOUNDHOSTPORTS", "FELIX_FAILSAFEOUTBOUNDHOSTPORTS"):
+        raw = env.get(name, "").strip()
+        try:
+            failsafe[name] = parse_port_list(raw) if raw else None
+        except ValueError as exc:
+            raise NodeConfigError(f"{name}={raw!r}: {exc}") from None
     return NodeConfig(
         nodename=nodename,
         ip=ip,
@@ -368,4 +379,6 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         metrics_enabled=metrics_enabled,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        failsafe_inbound=failsafe["FELIX_FAILSAFEINBOUNDHOSTPORTS"],
+        failsafe_outbound=failsafe["FELIX_FAILSAFEOUTBOUNDHOSTPORTS"],
     )

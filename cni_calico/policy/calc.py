@@ -11,6 +11,10 @@ update touches only what depends on it:
 - a policy or profile: its chains where a local endpoint uses them, the local endpoints it
   selects (a policy) or labels (a profile's labelsToApply: its endpoints are re-indexed);
 - a tier: the local endpoints' own chains (tiers are few and rarely change);
+- a local host endpoint (cni_calico.policy.hostep; its node is this one and it names an interface,
+  or one of the node's interfaces holds an address it expects: `set_interface_addresses`): its own
+  chains, re-rendered whole when it, a policy selecting it, its profile, a tier or the failsafe
+  ports change (a node has a few), and the fixed host endpoint chains when the set of them changes;
 - nothing else: endpoint updates never re-render policy chains, and nothing re-renders BIRD.
 
 Set and chain lifetimes are reference counts: a policy or profile chain lives while some local
@@ -24,16 +28,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from cni_calico.policy import model
+from cni_calico.policy import hostep, model
+from cni_calico.policy.hostep import Failsafe, Tunnels
 from cni_calico.policy.index import SelectorIndex, discard
-from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, IpSet, Ruleset
+from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, TABLES, IpSet, Ruleset, qualified, split_key
 from cni_calico.policy.render import (
     DIRECTIONS,
     RuleRenderer,
     body_chains,
     dispatchable,
     fixed_chains,
-    own_chain,
+    for_workloads,
+    host_endpoint_chains,
+    host_summary,
     policy_chain,
     present_profiles,
     profile_chain,
@@ -73,6 +80,8 @@ class _Family:
         self.selector_of: dict[str, str] = {}  # selector set -> its selector
         self.members: dict[str, dict[str, int]] = {}  # set -> address -> endpoints holding it (selector sets)
         self.static: dict[str, tuple[str, ...]] = {}  # net set -> members
+        self.fixed: set[str] = set()  # the fixed chains written (render.fixed_chains)
+        self.fixed_sets: dict[str, tuple[str, ...]] = {}  # the sets they name (hostep.tunnel_set) -> members
         self.pending = Changes()
 
     def write(self, name: str, rules: tuple[str, ...]) -> None:
@@ -107,8 +116,10 @@ class _Family:
 
 
 class PolicyCalculator:
-    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6)) -> None:
+    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6), failsafe: Failsafe | None = None) -> None:
         self.nodename = nodename
+        self.failsafe = failsafe or Failsafe()
+        self.tunnels = Tunnels()
         self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels (effective: in the index)
         self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
         self.profiles: dict[str, model.Profile] = {}
@@ -118,13 +129,21 @@ class PolicyCalculator:
         self.index = SelectorIndex()
         self.by_interface: dict[str, set[str]] = {}  # local interface -> endpoints claiming it
         self.local: dict[str, str] = {}  # local interface -> the endpoint that has it (first by key)
-        self.jumps: dict[str, set[str]] = {}  # local interface -> the body chains its chains jump to
+        # local interface (workloads), "host:<name>" (host endpoints) -> the body chains its chains jump to
+        self.jumps: dict[str, dict] = {}
+        self.owned: dict[str, tuple[str, ...]] = {}  # the same keys -> its own chains
+        self.host_claims: dict[str, set[str]] = {}  # host endpoint chain name (hostep.iface_key) -> claimants
+        self.hosts: dict[str, str] = {}  # host endpoint chain name -> the host endpoint that has it
+        self.host_owns: dict[str, dict[str, tuple[str, ...]]] = {}  # chain name -> its own chains
+        self.host_names: dict[str, set[str]] = {}  # host endpoint -> the chain names it claims
+        self.interface_addresses: dict[str, frozenset[str]] = {}  # this node's interfaces' addresses
+        self.unnamed_hosts: set[str] = set()  # this node's host endpoints found by their expectedIPs alone
         self.families = {v: _Family(v) for v in versions}
         self._dirty_local: set[str] = set()
+        self._dirty_hosts: set[str] = set()
+        self._summary: hostep.HostSummary | None = None
         self._sets_of: dict[str, list[tuple[_Family, str]]] = {}  # active selector -> its live sets
-        for fam in self.families.values():
-            for name, rules in fixed_chains([], fam.version).items():
-                fam.write(name, rules)
+        self._write_fixed()
 
     # --- updates -------------------------------------------------------------------------------
 
@@ -145,7 +164,28 @@ class PolicyCalculator:
             if dispatchable(ep, self.nodename):
                 self.by_interface.setdefault(ep.interface, set()).add(key)
                 self._claim(ep.interface)
+        if (old is not None and old.host) or (ep is not None and ep.host):
+            self._claim_hosts(key, self._host_names(ep) if ep is not None else set())
+            if ep is not None and not ep.interface and hostep.policed(ep, self.nodename):
+                self.unnamed_hosts.add(key)
+            else:
+                self.unnamed_hosts.discard(key)
         self._refresh_locals()
+
+    def set_interface_addresses(self, addresses: dict[str, frozenset[str]]) -> None:
+        """This node's interfaces and their addresses: host endpoints without an interfaceName police
+        the interfaces that hold one of their expectedIPs."""
+        if addresses == self.interface_addresses:
+            return
+        self.interface_addresses = dict(addresses)
+        for key in sorted(self.unnamed_hosts):
+            self._claim_hosts(key, self._host_names(self.endpoints[key]))
+        self._refresh_locals()
+
+    @property
+    def wants_addresses(self) -> bool:
+        """Whether some host endpoint of this node is found by its expectedIPs alone."""
+        return bool(self.unnamed_hosts)
 
     def update_profile(self, name: str, profile: model.Profile | None) -> None:
         old = self.profiles.pop(name, None)
@@ -159,6 +199,9 @@ class PolicyCalculator:
         for iface, key in self.local.items():
             if name in self.endpoints[key].profiles:
                 self._dirty_local.add(iface)
+        for host, key in self.hosts.items():
+            if name in self.endpoints[key].profiles:
+                self._dirty_hosts.add(host)
         self._refresh_locals()
 
     def update_policy(self, key: str, policy: model.Policy | None) -> None:
@@ -171,6 +214,10 @@ class PolicyCalculator:
             labels = self.index.labels(ep_key)
             if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
                 self._dirty_local.add(iface)
+        for host, ep_key in self.hosts.items():
+            labels = self.index.labels(ep_key)
+            if any(p is not None and p.selector and matches(p.selector, labels) for p in (old, policy)):
+                self._dirty_hosts.add(host)
         self._refresh_locals()
 
     def update_tier(self, name: str, tier: model.Tier | None) -> None:
@@ -180,7 +227,20 @@ class PolicyCalculator:
         else:
             self.tiers[name] = tier
         self._dirty_local.update(self.local)
+        self._dirty_hosts.update(self.hosts)
         self._refresh_locals()
+
+    def set_tunnels(self, tunnels: Tunnels) -> None:
+        """The pools' encapsulations and the nodes' addresses (host endpoints let tunnels through)."""
+        if tunnels != self.tunnels:
+            self.tunnels = tunnels
+            self._write_fixed()
+
+    def set_failsafe(self, failsafe: Failsafe) -> None:
+        """FelixConfiguration's (or the environment's) failsafe ports: the failsafe chains change."""
+        if failsafe != self.failsafe:
+            self.failsafe = failsafe
+            self._write_fixed()
 
     # --- the result ----------------------------------------------------------------------------
 
@@ -219,6 +279,9 @@ class PolicyCalculator:
         self._move_addresses(key, old_addresses, ep.addresses, left, joined, before - left)
         if self.local.get(ep.interface) == key:
             self._dirty_local.add(ep.interface)
+        for name in self.host_names.get(key, ()):
+            if self.hosts.get(name) == key:
+                self._dirty_hosts.add(name)
 
     def _move_addresses(self, key: str, old: tuple[str, ...], new: tuple[str, ...], left: set[str],
                         joined: set[str], stayed: set[str]) -> None:
@@ -259,6 +322,87 @@ class PolicyCalculator:
             self.local.pop(ep.interface, None)
         self._dirty_local.add(ep.interface)
 
+    def _host_names(self, ep: model.Endpoint) -> set[str]:
+        if not hostep.policed(ep, self.nodename):
+            return set()
+        return hostep.interfaces_of(ep, self.interface_addresses)
+
+    def _claim_hosts(self, key: str, names: set[str]) -> None:
+        """A host endpoint now claims `names` (chain names); each name goes to its first claimant by key."""
+        old = self.host_names.pop(key, set())
+        if names:
+            self.host_names[key] = names
+        for name in old - names:
+            self.host_claims[name].discard(key)
+        for name in names - old:
+            self.host_claims.setdefault(name, set()).add(key)
+        for name in old | names:  # the endpoint changed: its names re-render even when it keeps them
+            claimants = self.host_claims.get(name)
+            if claimants:
+                self.hosts[name] = min(claimants)
+            else:
+                self.host_claims.pop(name, None)
+                self.hosts.pop(name, None)
+            self._dirty_hosts.add(name)
+
+    def _refresh_hosts(self) -> bool:
+        """Re-renders the dirty host endpoints' chains; True when the fixed chains must follow."""
+        dirty, self._dirty_hosts = self._dirty_hosts, set()
+        for name in sorted(dirty):
+            key = self.hosts.get(name)
+            if key is None:
+                self._set_jumps(f"host:{name}", {}, None)
+                self.host_owns.pop(name, None)
+                continue
+            ep, labels = self.endpoints[key], self.index.labels(key)
+            selecting = [p for p in self.ordered if matches(p.selector, labels)]
+            own, bodies = host_endpoint_chains(name, selecting, present_profiles(ep, self.profiles), self.tiers)
+            self._set_jumps(f"host:{name}", bodies, own)
+            self.host_owns[name] = own
+        summary = host_summary(self.host_owns)
+        changed, self._summary = summary != self._summary, summary
+        return changed
+
+    def _write_fixed(self) -> None:
+        for fam in self.families.values():
+            sets = hostep.tunnel_set(self.tunnels, fam.version) if self._summary is not None else {}
+            self._fixed_sets(fam, {name: s.members for name, s in sets.items()})
+            chains = fixed_chains(sorted(self.local), fam.version, self._summary, self.failsafe, self.tunnels)
+            for name in fam.fixed - set(chains):
+                fam.remove(name)
+            for name, rules in chains.items():
+                fam.write(name, rules)
+            fam.fixed = set(chains)
+
+    def _fixed_sets(self, fam: _Family, wanted: dict[str, tuple[str, ...]]) -> None:
+        """The fixed chains' sets: made, refilled and destroyed with them (one reference each)."""
+        for name in set(fam.fixed_sets) - set(wanted):
+            del fam.fixed_sets[name]
+            self._unref_set(fam, name)
+        for name, members in wanted.items():
+            old = fam.fixed_sets.get(name)
+            if old == members:
+                continue
+            fam.fixed_sets[name] = members
+            if old is None:
+                fam.set_refs[name] = fam.set_refs.get(name, 0) + 1
+                fam.pending.destroyed.discard(name)
+                fam.pending.created[name] = IpSet("hash:net", members)
+            elif name not in fam.pending.created:
+                for member in set(members) - set(old):
+                    self._pending_member(fam, name, member, True)
+                for member in set(old) - set(members):
+                    self._pending_member(fam, name, member, False)
+            fam.static[name] = members
+
+    @staticmethod
+    def _pending_member(fam: _Family, name: str, member: str, add: bool) -> None:
+        undo, do = (fam.pending.deleted, fam.pending.added) if add else (fam.pending.added, fam.pending.deleted)
+        if member in undo.get(name, ()):
+            undo[name].discard(member)
+        else:
+            do.setdefault(name, set()).add(member)
+
     def _refresh_locals(self) -> None:
         dirty, self._dirty_local = self._dirty_local, set()
         interfaces_changed = False
@@ -270,32 +414,32 @@ class PolicyCalculator:
                 continue
             interfaces_changed |= iface not in self.jumps
             ep, labels = self.endpoints[key], self.index.labels(key)
-            selecting = [p for p in self.ordered if matches(p.selector, labels)]
+            selecting = for_workloads([p for p in self.ordered if matches(p.selector, labels)])
             present = present_profiles(ep, self.profiles)
             self._set_jumps(iface, body_chains(selecting, present, self.tiers),
                             workload_chains(iface, selecting, present, self.tiers))
-        if interfaces_changed:
-            for fam in self.families.values():
-                for name, rules in fixed_chains(sorted(self.local), fam.version).items():
-                    fam.write(name, rules)
+        if self._refresh_hosts() or interfaces_changed:
+            self._write_fixed()
 
-    def _set_jumps(self, iface: str, bodies: dict, own: dict[str, tuple[str, ...]] | None) -> None:
-        before = self.jumps.get(iface, {})
+    def _set_jumps(self, key: str, bodies: dict, own: dict[str, tuple[str, ...]] | None) -> None:
+        """An endpoint's own chains (None: it is gone) and the body chains they jump to."""
+        before = self.jumps.get(key, {})
+        old_own = self.owned.pop(key, ())
         for fam in self.families.values():
             for name in set(bodies) - set(before):
                 self._ref_body(fam, name, *bodies[name])
             for name in set(before) - set(bodies):
                 self._unref_body(fam, name)
-            for kind in ("fw", "tw"):
-                name = own_chain(iface, kind)
-                if own is None:
+            for name in old_own:
+                if own is None or name not in own:
                     fam.remove(name)
-                else:
-                    fam.write(name, own[name])
+            for name, rules in (own or {}).items():
+                fam.write(name, rules)
         if own is None:
-            self.jumps.pop(iface, None)
+            self.jumps.pop(key, None)
         else:
-            self.jumps[iface] = bodies  # type: ignore[assignment]
+            self.jumps[key] = bodies
+            self.owned[key] = tuple(own)
 
     # --- policy and profile chains -------------------------------------------------------------
 
@@ -329,10 +473,11 @@ class PolicyCalculator:
             for direction, letter, _, _ in DIRECTIONS:
                 if source is None:
                     continue
-                chain = policy_chain(source, letter) if is_policy else profile_chain(source, letter)
+                chain = split_key(policy_chain(source, letter) if is_policy else profile_chain(source, letter))[1]
                 rules = getattr(source, direction)
-                if chain in fam.chain_refs and rules is not None:
-                    self._render_body(fam, chain, rules)
+                for table in TABLES:  # a normal policy's chains are in mangle too (DNATed host traffic)
+                    if qualified(table, chain) in fam.chain_refs and rules is not None:
+                        self._render_body(fam, qualified(table, chain), rules)
         # Chains that disappear (a policy losing a direction, or deleted) go when their endpoints drop
         # them: the callers mark those endpoints dirty.
 

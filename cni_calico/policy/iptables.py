@@ -5,7 +5,10 @@ What holds, for each family on its own (one Dataplane per family; see cni_calico
 
 - We own exactly: chains named ``cali-...`` in the family's filter table, the one jump to cali-FORWARD
   at the top of its FORWARD, and ipsets named ``cali40...`` (family inet) or ``cali60...`` (family
-  inet6). Nothing else is ever flushed, changed or deleted.
+  inet6); while this node has a host endpoint (cni_calico.policy.hostep) also the ``cali-...`` chains
+  of the mangle and raw tables and the jumps at the top of INPUT, OUTPUT (filter), PREROUTING,
+  POSTROUTING (mangle) and PREROUTING, OUTPUT (raw): ``layout.HOOKS``. Nothing else is ever flushed, changed or
+  deleted; without a host endpoint the mangle and raw tables are not even read.
 - Each apply is one ``iptables-restore --noflush`` (``ip6tables-restore``) transaction: every chain it
   writes is declared (``:chain - [0:0]`` flushes it) and rewritten whole, chains no longer rendered are
   flushed and then deleted (``-X``) at its end, when nothing refers to them any more. The first apply
@@ -32,17 +35,23 @@ from collections.abc import Callable
 
 from cni_calico.policy.layout import (
     FAMILIES,
-    FORWARD_CHAIN,
-    JUMP,
+    INPUT_CHAIN,
+    OUTPUT_CHAIN,
+    TABLES,
     V4,
     V6,
     Family,
     IpSet,
     Ruleset,
+    by_table,
+    hooks,
+    jump_rule,
     policy_set,
+    qualified,
     restore_text,
     set_member,
     set_name,
+    split_key,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,9 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., subprocess.CompletedProcess]
 MAXELEM = 1048576
 BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
+BUILTINS = {"filter": BUILTIN, "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+            "raw": ("PREROUTING", "OUTPUT")}
+HOST_MARKERS = (INPUT_CHAIN, OUTPUT_CHAIN)  # in the filter table: host endpoint chains may be in mangle and raw
 
 
 class PolicyError(RuntimeError):
@@ -104,6 +116,32 @@ def jump_fix(lines: list[str], builtin: str, chain: str, jump: str) -> list[str]
     if first and first in ours and len(ours) == 1 and f"-j {chain}" in first:
         return []
     return ["-D" + line[2:] for line in ours] + [f"-I {builtin} 1 {jump}"]
+
+
+def hook_fix(lines: list[str], table: str, chains: list[str]) -> list[str]:
+    """The repair of our jumps from a table's built-in chains (saved table ``lines``; ``chains``: the
+    bare names we want there): nothing when each wanted jump is its built-in's first rule and those
+    are the table's only jumps into our chains; else delete every such jump and insert ours."""
+    wanted = hooks(table, chains)
+    ours = foreign_jumps(lines)
+    firsts = {line.split()[1]: line for line in reversed(lines) if line.startswith("-A ")}
+    rules = [f"-A {builtin} {jump_rule(chain)}" for builtin, chain in wanted]
+    if sorted(ours) == sorted(rules) and all(firsts.get(b) == r for (b, _), r in zip(wanted, rules, strict=True)):
+        return []
+    return ["-D" + line[2:] for line in ours] + [f"-I {b} 1 {jump_rule(c)}" for b, c in wanted]
+
+
+def hook_changes(old: dict[str, tuple[str, ...]], new: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """Per table, the jump lines that follow our hooked chains coming (insert) and going (delete)."""
+    out: dict[str, list[str]] = {}
+    before, after = by_table(old), by_table(new)
+    for table in TABLES:
+        had, has = hooks(table, before.get(table, {})), hooks(table, after.get(table, {}))
+        lines = [f"-I {b} 1 {jump_rule(c)}" for b, c in has if (b, c) not in had]
+        lines += [f"-D {b} {jump_rule(c)}" for b, c in had if (b, c) not in has]
+        if lines:
+            out[table] = lines
+    return out
 
 
 def restore_command(run: Runner = _run, family: Family = V4) -> list[str]:
@@ -213,37 +251,54 @@ class Dataplane:
             self.chains = None
             raise
 
+    def _read_tables(self, wanted: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+        """The saved filter table, and mangle and raw when host endpoint chains are wanted or found."""
+        tables = {"filter": saved_filter(self.run, self.family)}
+        if any(split_key(k)[0] != "filter" for k in wanted) or set(HOST_MARKERS) & set(cali_chains(tables["filter"])):
+            for table in ("mangle", "raw"):
+                tables[table] = saved_filter(self.run, self.family, table)
+        return tables
+
+    def _write(self, write: dict[str, tuple[str, ...]], remove: list[str], jumps: dict[str, list[str]]) -> None:
+        """One *-restore --noflush call: a section per table with something to do."""
+        text = ""
+        written, removed = by_table(write), by_table(dict.fromkeys(remove, ()))
+        for table in TABLES:
+            if table in written or table in removed or jumps.get(table):
+                text += restore_text(written.get(table, {}), removed.get(table, {}), jumps.get(table, []), table)
+        if text:
+            self.restore = self.restore or restore_command(self.run, self.family)
+            self.run(self.restore, text)
+            self.writes += 1
+
     def _apply(self, ruleset: Ruleset) -> bool:
-        jump: list[str] = []
+        jumps: dict[str, list[str]] = {}
         if self.chains is None:
             self.restore = self.restore or restore_command(self.run, self.family)
-            lines = saved_filter(self.run, self.family)
-            old_chains = dict.fromkeys(cali_chains(lines), ())
-            jump = self._jump_fix(lines)
+            tables = self._read_tables(ruleset.chains)
+            old_chains = {qualified(t, c): () for t, lines in tables.items() for c in cali_chains(lines)}
+            wanted = by_table(ruleset.chains)
+            jumps = {t: fix for t, lines in tables.items() if (fix := hook_fix(lines, t, list(wanted.get(t, {}))))}
             self.sets = dict.fromkeys(ipsets(self.run, self.family))
             write = dict(ruleset.chains)
         else:
             old_chains = self.chains
             write = {c: rules for c, rules in ruleset.chains.items() if old_chains.get(c) != rules}
+            jumps = hook_changes(old_chains, ruleset.chains)
         remove = [c for c in old_chains if c not in ruleset.chains]
         stale_sets = [n for n in self.sets if n not in ruleset.ipsets]
         set_lines = _ipset_script(ruleset.ipsets, self.sets, self.family)
-        if not (write or remove or jump or set_lines or stale_sets):
+        if not (write or remove or jumps or set_lines or stale_sets):
             return False
         if set_lines:
             self._ipset(set_lines)
             self.sets.update(ruleset.ipsets)
-        if write or remove or jump:
-            self.run(self.restore, restore_text(write, remove, jump))
-            self.writes += 1
+        self._write(write, remove, jumps)
         self.chains = dict(ruleset.chains)
         self._destroy(stale_sets)
         log.info("policy applied (IPv%d): %d chains written, %d removed, %d ipset changes", self.family.version,
                  len(write), len(remove), len(set_lines))
         return True
-
-    def _jump_fix(self, lines: list[str]) -> list[str]:
-        return jump_fix(lines, "FORWARD", FORWARD_CHAIN, JUMP)
 
     def _ipset(self, lines: list[str]) -> None:
         self.run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
@@ -302,11 +357,11 @@ class Dataplane:
             write = {c: rules for c, rules in changes.chains.items() if rules is not None}
             remove = [c for c, rules in changes.chains.items() if rules is None]
             if write or remove:
-                self.run(self.restore, restore_text(write, remove))
-                self.writes += 1
-                self.chains.update(write)
+                after = {**self.chains, **write}
                 for c in remove:
-                    self.chains.pop(c, None)
+                    after.pop(c, None)
+                self._write(write, remove, hook_changes(self.chains, after))
+                self.chains = after
             if small:
                 self._change_members([(n, m, False) for n, members in changes.deleted.items() for m in sorted(members)])
             else:
@@ -326,20 +381,23 @@ class Dataplane:
         """Compares the kernel with ``ruleset`` (the whole desired state) and puts back whatever
         differs: a flushed or deleted chain, a lost jump, a deleted set or member, a stale chain or
         set of ours. Returns what was repaired (logged, one line each)."""
-        lines = saved_filter(self.run, self.family)
-        kernel_chains: dict[str, list[str]] = {c: [] for c in cali_chains(lines)}
-        for line in lines:
-            parts = line.split(" ", 2)
-            if parts[0] == "-A" and parts[1] in kernel_chains:
-                kernel_chains[parts[1]].append(parts[2] if len(parts) > 2 else "")
+        tables = self._read_tables(ruleset.chains)
+        kernel_chains: dict[str, list[str]] = {}
+        for table, lines in tables.items():
+            kernel_chains.update({qualified(table, c): [] for c in cali_chains(lines)})
+            for line in lines:
+                parts = line.split(" ", 2)
+                if parts[0] == "-A" and qualified(table, parts[1]) in kernel_chains:
+                    kernel_chains[qualified(table, parts[1])].append(parts[2] if len(parts) > 2 else "")
         kernel_sets = saved_sets(self.run, self.family)
         repaired = []
         write = {c: rules for c, rules in ruleset.chains.items()
                  if [canonical(r) for r in kernel_chains.get(c, ["<none>"])] != [canonical(r) for r in rules]}
         remove = [c for c in kernel_chains if c not in ruleset.chains]
-        jump = self._jump_fix(lines)
-        repaired += [f"chain {c}" for c in write] + [f"stale chain {c}" for c in remove] + (["FORWARD jump"] if jump
-                                                                                              else [])
+        wanted = by_table(ruleset.chains)
+        jumps = {t: fix for t, lines in tables.items() if (fix := hook_fix(lines, t, list(wanted.get(t, {}))))}
+        repaired += [f"chain {c}" for c in write] + [f"stale chain {c}" for c in remove] + [
+            f"{t} jumps" for t in jumps]
         set_lines = []
         for name, ipset in ruleset.ipsets.items():
             have = kernel_sets.get(name)
@@ -356,10 +414,7 @@ class Dataplane:
         stale_sets = [n for n in kernel_sets if n not in ruleset.ipsets]
         if set_lines:
             self._ipset(set_lines)
-        if write or remove or jump:
-            self.restore = self.restore or restore_command(self.run, self.family)
-            self.run(self.restore, restore_text(write, remove, jump))
-            self.writes += 1
+        self._write(write, remove, jumps)
         self._destroy(stale_sets)
         repaired += [f"stale set {n}" for n in stale_sets]
         self.chains = dict(ruleset.chains)
@@ -397,13 +452,23 @@ def cleanup(run: Runner = _run, versions: tuple[int, ...] | None = None) -> list
 
 def _cleanup(run: Runner, family: Family) -> list[str]:
     lines = saved_filter(run, family)
-    chains, jumps = cali_chains(lines), foreign_jumps(lines)
-    removed = [f"{family.label}jump: {j}" for j in jumps] + [f"{family.label}chain: {c}" for c in chains]
-    if chains or jumps:
-        run(restore_command(run, family), restore_text({}, chains, ["-D" + j[2:] for j in jumps]))
+    tables = {"filter": lines}
+    if set(HOST_MARKERS) & set(cali_chains(lines)):  # host endpoints: mangle and raw hold ours too
+        tables.update({t: saved_filter(run, family, t) for t in ("mangle", "raw")})
+    removed, text = [], ""
+    for table, saved in tables.items():
+        chains, jumps = cali_chains(saved), foreign_jumps(saved)
+        where = "" if table == "filter" else f"{table} "
+        removed += [f"{family.label}{where}jump: {j}" for j in jumps]
+        removed += [f"{family.label}{where}chain: {c}" for c in chains]
+        if chains or jumps:
+            text += restore_text({}, chains, ["-D" + j[2:] for j in jumps], table)
+    if text:
+        run(restore_command(run, family), text)
     for name in ipsets(run, family):
         run(["ipset", "destroy", name])
         removed.append(f"ipset: {name}")
-    if chains or jumps:
-        drop_if_pristine(run, family, "filter", BUILTIN)
+    if text:
+        for table in tables:
+            drop_if_pristine(run, family, table, BUILTINS[table])
     return removed

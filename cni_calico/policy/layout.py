@@ -5,6 +5,10 @@ What holds:
 
 - Both families use the same chain names, marks and layout (see cni_calico.policy.render); only the
   table's tools, the ipset family and name prefix, the ICMP spelling and "any address" differ (``Family``).
+- Host endpoints (cni_calico.policy.hostep) add chains to the mangle and raw tables too: a chain of those
+  is keyed ``"<table>:<chain>"`` in a Ruleset (``qualified``); a filter chain by its bare name (chain
+  names never hold a colon). Our chains are entered from the built-in chains by ``HOOKS``, one jump each,
+  present exactly when the hooked chain is in the Ruleset.
 - Every chain is named ``cali-...`` in at most 28 characters; every ipset ``cali40...`` (IPv4, family
   inet) or ``cali60...`` (IPv6, family inet6) in at most 31 (longer names are hashed), so the two
   families' sets never share a name. The policy's sets are ``cali40<kind>:…`` (``policy_set``); outgoing
@@ -31,6 +35,15 @@ IFACE_PREFIX = "cali"
 MAX_CHAIN = 28
 MAX_SET = 31
 JUMP = f'-m comment --comment "cali:calico-node policy" -j {FORWARD_CHAIN}'
+INPUT_CHAIN = "cali-INPUT"
+OUTPUT_CHAIN = "cali-OUTPUT"
+PREROUTING_CHAIN = "cali-PREROUTING"
+POSTROUTING_CHAIN = "cali-POSTROUTING"  # in mangle (the nat table's is cni_calico.policy.natout's)
+TABLES = ("filter", "mangle", "raw")  # ours to program (the nat table's chains are cni_calico.policy.natout's)
+# (table, built-in chain) -> our chain its first rule jumps to, when that chain is rendered.
+HOOKS = {("filter", "FORWARD"): FORWARD_CHAIN, ("filter", "INPUT"): INPUT_CHAIN, ("filter", "OUTPUT"): OUTPUT_CHAIN,
+         ("mangle", "PREROUTING"): PREROUTING_CHAIN, ("raw", "PREROUTING"): PREROUTING_CHAIN,
+         ("mangle", "POSTROUTING"): POSTROUTING_CHAIN, ("raw", "OUTPUT"): OUTPUT_CHAIN}
 ND_TYPES = (133, 134, 135, 136)  # router solicitation/advertisement, neighbour solicitation/advertisement
 _READABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
@@ -78,8 +91,41 @@ class Ruleset:
     version: int = 4
 
     def text(self) -> str:
-        """The whole ruleset as one *-restore --noflush transaction (jump inserted at the top)."""
-        return restore_text(self.chains, jump=[f"-I FORWARD 1 {JUMP}"])
+        """The whole ruleset as one *-restore --noflush transaction per table (jumps inserted at the top)."""
+        return "".join(restore_text(chains, jump=[f"-I {builtin} 1 {jump_rule(chain)}"
+                                                  for builtin, chain in hooks(table, chains)], table=table)
+                       for table, chains in by_table(self.chains).items())
+
+
+def qualified(table: str, chain: str) -> str:
+    """A chain's key in a Ruleset: the bare name in the filter table, ``"<table>:<chain>"`` elsewhere."""
+    return chain if table == "filter" else f"{table}:{chain}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(table, chain) of a Ruleset key."""
+    table, sep, chain = key.partition(":")
+    return (table, chain) if sep else ("filter", key)
+
+
+def by_table(chains: dict[str, tuple[str, ...]]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """A Ruleset's chains split by table (filter first, tables without chains left out)."""
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for key, rules in chains.items():
+        table, chain = split_key(key)
+        out.setdefault(table, {})[chain] = rules
+    return {t: out[t] for t in TABLES if t in out}
+
+
+def jump_rule(chain: str) -> str:
+    """Our one jump from a built-in chain to ``chain`` (as iptables-save prints it)."""
+    return f'-m comment --comment "cali:calico-node policy" -j {chain}'
+
+
+def hooks(table: str, chains: Iterable[str]) -> list[tuple[str, str]]:
+    """(built-in, our chain) for each jump the table needs, given the chains (bare names) it holds."""
+    present = set(chains)
+    return [(builtin, ours) for (t, builtin), ours in HOOKS.items() if t == table and ours in present]
 
 
 def _digest(text: str, length: int) -> str:

@@ -76,6 +76,18 @@ class Policy:
     ingress: tuple[Rule, ...] | None  # None: the policy's types leave Ingress out
     egress: tuple[Rule, ...] | None
     tier: str = DEFAULT_TIER
+    # GlobalNetworkPolicy only (Felix's meaning): doNotTrack policies apply to host endpoints in the
+    # raw table, preDNAT ones in the mangle table (ingress only); neither ever applies to a workload.
+    # applyOnForward: a normal policy applies to traffic forwarded through a host endpoint too.
+    do_not_track: bool = False
+    pre_dnat: bool = False
+    apply_on_forward: bool = False
+
+    @property
+    def kind(self) -> str:
+        """Which of Felix's policy lists it joins: "untracked", "prednat" or "normal" (doNotTrack wins
+        over preDNAT, as in Felix's tierInfoToProtoTierInfo)."""
+        return "untracked" if self.do_not_track else "prednat" if self.pre_dnat else "normal"
 
     def sort_key(self) -> tuple:
         """Lower order first; no order after every ordered policy; then by name (as Felix)."""
@@ -112,16 +124,17 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A workload endpoint, or a network set: what a rule's selector can match (network sets have no
-    node nor interface, so they are never policed themselves)."""
+    """A workload endpoint, a host endpoint or a network set: what a rule's selector can match (network
+    sets have no node nor interface, so they are never policed themselves)."""
 
-    key: str  # "<ns>/<name>"; network sets: "networkset:<ns>/<name>", "globalnetworkset:<name>"
-    namespace: str  # "" for a global network set
+    key: str  # "<ns>/<name>"; "hostendpoint:<name>"; "networkset:<ns>/<name>", "globalnetworkset:<name>"
+    namespace: str  # "" for a host endpoint and a global network set
     node: str
     interface: str
     addresses: tuple[str, ...]  # bare IPv4 and IPv6 addresses; a network set's nets (layout.set_member)
     profiles: tuple[str, ...]
     labels: dict[str, str] = field(default_factory=dict, hash=False)
+    host: bool = False  # a HostEndpoint: policed by cni_calico.policy.hostep, never as a workload
 
 
 # --- rules -----------------------------------------------------------------------------------------
@@ -279,8 +292,11 @@ def policy_from_resource(resource: dict, namespaced: bool) -> Policy:
         log.warning("policy %s selects nothing: bad selector: %s", key, exc)
         selector = ""
     tier = str(spec.get("tier") or DEFAULT_TIER)
+    flags = [not namespaced and spec.get(name) is True for name in ("doNotTrack", "preDNAT", "applyOnForward")]
+    if flags[1] and not flags[0]:
+        egress = None  # a preDNAT policy polices ingress only (Felix drops its egress side)
     return Policy(key, _order(spec.get("order")), selector,
-                  ingress if "ingress" in types else None, egress if "egress" in types else None, tier)
+                  ingress if "ingress" in types else None, egress if "egress" in types else None, tier, *flags)
 
 
 def profile_from_resource(resource: dict) -> Profile:
@@ -331,6 +347,26 @@ def network_set_from_resource(resource: dict, namespaced: bool) -> Endpoint:
     return Endpoint(key=key, namespace=namespace, node="", interface="", addresses=tuple(sorted(members)),
                     profiles=(f"{KNS_PREFIX}{namespace}",) if namespaced else (),
                     labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {})
+
+
+def host_endpoint_from_resource(resource: dict) -> Endpoint:
+    """A HostEndpoint as libcalico-go hands it to Felix: its node, interface ("*": every interface;
+    "": none named), its expectedIPs (which join selector sets as an endpoint's addresses; an
+    unparseable one is skipped), profiles and labels; no namespace (a global thing)."""
+    meta, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    labels = meta.get("labels") or {}
+    ips = [ip for ip in spec.get("expectedIPs") or [] if "/" not in str(ip)]  # addresses, never CIDRs
+    addresses = [a for a in map(_address, ips) if a]
+    return Endpoint(
+        key=f"hostendpoint:{meta.get('name') or ''}",
+        namespace="",
+        node=str(spec.get("node") or ""),
+        interface=str(spec.get("interfaceName") or ""),
+        addresses=tuple(sorted(set(addresses))),
+        profiles=tuple(str(p) for p in spec.get("profiles") or []),
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        host=True,
+    )
 
 
 def _address(net: object) -> str:

@@ -32,9 +32,12 @@ every matching network set (see model.network_set_from_resource); net sets (hash
 CIDRs of the family. In both, 0.0.0.0/0 or ::/0 is held as its two halves (hash:net holds no /0), and a
 full-length network as its bare address (``set_member``: the kernel prints it so).
 
-Not policed (Calico's DefaultEndpointToHostAction=ACCEPT): traffic between a workload and its own node
-(INPUT, OUTPUT; neighbour discovery with the gateway is such traffic) is left to the host's own rules;
-we never touch INPUT or OUTPUT.
+Not policed (Calico's DefaultEndpointToHostAction=Return): traffic between a workload and its own node
+(INPUT, OUTPUT; neighbour discovery with the gateway is such traffic) is left to the host's own rules.
+A workload's chains hold its "normal" policies only: doNotTrack and preDNAT policies police host
+endpoints alone (as Felix). This node's host endpoints (cni_calico.policy.hostep) add chains in the
+filter, mangle and raw tables, the INPUT / OUTPUT / PREROUTING jumps and two rules of cali-FORWARD;
+without a host endpoint none of that exists and INPUT, OUTPUT, mangle and raw are never touched.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import logging
 import re
 from collections.abc import Iterable
 
+from cni_calico.policy import hostep
+from cni_calico.policy.hostep import Failsafe, HostSummary, Tunnels
 from cni_calico.policy.layout import (
     ACCEPT_MARK,
     FAMILIES,
@@ -59,8 +64,10 @@ from cni_calico.policy.layout import (
     IpSet,
     Ruleset,
     chain_name,
+    qualified,
     set_member,
     set_name,
+    split_key,
 )
 from cni_calico.policy.model import DEFAULT_TIER, ICMP_PROTOCOLS, Endpoint, Policy, Profile, Rule, Tier
 from cni_calico.selector import Selector, parse
@@ -216,8 +223,17 @@ def _endpoint_chain(tiers: list[tuple[Tier, list[str]]], profiles: list[str]) ->
 DIRECTIONS = (("egress", "o", "fw", "-i"), ("ingress", "i", "tw", "-o"))  # (rules, chain letter, own chain, flag)
 
 
+_POLICY_TABLE = {"normal": "filter", "prednat": "mangle", "untracked": "raw"}
+
+
 def policy_chain(policy: Policy, letter: str) -> str:
-    return chain_name(f"cali-p{letter}-", policy.key)
+    """The Ruleset key of a policy's chain: in the table its kind polices in (normal: filter)."""
+    return qualified(_POLICY_TABLE[policy.kind], chain_name(f"cali-p{letter}-", policy.key))
+
+
+def for_workloads(selecting: list[Policy]) -> list[Policy]:
+    """The policies that police a workload: doNotTrack and preDNAT ones never do (Felix)."""
+    return [p for p in selecting if p.kind == "normal"]
 
 
 def profile_chain(profile: Profile, letter: str) -> str:
@@ -251,7 +267,7 @@ def workload_chains(interface: str, selecting: list[Policy], present: list[Profi
     out = {}
     groups = tiered(selecting, tiers or {})
     for direction, letter, kind, _ in DIRECTIONS:
-        by_tier = [(tier, [policy_chain(p, letter) for p in pols if getattr(p, direction) is not None])
+        by_tier = [(tier, [split_key(policy_chain(p, letter))[1] for p in pols if getattr(p, direction) is not None])
                    for tier, pols in groups]
         out[own_chain(interface, kind)] = _endpoint_chain([(t, c) for t, c in by_tier if c],
                                                           [profile_chain(p, letter) for p in present])
@@ -272,18 +288,56 @@ def body_chains(selecting: list[Policy], present: list[Profile],
     return out
 
 
-def fixed_chains(interfaces: list[str], version: int) -> dict[str, tuple[str, ...]]:
-    """The dispatch chains (by local interface, sorted) and cali-FORWARD."""
+def host_endpoint_chains(name: str, selecting: list[Policy], present: list[Profile],
+                         tiers: dict[str, Tier] | None = None
+                         ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, Policy | Profile]]]:
+    """A local host endpoint's own chains (cni_calico.policy.hostep), and the policy and profile chains
+    they jump to (as `body_chains`), given every policy selecting it (in order) and its profiles."""
+    lists = {kind: tiered(policies, tiers or {}) for kind, policies in hostep.split(selecting).items()}
+    own = hostep.own_chains(name, lists, present, policy_chain, profile_chain)
+    sources: dict[str, tuple[str, Policy | Profile]] = {}  # bare chain name -> what it renders
+    for direction, letter, _, _ in DIRECTIONS:
+        for policy in [p for groups in lists.values() for _, policies in groups for p in policies]:
+            if getattr(policy, direction) is not None:
+                sources[split_key(policy_chain(policy, letter))[1]] = (direction, policy)
+        for profile in present:
+            sources[profile_chain(profile, letter)] = (direction, profile)
+    bodies: dict[str, tuple[str, Policy | Profile]] = {}
+    for key, rules in own.items():  # each jump target, in the table of the chain that jumps
+        table = split_key(key)[0]
+        for target in (rule.rsplit("-j ", 1)[-1] for rule in rules):
+            if target in sources:
+                bodies[qualified(table, target)] = sources[target]
+    return own, bodies
+
+
+def host_summary(owns: dict[str, dict[str, tuple[str, ...]]]) -> HostSummary | None:
+    """What the fixed chains need of the local host endpoints' own chains (None: there are none)."""
+    if not owns:
+        return None
+    return HostSummary(tuple(sorted(owns)),
+                       tuple(n for n in sorted(owns) if qualified("mangle", chain_name("cali-fh-", n)) in owns[n]),
+                       tuple(n for n in sorted(owns) if qualified("raw", chain_name("cali-fh-", n)) in owns[n]))
+
+
+def fixed_chains(interfaces: list[str], version: int, hosts: HostSummary | None = None,
+                 failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> dict[str, tuple[str, ...]]:
+    """The dispatch chains (by local interface, sorted) and cali-FORWARD; with host endpoints, their
+    fixed chains too (cni_calico.policy.hostep)."""
     family = FAMILIES[version]
     nd = [f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in ND_TYPES
           if version == 6]
     dispatch = {flag: [f"{flag} {i} -g {own_chain(i, kind)}" for i in interfaces] for _, _, kind, flag in DIRECTIONS}
-    return {
+    workloads = (f"-i {IFACE_PREFIX}+ -j {FROM_WL}", f"-o {IFACE_PREFIX}+ -j {TO_WL}")
+    out = {
         FROM_WL: (*nd, *dispatch["-i"], "-j DROP"),
         TO_WL: (*nd, *dispatch["-o"], "-j DROP"),
-        FORWARD_CHAIN: (f"-j MARK --set-xmark 0x0/{MARKS:#x}", f"-i {IFACE_PREFIX}+ -j {FROM_WL}",
-                        f"-o {IFACE_PREFIX}+ -j {TO_WL}", f"{_ACCEPTED} -j ACCEPT"),
+        FORWARD_CHAIN: (f"-j MARK --set-xmark 0x0/{MARKS:#x}", *workloads, f"{_ACCEPTED} -j ACCEPT"),
     }
+    if hosts is not None:
+        out[FORWARD_CHAIN] = hostep.forward_chain(workloads)
+        out.update(hostep.fixed_chains(hosts, failsafe or Failsafe(), version, tunnels))
+    return out
 
 
 def present_profiles(ep: Endpoint, profiles: dict[str, Profile]) -> list[Profile]:
@@ -292,8 +346,8 @@ def present_profiles(ep: Endpoint, profiles: dict[str, Profile]) -> list[Profile
 
 
 def dispatchable(ep: Endpoint, node: str) -> bool:
-    """Whether an endpoint of this node can be policed (its interface is a cali interface)."""
-    if ep.node != node:
+    """Whether a workload endpoint of this node can be policed (its interface is a cali interface)."""
+    if ep.node != node or ep.host:
         return False
     if not _IFACE.match(ep.interface):
         log.warning("endpoint %s: interface %r is not a cali interface; not policed", ep.key, ep.interface)
@@ -318,17 +372,21 @@ def local_endpoints(endpoints: list[Endpoint], node: str) -> list[Endpoint]:
 
 def render_all(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
                profiles: dict[str, Profile], versions: Iterable[int] = tuple(FAMILIES),
-               tiers: dict[str, Tier] | None = None) -> dict[int, Ruleset]:
+               tiers: dict[str, Tier] | None = None, hosts: dict[str, Endpoint] | None = None,
+               failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> dict[int, Ruleset]:
     """The rulesets of ``versions`` (selectors evaluated once for all)."""
     matcher = Matcher()
-    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers) for v in versions}
+    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers, hosts, failsafe, tunnels)
+            for v in versions}
 
 
 def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
            profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None,
-           tiers: dict[str, Tier] | None = None) -> Ruleset:
-    """``version``'s ruleset, from scratch. ``local``: this node's endpoints (see local_endpoints);
-    ``endpoints``: the whole cluster's; both with effective labels. Only the policies and profiles
+           tiers: dict[str, Tier] | None = None, hosts: dict[str, Endpoint] | None = None,
+           failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> Ruleset:
+    """``version``'s ruleset, from scratch. ``local``: this node's workload endpoints (see
+    local_endpoints); ``hosts``: its host endpoints by chain name (hostep.local_host_endpoints);
+    ``endpoints``: the whole cluster's; all with effective labels. Only the policies and profiles
     some local endpoint uses are rendered. (cni_calico.policy.calc keeps the same result up to date
     change by change; this is its reference.)"""
     family = FAMILIES[version]
@@ -340,18 +398,28 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
     for ep in local:
         labels = frozenset(ep.labels.items())
         if labels not in selecting_by_labels:
-            selecting_by_labels[labels] = [p for p in ordered if matcher.matches(p.selector, labels)]
+            selecting_by_labels[labels] = for_workloads([p for p in ordered if matcher.matches(p.selector, labels)])
         selecting = selecting_by_labels[labels]
         present = present_profiles(ep, profiles)
         chains.update(workload_chains(ep.interface, selecting, present, tiers))
         for name, (direction, source) in body_chains(selecting, present, tiers).items():
             if name not in chains:
                 chains[name] = rr.rules_chain(getattr(source, direction))
-    chains.update(fixed_chains([ep.interface for ep in local], version))
+    owns = {}
+    for name, ep in (hosts or {}).items():
+        labels = frozenset(ep.labels.items())
+        selecting = [p for p in ordered if matcher.matches(p.selector, labels)]
+        owns[name], bodies = host_endpoint_chains(name, selecting, present_profiles(ep, profiles), tiers)
+        chains.update(owns[name])
+        for key, (direction, source) in bodies.items():
+            if key not in chains:
+                chains[key] = rr.rules_chain(getattr(source, direction))
+    summary = host_summary(owns)
+    chains.update(fixed_chains([ep.interface for ep in local], version, summary, failsafe, tunnels))
     groups: dict[frozenset, list[Endpoint]] = {}
     for ep in endpoints:
         groups.setdefault(frozenset(ep.labels.items()), []).append(ep)
-    ipsets = dict(rr.nets)
+    ipsets = {**rr.nets, **(hostep.tunnel_set(tunnels, version) if summary is not None else {})}
     for name, selector in rr.selectors.items():
         members = {a for labels, eps in groups.items() if matcher.matches(selector, labels)
                    for ep in eps for a in ep.addresses if family.holds(a)}

@@ -21,12 +21,13 @@ from collections.abc import Iterable
 from cni_calico import keys
 from cni_calico.policy import model
 from cni_calico.policy.calc import PolicyCalculator
+from cni_calico.policy.hostep import Failsafe, Tunnels
 from cni_calico.policy.iptables import Dataplane, ipv6_available
 
 log = logging.getLogger(__name__)
 
 PLURALS = ("workloadendpoints", "profiles", "networkpolicies", "globalnetworkpolicies", "tiers", "networksets",
-           "globalnetworksets")
+           "globalnetworksets", "hostendpoints")
 
 
 class PolicySync:
@@ -38,7 +39,10 @@ class PolicySync:
         if ipv6 or (ipv6 is None and ipv6_available()):
             self.dataplanes.append(Dataplane(self.dataplane.run, version=6))
         self.versions = tuple(d.family.version for d in self.dataplanes)
-        self.calc = PolicyCalculator(nodename, self.versions)
+        self.failsafe = Failsafe()
+        self.tunnels = Tunnels()
+        self.addresses: dict[str, frozenset[str]] = {}  # this node's interfaces' (host endpoints by expectedIPs)
+        self.calc = PolicyCalculator(nodename, self.versions, self.failsafe)
         self.whole = True  # the next flush applies the whole state (start, resync, after a failure)
         self.updates = 0  # updates fed since start (for tests and benchmarks)
         self.last_timings: dict[str, float] = {}
@@ -51,8 +55,30 @@ class PolicySync:
     def reset(self) -> None:
         """A snapshot follows (its keys come as updates): start from nothing; the next flush makes the
         kernel hold the whole new state, diffed against what it holds now."""
-        self.calc = PolicyCalculator(self.nodename, self.versions)  # the old one goes first: one in memory
+        self.calc = PolicyCalculator(self.nodename, self.versions, self.failsafe)  # the old one goes first
+        self.calc.set_interface_addresses(self.addresses)
+        self.calc.set_tunnels(self.tunnels)
         self.whole = True
+
+    @property
+    def wants_addresses(self) -> bool:
+        """Whether a host endpoint of this node is found by its expectedIPs (then feed the addresses)."""
+        return self.calc.wants_addresses
+
+    def set_interface_addresses(self, addresses: dict[str, frozenset[str]]) -> None:
+        """This node's interfaces and their addresses; kept across resets."""
+        self.addresses = addresses
+        self.calc.set_interface_addresses(addresses)
+
+    def set_tunnels(self, tunnels: Tunnels) -> None:
+        """The pools' encapsulations and the nodes' addresses (from the routing view); kept across resets."""
+        self.tunnels = tunnels
+        self.calc.set_tunnels(tunnels)
+
+    def set_failsafe(self, failsafe: Failsafe) -> None:
+        """The failsafe ports changed (FelixConfiguration or the environment); kept across resets."""
+        self.failsafe = failsafe
+        self.calc.set_failsafe(failsafe)
 
     def load(self, items: Iterable[tuple[str, dict]]) -> None:
         """`reset`, then every (key, value) of a snapshot."""
@@ -76,6 +102,9 @@ class PolicySync:
                 key = f"{'networkset' if namespaced else 'globalnetworkset'}:{name}"
                 self.calc.update_endpoint(key, None if value is None else
                                           model.network_set_from_resource(value, namespaced=namespaced))
+            elif parsed.plural == "hostendpoints":
+                self.calc.update_endpoint(f"hostendpoint:{name}", None if value is None else
+                                          model.host_endpoint_from_resource(value))
             elif parsed.plural == "profiles":
                 self.calc.update_profile(name, None if value is None else model.profile_from_resource(value))
             elif parsed.plural == "tiers":

@@ -100,6 +100,15 @@ SAMPLES = {
         {"nets": ["192.0.2.0/24"]},
         [["NAME", "NETS"], ["partners", "192.0.2.0/24"]],
     ),
+    "HostEndpoint": (
+        doc("HostEndpoint", "node1-eth0", {"interfaceName": "eth0", "node": "node1",
+                                           "expectedIPs": ["192.168.200.1", "fd00:200::1"], "profiles": ["p1"]}),
+        RES + "hostendpoints/node1-eth0",
+        {"node": "node1", "interfaceName": "eth0", "expectedIPs": ["192.168.200.1", "fd00:200::1"],
+         "profiles": ["p1"]},
+        [["NAME", "NODE", "INTERFACE", "IPS", "PROFILES"], ["node1-eth0", "node1", "eth0",
+                                                           "192.168.200.1,fd00:200::1", "p1"]],
+    ),
 }
 
 
@@ -157,6 +166,7 @@ def test_kind_create_get_replace_delete(etcd, tmp_path, kind):
     ("IPAMConfig", ["ipamconfig", "ipamconfigs"]),
     ("GlobalNetworkSet", ["globalnetworkset", "globalnetworksets", "gnetsets"]),
     ("NetworkSet", ["networkset", "networksets", "netsets"]),
+    ("HostEndpoint", ["hostendpoint", "hostendpoints", "hep", "heps"]),
 ])
 def test_calico_names_for_every_kind(etcd, kind, aliases):
     for alias in aliases:
@@ -203,6 +213,10 @@ INVALID = [
     ("GlobalNetworkSet", {"nets": ["10.0.0.0/8", "10.0.0.300"]}, "spec.nets[1] = '10.0.0.300'", "valid IP"),
     ("GlobalNetworkSet", {"nets": "10.0.0.0/8"}, "spec.nets = '10.0.0.0/8'", "must be a list"),
     ("NetworkSet", {"cidrs": ["10.0.0.0/8"]}, "spec.cidrs", "unknown field"),
+    ("HostEndpoint", {"node": "node1"}, "spec.interfaceName", "at least one of interfaceName or expectedIPs"),
+    ("HostEndpoint", {"interfaceName": "eth0"}, "spec.node", "must name the node"),
+    ("HostEndpoint", {"node": "node1", "expectedIPs": ["10.0.0.0/8"]}, "spec.expectedIPs[0] = '10.0.0.0/8'",
+     "valid IP address"),
 ]
 
 
@@ -389,7 +403,8 @@ def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(
     r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "node.node1", {
         "iptablesRefreshInterval": "soon", "logSeverityScreen": "Chatty", "floatingIPs": "Enabled",
         "bpfEnabled": True, "natOutgoingAddress": "fd00::1", "vxlanEnabled": "yes", "healthPort": 70000,
-        "healthHost": "any", "prometheusMetricsPort": 0})))
+        "healthHost": "any", "prometheusMetricsPort": 0,
+        "failsafeInboundHostPorts": [{"protocol": "ICMP", "port": 1}]})))
     assert r.returncode == 1
     for problem in ("spec.iptablesRefreshInterval = 'soon' ('soon' is not a duration",
                     "spec.natOutgoingAddress = 'fd00::1' (must be an IPv4 address)",
@@ -399,6 +414,7 @@ def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(
                     "spec.healthPort = '70000' (must be a port, 1-65535)",
                     "spec.healthHost = 'any' (must be an IP address or localhost)",
                     "spec.prometheusMetricsPort = '0' (must be a port, 1-65535)",
+                    "spec.failsafeInboundHostPorts",
                     "spec.bpfEnabled = 'true' (not supported by this calico-node (it honours iptablesRefreshInterval"):
         assert problem in r.stderr, r.stderr
     r = run(etcd, "create", "-f", write(tmp_path, doc("FelixConfiguration", "nodes.x", {})))

@@ -1,9 +1,10 @@
 """calico-node's policy follows etcd by snapshot and watch, change by change (issue 13), on real etcd,
 iptables and ipset in a namespace:
 
-- random sequences of endpoint, profile and policy updates, with the watch broken in the middle
-  (resumed from its last revision) or broken while etcd compacts (a fresh snapshot): after each
-  sequence the kernel holds exactly what a from-scratch render of the same etcd state gives;
+- random sequences of endpoint (workload and host), profile and policy updates, with the watch broken
+  in the middle (resumed from its last revision) or broken while etcd compacts (a fresh snapshot):
+  after each sequence the kernel (filter, mangle and raw tables, ipsets) holds exactly what a
+  from-scratch render of the same etcd state gives;
 - a real calico-node: a remote endpoint reaches the ipsets without a resync, drift (a flushed chain,
   a deleted member, a lost FORWARD jump) is put back within the refresh interval (FelixConfiguration
   iptablesRefreshInterval) and logged, and at rest it sends etcd no requests at all (only the watch
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from cni_calico.datastore import Datastore, EtcdConf, Txn
 from cni_calico.node.syncer import Syncer
 from cni_calico.policy.iptables import Dataplane, cali_chains, canonical, saved_filter, saved_sets
-from cni_calico.policy.layout import FAMILIES
+from cni_calico.policy.layout import FAMILIES, TABLES, qualified
 from cni_calico.policy.sync import PolicySync
 from tests.lab import etcdctl, netns_runner, wait_for
 from tests.policy_cases import NODE, OPS, World, etcd_key, stored
@@ -58,12 +59,14 @@ class Rig:
 
     def kernel(self, version: int) -> tuple[dict, dict]:
         family = FAMILIES[version]
-        lines = saved_filter(self.run, family)
-        chains: dict[str, list[str]] = {c: [] for c in cali_chains(lines)}
-        for line in lines:
-            parts = line.split(" ", 2)
-            if parts[0] == "-A" and parts[1] in chains:
-                chains[parts[1]].append(canonical(parts[2]))
+        chains: dict[str, list[str]] = {}
+        for table in TABLES:  # host endpoints' chains are in mangle and raw too
+            lines = saved_filter(self.run, family, table)
+            chains.update({qualified(table, c): [] for c in cali_chains(lines)})
+            for line in lines:
+                parts = line.split(" ", 2)
+                if parts[0] == "-A" and qualified(table, parts[1]) in chains:
+                    chains[qualified(table, parts[1])].append(canonical(parts[2]))
         return chains, saved_sets(self.run, family)
 
     def close(self) -> None:

@@ -11,14 +11,35 @@ from hypothesis import strategies as st
 from cni_calico.policy import model
 from cni_calico.policy.calc import PolicyCalculator
 from cni_calico.policy.index import SelectorIndex
-from cni_calico.policy.layout import IpSet
+from cni_calico.policy.layout import IpSet, qualified, split_key
 from cni_calico.selector import parse
-from tests.policy_cases import NODE, OPS, SELECTORS, World, apply_changes
+from tests.policy_cases import HOST_OPS, NODE, OPS, SELECTORS, World, apply_changes
 
 
 @settings(max_examples=300, deadline=None)
 @given(ops=OPS)
 def test_every_update_leaves_what_a_full_render_gives(ops):
+    check_against_render(ops)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=HOST_OPS)
+def test_host_endpoints_and_every_kind_of_policy_leave_what_a_full_render_gives(ops):
+    check_against_render(ops)
+
+
+def check_closed(chains: dict[str, tuple[str, ...]]) -> None:
+    """Every chain a rule jumps or goes to is in the same table of the same ruleset."""
+    for key, rules in chains.items():
+        table = split_key(key)[0]
+        for rule in rules:
+            for flag in ("-j ", "-g "):
+                target = rule.rsplit(flag, 1)[-1].split()[0] if flag in rule else ""
+                if target.startswith("cali-"):
+                    assert qualified(table, target) in chains, (key, rule)
+
+
+def check_against_render(ops) -> None:
     calc, world = PolicyCalculator(NODE), World()
     kernel: dict[int, dict] = {4: {}, 6: {}}
     for op in ops:
@@ -27,6 +48,7 @@ def test_every_update_leaves_what_a_full_render_gives(ops):
         for version in (4, 6):
             got = calc.ruleset(version)
             assert got.chains == expected[version].chains, op
+            check_closed(got.chains)
             assert got.ipsets == expected[version].ipsets, op
             apply_changes(kernel[version], calc.take_changes(version))
             assert kernel[version]["chains"] == got.chains

@@ -3,7 +3,7 @@
 IPPool lives in cni_calico.resources itself; importing this package adds, in
 this order (the order `--help` lists them): Node, BGPPeer, BGPConfiguration, BGPFilter,
 NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig, IPReservation, Tier,
-ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet.
+ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet, HostEndpoint.
 `fields` and `rules` hold the checks the kinds share.
 """
 
@@ -12,10 +12,11 @@ from cni_calico.ctl.kinds import (  # noqa: F401 - registers the kinds
     bgpconfig,
     bgpfilter,
     felix,
+    hostendpoints,
     networksets,
     policy,
     tier,
     workload,
 )
 
-__all__ = ["bgp", "bgpconfig", "bgpfilter", "felix", "networksets", "policy", "tier", "workload"]
+__all__ = ["bgp", "bgpconfig", "bgpfilter", "felix", "hostendpoints", "networksets", "policy", "tier", "workload"]

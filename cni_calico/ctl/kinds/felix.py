@@ -1,14 +1,15 @@
 """FelixConfiguration: `default` for every node, `node.<name>` for one (it wins field by field).
 
 Pure. calico-node honours iptablesRefreshInterval (the drift check's interval), logSeverityScreen
-(its log level), natOutgoingAddress (outgoing NAT's source address) and ipipEnabled / vxlanEnabled
+(its log level), natOutgoingAddress (outgoing NAT's source address), ipipEnabled / vxlanEnabled
 (false: that encapsulation is never programmed, whatever the pools say; true or unset: programmed
-when a pool that selects the node needs it, as Felix) and prometheusMetricsEnabled /
-prometheusMetricsPort (the metrics exporter) and healthEnabled / healthHost / healthPort (the health
-endpoint), the FELIX_PROMETHEUSMETRICS* / FELIX_HEALTH* environment winning; the first
-two unless
-FELIX_IPTABLESREFRESHINTERVAL or a log level variable is set in its environment, which wins, as
-Felix's environment does. A few fields are accepted at
+when a pool that selects the node needs it, as Felix), prometheusMetricsEnabled /
+prometheusMetricsPort (the metrics exporter), healthEnabled / healthHost / healthPort (the health
+endpoint) and failsafeInboundHostPorts / failsafeOutboundHostPorts (the ports no host endpoint
+policy can close: a list of {protocol: TCP|UDP|SCTP, port, net}; `[]` for none). Where calico-node's
+environment sets the same thing (FELIX_IPTABLESREFRESHINTERVAL, a log level variable,
+FELIX_PROMETHEUSMETRICS*, FELIX_HEALTH*, FELIX_FAILSAFEINBOUNDHOSTPORTS /
+FELIX_FAILSAFEOUTBOUNDHOSTPORTS) the environment wins, as Felix's does. A few fields are accepted at
 the one value that says what calico-node does anyway (Calico's start-up writes them so: see
 cni_calico.v3.FELIX_INERT); every other field is refused naming it, never stored and ignored.
 clientv3's defaults (cni_calico.v3.FELIX_DEFAULTS) are filled in on every write, as Calico's are.
@@ -27,6 +28,7 @@ from cni_calico.v3 import (
     ipv4_address,
     listen_host,
     parse_duration,
+    proto_ports_from_config,
 )
 
 NAME = re.compile(r"^(default|node\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
@@ -58,6 +60,11 @@ def _validate(res: Resource) -> list[FieldError]:
         elif key in ("ipipEnabled", "vxlanEnabled", "prometheusMetricsEnabled", "healthEnabled"):
             if not isinstance(value, bool):
                 errors.append(FieldError(f"spec.{key}", "must be true or false", value))
+        elif key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts"):
+            try:
+                proto_ports_from_config(value)
+            except ValueError as exc:
+                errors.append(FieldError(f"spec.{key}", str(exc), value))
         elif key == "logSeverityScreen":
             if value not in LOG_SEVERITIES:
                 errors.append(FieldError(f"spec.{key}", f"must be one of {', '.join(LOG_SEVERITIES)}", value))
