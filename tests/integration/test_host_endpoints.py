@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.integration.cluster import Cluster
-from tests.integration.test_policy import checked_cluster, eventually, expect, ping, put_policy, reach, serve, tcp
+from tests.integration.test_policy import eventually, expect, ping, put_policy, reach, serve, tcp
 from tests.integration.test_policy_ipv6 import add_pod, tcp6
 from tests.lab import Lab, add_pool, plugin_dir
 
@@ -28,11 +26,6 @@ RES = "/calico/resources/v3/projectcalico.org"
 NODE1, NODE1_6 = "192.168.200.1", "fd00:200::1"
 NODE2, NODE2_6 = "192.168.200.2", "fd00:200::2"
 OPEN, FAILSAFE = 8080, 22
-
-
-@pytest.fixture
-def cluster(lab, etcd):
-    yield from checked_cluster(lab, etcd)
 
 
 def put_hep(etcd, name: str, node: str, iface: str, labels: dict, ips: list[str], profiles: list[str] = ()) -> str:
