@@ -81,11 +81,16 @@ SPEC_ORDER = {
                            "bpfHostNetworkedNATWithoutCTLB", "floatingIPs"),
     "GlobalNetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "doNotTrack", "preDNAT",
                             "applyOnForward", "serviceAccountSelector", "namespaceSelector", "performanceHints"),
+    "KubeControllersConfiguration": ("logSeverityScreen", "healthChecks", "etcdV3CompactionPeriod",
+                                     "prometheusMetricsPort", "controllers", "debugProfilePort"),
 }
 # Spec fields written even when empty (not omitempty in Go).
-ALWAYS = {"IPPool": frozenset({"cidr"}), "FelixConfiguration": frozenset({"bpfLogLevel"})}
+ALWAYS = {"IPPool": frozenset({"cidr"}), "FelixConfiguration": frozenset({"bpfLogLevel"}),
+          "KubeControllersConfiguration": frozenset({"controllers"}),
+          "ClusterInformation": frozenset({"datastoreReady"})}  # a *bool: false is written
 NODE_BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
-WITH_STATUS = frozenset({"Node", "Tier"})  # a struct status Go always writes (`"status":{}`)
+# A struct status Go always writes (`"status":{}`).
+WITH_STATUS = frozenset({"Node", "Tier", "KubeControllersConfiguration"})
 
 
 def _empty(value: object) -> bool:

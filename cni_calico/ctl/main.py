@@ -13,11 +13,11 @@ import importlib
 import logging
 import sys
 
-from cni_calico import __version__
-
 log = logging.getLogger(__name__)
 
-COMMANDS = ("cni_calico.ctl.resources_cmd", "cni_calico.ctl.ipam_args", "cni_calico.ctl.node_cmd")  # register(sub)
+COMMANDS = ("cni_calico.ctl.resources_cmd", "cni_calico.ctl.patch", "cni_calico.ctl.label", "cni_calico.ctl.ipam_args",
+            "cni_calico.ctl.node_cmd", "cni_calico.ctl.datastore_cmd", "cni_calico.ctl.version_cmd",
+            "cni_calico.ctl.completion")  # each: register(sub)
 LOG_LEVELS = ("debug", "info", "warning", "error", "fatal", "panic")
 USAGE_EXAMPLES = """\
 examples:
@@ -56,16 +56,7 @@ def build_parser() -> Parser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
-    version = sub.add_parser("version", help="Display the version of this binary.",
-                             description="Display the version of this binary.\n\nexample:\n  calicoctl version",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    version.set_defaults(func=run_version)
     return parser
-
-
-def run_version(args: argparse.Namespace) -> int:
-    print(f"Client Version:    {__version__}")
-    return 0
 
 
 def main(argv: list[str]) -> int:
