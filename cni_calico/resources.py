@@ -89,6 +89,8 @@ class Kind:
     check_create: Callable[[Resource, list[Resource]], list[FieldError]] = lambda new, existing: []
     read_defaults: Callable[[dict], None] = lambda spec: None
     writable: bool = True  # False: calicoctl gets and deletes it only (WorkloadEndpoint: the plugin's)
+    writer: str = "the CNI plugin"  # who writes it when calicoctl may not (in calicoctl's refusal)
+    list_order: Callable[[Resource], object] | None = None  # how a listing is sorted (stable), if not by name
     singleton: str = ""  # the one name the kind may have (IPAMConfig: "default")
     store_key: Callable[[Resource], str] | None = None  # where it lives, when not keys.resource(...)
     encode: Callable[[Resource], dict] | None = None  # the stored value, when not Resource.to_stored()
@@ -322,7 +324,8 @@ IPPOOL = register(Kind(
     namespaced=False,
     spec_fields=frozenset(_POOL_TYPES),
     headings=("NAME", "CIDR", "SELECTOR"),
-    wide_headings=("NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"),
+    wide_headings=("NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR",
+                   "ASSIGNMENTMODE"),
     columns={
         "NAME": lambda r, c: r.name,
         "CIDR": lambda r, c: str(r.spec.get("cidr", "")),
@@ -332,6 +335,7 @@ IPPOOL = register(Kind(
         "DISABLED": lambda r, c: _show(bool(r.spec.get("disabled"))),
         "DISABLEBGPEXPORT": lambda r, c: _show(bool(r.spec.get("disableBGPExport"))),
         "SELECTOR": lambda r, c: str(r.spec.get("nodeSelector") or ""),
+        "ASSIGNMENTMODE": lambda r, c: str(r.spec.get("assignmentMode") or "Automatic"),
     },
     validate_spec=_validate_pool,
     check_update=_pool_check_update,

@@ -167,7 +167,8 @@ class ResourceStore:
             one = self.get(Resource(kind, {"name": kind.singleton}, {}))
             return [one] if one else []
         kvs = self.ds.list(keys.resource_dir(kind.plural, namespace))
-        return [from_stored(kind, kv.value, kv.mod_revision) for kv in kvs]
+        found = [from_stored(kind, kv.value, kv.mod_revision) for kv in kvs]
+        return sorted(found, key=kind.list_order) if kind.list_order else found
 
     def _check_references(self, res: Resource) -> None:
         missing = [FieldError(field, f"{plural.removesuffix('s')} {name!r} does not exist", name)

@@ -87,6 +87,10 @@ def _label(store: config.ResourceStore, target: Resource, key: str, value: str, 
         current.metadata["labels"] = labels
         if not labels:
             del current.metadata["labels"]
+        if current.kind.writer == "calico-node":
+            from cni_calico.ctl.resources_cmd import read_only
+
+            raise CommandError(f"failed to update {what}, label not changed: {read_only(current.kind, 'label')}")
         try:
             if current.kind.writable:
                 validate(current)

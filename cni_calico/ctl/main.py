@@ -26,7 +26,13 @@ examples:
   calicoctl delete ippool pool1          delete one pool
   calicoctl ipam show --show-blocks      address usage per pool and block
   calicoctl ipam check -o report.json    find leaked addresses
+  calicoctl patch ippool pool1 -p '{"spec":{"disabled":true}}'
+  calicoctl label nodes node1 zone=a     set a label
+  calicoctl get ippools -o go-template='{{range .}}{{range .Items}}{{.Spec.CIDR}} {{end}}{{end}}'
   calicoctl node status                  BGP sessions of this node (BIRD)
+  calicoctl datastore migrate lock       stop changes (then export, import, ipam split)
+  calicoctl version                      client and cluster versions
+  source <(calicoctl completion bash)    TAB completion in bash
   calicoctl <command> --help             help and examples for one command
 
 The datastore is etcd v3: --config FILE (a CalicoAPIConfig), else

@@ -185,8 +185,9 @@ def run_patch(args: argparse.Namespace) -> int:
         store = config.ResourceStore(ds)
         try:
             if not kind.writable:
-                raise ValidationError(target.ident, [FieldError(
-                    "kind", f"{kind.name} resources are written by the CNI plugin: calicoctl cannot patch them")])
+                from cni_calico.ctl.resources_cmd import read_only
+
+                raise ValidationError(target.ident, [FieldError("kind", read_only(kind, "patch"))])
             _patch_once(store, target, args)
         except (ResourceError, PatchError, DocumentError) as exc:
             what = "updating existing resource: " if isinstance(exc, ValidationError) else ""

@@ -1,4 +1,4 @@
-"""calicoctl create / apply / replace / delete / get: resources from files or by kind and name.
+"""calicoctl create / apply / replace / delete / get / validate: resources from files or by kind and name.
 
 Every document is read and validated before the datastore is touched: one bad
 field anywhere and nothing is written. Then each resource is handled in order
@@ -97,6 +97,7 @@ ACTIONS = {  # command: (past tense, what it does to one resource)
     "apply": ("applied", config.ResourceStore.apply),
     "replace": ("replaced", config.ResourceStore.replace),
     "delete": ("deleted", config.ResourceStore.delete),  # through cleanup.delete: Node and IPPool clean up
+    "validate": ("validated", None),  # offline: nothing is written, etcd is never asked
 }
 
 
@@ -113,9 +114,7 @@ def run_write(args: argparse.Namespace) -> int:
     for res in resources:
         try:
             if action != "delete" and not res.kind.writable:
-                raise ValidationError(res.ident, [FieldError(
-                    "kind", f"{res.kind.name} resources are written by the CNI plugin: calicoctl can only get "
-                    "and delete them")])
+                raise ValidationError(res.ident, [FieldError("kind", read_only(res.kind, action))])
             if action != "delete":
                 validate(res)
             elif not res.name:
@@ -129,6 +128,8 @@ def run_write(args: argparse.Namespace) -> int:
             print(f"Nothing was {ACTIONS[action][0]}: {len(invalid)} of {len(resources)} resources are invalid",
                   file=sys.stderr)
         return 1
+    if action == "validate":
+        return _report(action, resources, len(resources), [])
     ds = config.connect(config.load(args.config))
     done, failed = 0, []
     try:
@@ -209,6 +210,7 @@ def run_get(args: argparse.Namespace) -> int:
             context["asnumber"] = (default.spec.get("asNumber") if default else None) or DEFAULT_AS
     finally:
         ds.close()
+    namespace_column = args.all_namespaces or bool(args.namespace)  # as calicoctl: -A or -n adds NAMESPACE
     if fmt == "go-template":
         from cni_calico.ctl import templates
 
@@ -219,13 +221,22 @@ def run_get(args: argparse.Namespace) -> int:
         except templates.TemplateError as exc:
             raise DocumentError(str(exc)) from None
     elif fmt == "custom-columns":
-        sys.stdout.write(output.table(found, empty_kind=listed, all_namespaces=args.all_namespaces, context=context,
+        sys.stdout.write(output.table(found, empty_kind=listed, all_namespaces=namespace_column, context=context,
                                       columns=[c.strip() for c in fmt_value.split(",")]))
     else:
-        sys.stdout.write(output.render(found, fmt, listed, args.all_namespaces, context))
+        sys.stdout.write(output.render(found, fmt, listed, namespace_column, context))
     for res in missing:
         print(DoesNotExist(res.ident), file=sys.stderr)
     return 1 if missing else 0
+
+
+def read_only(kind: Kind, action: str) -> str:
+    """Why calicoctl refuses to write a kind: real calicoctl's ErrorOperationNotSupported for calico-node's
+    ClusterInformation, ours for the CNI plugin's WorkloadEndpoints (which it may delete)."""
+    if kind.writer == "calico-node":
+        operation = "apply or replace" if action in ("replace", "patch", "label") else "create or apply"
+        return f"operation {operation} is not supported on {kind.name} (calico-node writes it)"
+    return f"{kind.name} resources are written by {kind.writer}: calicoctl can only get and delete them"
 
 
 def _report(action: str, resources: list[Resource], done: int, failed: list[tuple[Resource, Exception]]) -> int:
@@ -251,7 +262,7 @@ def _failed(action: str, res: Resource, exc: Exception) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds create, apply, replace, delete and get to calicoctl's command parser."""
+    """Adds create, apply, replace, delete, get and validate to calicoctl's command parser."""
     from cni_calico.ctl.resources_help import COMMANDS, FELIX_HELP, KINDS_HELP
 
     common = argparse.ArgumentParser(add_help=False)

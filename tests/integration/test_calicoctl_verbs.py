@@ -170,6 +170,18 @@ def test_bad_templates_are_refused_before_the_datastore(output, message):
     assert r.returncode == 1 and message in r.stderr, r.stderr
 
 
+# --- validate ---------------------------------------------------------------------------------------
+
+
+def test_validate_is_offline_and_names_the_field(tmp_path):
+    good = write(tmp_path, pool_doc("p1", "10.70.0.0/16"), pool_doc("p2", "10.71.0.0/16"), name="good.yaml")
+    r = run(None, "validate", "-f", good)  # no etcd at all
+    assert (r.returncode, r.stdout) == (0, "Successfully validated 2 'IPPool' resource(s)\n")
+    bad = write(tmp_path, pool_doc("p1", "10.70.0.0/16", blockSize=99), name="bad.yaml")
+    r = run(None, "validate", "-f", bad)
+    assert r.returncode == 1 and "spec.blockSize = '99'" in r.stderr and r.stdout == ""
+
+
 # --- delete -s ---------------------------------------------------------------------------------------
 
 
@@ -221,6 +233,28 @@ def test_kubecontrollersconfiguration_invalid_fields_are_named(etcd, tmp_path, n
     r = run(etcd, "create", "-f", write(tmp_path, doc("KubeControllersConfiguration", name, spec)))
     assert r.returncode == 1 and field in r.stderr, r.stderr
     assert etcd.keys(RES) == []
+
+
+# --- IPReservation, ClusterInformation: calicoctl's columns ------------------------------------------------
+
+
+def test_ipreservation_columns_names_and_fields(etcd, tmp_path):
+    cidrs = [f"10.{i}.0.0/16" for i in range(8)]
+    pools(etcd, tmp_path, doc("IPReservation", "r1", {"reservedCIDRs": cidrs}))
+    assert run(etcd, "get", "reservations").stdout == "NAME\nr1\n\n"
+    row = run(etcd, "get", "ipreservation", "-o", "wide").stdout.splitlines()[1].split()
+    assert row == ["r1", ",".join(cidrs)[:77] + "..."]  # calicoctl's joinAndTruncate at 80
+    r = run(etcd, "create", "-f", write(tmp_path, doc("IPReservation", "r2", {"reservedCIDRs": ["10.0.0.0/33"]})))
+    assert r.returncode == 1 and "spec.reservedCIDRs[0] = '10.0.0.0/33'" in r.stderr
+
+
+def test_clusterinformation_cannot_be_patched_or_labelled(etcd):
+    cluster_info(etcd)
+    r = run(etcd, "patch", "clusterinfo", "default", "-p", '{"spec":{"datastoreReady":false}}')
+    assert r.returncode == 1 and "operation apply or replace is not supported on ClusterInformation" in r.stderr
+    r = run(etcd, "label", "clusterinfo", "default", "a=b")
+    assert r.returncode == 1 and "operation apply or replace is not supported on ClusterInformation" in r.stderr
+    assert etcd.get_json(INFO)["spec"]["datastoreReady"] is True
 
 
 # --- datastore migrate ----------------------------------------------------------------------------------
@@ -368,8 +402,8 @@ def test_bash_completion(tmp_path):
     script = tmp_path / "calicoctl.bash"
     script.write_text(r.stdout)
     top = complete(script, "calicoctl", "")
-    assert {"create", "apply", "replace", "delete", "get", "patch", "label", "ipam", "node", "datastore", "version",
-            "completion"} <= set(top)
+    assert {"create", "apply", "replace", "delete", "get", "patch", "label", "validate", "ipam", "node", "datastore",
+            "version", "completion"} <= set(top)
     assert complete(script, "calicoctl", "ipam", "") == ["check", "configure", "release", "show", "split"]
     assert complete(script, "calicoctl", "datastore", "migrate", "") == ["export", "import", "lock", "unlock"]
     assert complete(script, "calicoctl", "get", "ippo") == ["ippool", "ippools"]
@@ -386,7 +420,7 @@ def test_bash_completion(tmp_path):
 
 
 @pytest.mark.parametrize("command", [
-    ["patch"], ["label"], ["version"], ["completion"], ["datastore"], ["datastore", "migrate"],
+    ["patch"], ["label"], ["validate"], ["version"], ["completion"], ["datastore"], ["datastore", "migrate"],
     ["datastore", "migrate", "export"], ["datastore", "migrate", "import"], ["datastore", "migrate", "lock"],
     ["datastore", "migrate", "unlock"], ["ipam", "split"],
 ])
