@@ -107,6 +107,7 @@ class Resource:
     metadata: dict
     spec: dict
     extra: dict = field(default_factory=dict)  # unknown top-level keys, reported by validate
+    status: dict | None = None  # what Calico's components report (a Node's, kube-controllers'): kept as read
 
     @property
     def name(self) -> str:
@@ -126,11 +127,15 @@ class Resource:
         return f"{self.kind.name}({name})"
 
     def to_dict(self) -> dict:
-        return {"apiVersion": API_VERSION, "kind": self.kind.name, "metadata": dict(self.metadata), "spec": self.spec}
+        out = {"apiVersion": API_VERSION, "kind": self.kind.name, "metadata": dict(self.metadata), "spec": self.spec}
+        if self.status is not None:
+            out["status"] = self.status
+        return out
 
     def to_stored(self) -> dict:
         meta = {k: self.metadata[k] for k in STORED_METADATA if k in self.metadata}
-        return v3.Resource(self.kind.name, meta, self.spec).to_value()
+        other = {} if self.status is None else {"status": self.status}
+        return v3.Resource(self.kind.name, meta, self.spec, other).to_value()
 
 
 KINDS: dict[str, Kind] = {}
@@ -153,13 +158,14 @@ def lookup(name: str) -> Kind:
 
 
 def from_stored(kind: Kind, value: dict, mod_revision: int) -> Resource:
+    status = value.get("status") if isinstance(value.get("status"), dict) else None
     if kind.decode is not None:
         value = kind.decode(value)
     metadata = dict(value.get("metadata") or {})
     metadata["resourceVersion"] = str(mod_revision)
     spec = dict(value.get("spec") or {})
     kind.read_defaults(spec)
-    return Resource(kind, metadata, spec)
+    return Resource(kind, metadata, spec, status=status)
 
 
 def validate(res: Resource) -> None:

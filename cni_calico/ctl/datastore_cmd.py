@@ -2,7 +2,9 @@
 
 As Calico's (commands/datastore/migrate): `lock` sets ClusterInformation `default`'s
 datastoreReady to false (creating ClusterInformation if absent; "Datastore locked."), `unlock`
-back to true ("Datastore unlocked."); calico-node and the CNI plugin read that flag as Calico's do.
+back to true ("Datastore unlocked."). export and `ipam split` require the lock, as Calico's. Calico's
+CNI plugin and Felix also stop while it is false; ours do not read the flag yet (calico-node keeps
+it as it is across restarts), so lock a cluster whose pods are not changing.
 `export` refuses an unlocked datastore and prints Calico's three sections, separated by `===`
 lines: every v3 resource as `<Kind>List` YAML documents (each followed by `---`; uid,
 resourceVersion and creationTimestamp removed, as Calico's export removes them), then

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import cni_calico.ctl.kinds  # noqa: F401 - registers every kind beyond IPPool
 from cni_calico.resources import API_VERSION, KINDS, TOP_LEVEL, DocumentError, Kind, Resource
+from cni_calico.v3 import WITH_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,14 @@ def _flatten(doc: object, source: str) -> list[Resource]:
         )
     metadata, spec = doc.get("metadata") or {}, doc.get("spec") or {}
     extra = {k: v for k, v in doc.items() if k not in TOP_LEVEL}
+    status = extra.pop("status", None) if kind_name in WITH_STATUS else None  # only the kinds Calico gives one
+    if status is not None and not isinstance(status, dict):
+        extra["status"], status = status, None
     if not isinstance(metadata, dict):
         extra["metadata"], metadata = metadata, {}
     if not isinstance(spec, dict):
         extra["spec"], spec = spec, {}
-    return [Resource(KINDS[kind_name], dict(metadata), dict(spec), extra)]
+    return [Resource(KINDS[kind_name], dict(metadata), dict(spec), extra, status)]
 
 
 def render(resources: list[Resource], fmt: str, listed: Kind | None = None, all_namespaces: bool = False,

@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from cni_calico.v3 import WITH_STATUS
 from tests.integration.test_calicoctl import mod_revision, run, write
 from tests.lab import free_port
 
@@ -109,7 +110,8 @@ def test_kind_create_get_replace_delete(etcd, tmp_path, kind):
     assert table.returncode == 0, table.stderr
     assert [line.split() for line in table.stdout.splitlines() if line] == wide
     got = yaml.safe_load(run(etcd, "get", kind, document["metadata"]["name"], "-o", "yaml").stdout)
-    assert list(got) == ["apiVersion", "kind", "metadata", "spec"]
+    # as calicoctl shows them: the kinds with a status (Node, Tier) show it, `status: {}` when empty
+    assert list(got) == ["apiVersion", "kind", "metadata", "spec", *(["status"] if kind in WITH_STATUS else [])]
     assert got["metadata"]["resourceVersion"] == str(mod_revision(etcd, key))
     plural = key[len(RES):].split("/")[0]
     listed = json.loads(run(etcd, "get", plural, "-o", "json").stdout)

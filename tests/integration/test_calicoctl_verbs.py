@@ -68,6 +68,23 @@ def test_patch_failures_name_the_problem_and_write_nothing(etcd, tmp_path, args,
     assert etcd.get_json(KEY + "pool1") == before
 
 
+def test_patch_and_label_namespaced_resources(etcd, tmp_path):
+    pools(etcd, tmp_path, doc("NetworkPolicy", "web", {"selector": "all()"}, namespace="prod"))
+    key = RES + "networkpolicies/prod/web"
+    r = run(etcd, "patch", "networkpolicy", "web", "-n", "prod", "-p", '{"spec":{"order":5}}')
+    assert (r.returncode, r.stdout) == (0, "Successfully patched 1 'NetworkPolicy' resource\n"), r.stderr
+    assert etcd.get_json(key)["spec"]["order"] == 5
+    r = run(etcd, "patch", "networkpolicy", "web", "-p", '{"spec":{"order":6}}')  # namespace default: not there
+    assert r.returncode == 1 and "resource does not exist: NetworkPolicy(default/web)" in r.stderr
+    r = run(etcd, "label", "policy", "web", "team=a", "-n", "prod")
+    assert (r.returncode, r.stdout) == (0, "Successfully set label team on policy web\n"), r.stderr
+    assert etcd.get_json(key)["metadata"]["labels"]["team"] == "a"
+    r = run(etcd, "get", "policy", "-A", "-o", "custom-columns=NAME,ORDER")
+    assert r.stdout == "NAMESPACE   NAME   ORDER\nprod        web    5\n\n"
+    r = run(etcd, "patch", "ippool", "p", "-n", "prod", "-p", "{}")
+    assert r.returncode == 1 and "IPPool is not namespaced" in r.stderr
+
+
 def test_patch_needs_kind_name_and_patch():
     assert run(None, "patch", "ippool").returncode == 1
     assert run(None, "patch", "ippool", "pool1").returncode == 1  # --patch is required
@@ -102,6 +119,22 @@ def test_label_set_update_remove_with_calicos_messages(etcd, tmp_path):
     assert r.returncode == 1 and "invalid label name" in r.stderr
     r = run(etcd, "label", "ippools", "ghost", "a=b")
     assert (r.returncode, r.stderr.strip()) == (1, "ippools ghost not found")
+
+
+def test_a_status_calico_wrote_survives_label_patch_and_replace(etcd, tmp_path):
+    key = RES + "nodes/n1"
+    status = {"podCIDRs": ["10.65.0.0/24"], "wireguardPublicKey": "abc="}
+    etcd.put_json(key, {"kind": "Node", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "n1"},
+                        "spec": {"bgp": {"ipv4Address": "192.168.0.1/24"}}, "status": status})
+    assert run(etcd, "label", "node", "n1", "zone=a").returncode == 0
+    assert run(etcd, "patch", "node", "n1", "-p", '{"spec":{"bgp":{"asNumber":64513}}}').returncode == 0
+    shown = run(etcd, "get", "node", "n1", "-o", "yaml").stdout
+    assert "wireguardPublicKey: abc=" in shown
+    r = run(etcd, "replace", "-f", write(tmp_path, doc("Node", "n1", {"bgp": {"ipv4Address": "192.168.0.1/24"}})))
+    assert r.returncode == 0, r.stderr
+    assert etcd.get_json(key)["status"] == status
+    r = run(etcd, "apply", "-f", write(tmp_path, {**pool_doc("p", "10.9.0.0/16"), "status": {}}))
+    assert r.returncode == 1 and "status (unknown or malformed top-level field)" in r.stderr  # IPPool has none
 
 
 # --- version -----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ field named on error, durations stored as Go's metav1.Duration writes them ("5m"
 "5m0s"), clientv3's defaults filled on write (prometheusMetricsPort 9094, a node controller's
 leakGracePeriod 15m0s, a load balancer controller's assignIPs AllServices, a host endpoint
 template's nodeSelector all()). Nothing here runs kube-controllers: the resource is stored for
-the tools that read it. Its `status` (kube-controllers' own report) is not written by calicoctl.
+the tools that read it. Its `status` (kube-controllers' own report) is kept as stored.
 """
 
 from __future__ import annotations
