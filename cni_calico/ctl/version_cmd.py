@@ -32,12 +32,12 @@ examples:
 
 
 def git_commit() -> str:
-    """The commit the build was made from (written by the build into cni_calico/_buildinfo.py), if known."""
+    """The commit the bundle was built from (frozen in by build/cni-calico.spec); "unknown" elsewhere."""
     try:
-        from cni_calico import _buildinfo  # type: ignore[attr-defined]
+        import _cni_calico_build  # type: ignore[import-not-found]  # only in the bundle
     except ImportError:
         return "unknown"
-    return str(getattr(_buildinfo, "GIT_COMMIT", "") or "unknown")
+    return str(getattr(_cni_calico_build, "GIT_COMMIT", "") or "unknown")
 
 
 def run_version(args: argparse.Namespace) -> int:

@@ -112,3 +112,15 @@ def test_kubecontrollers_host_endpoint_templates():
     assert "spec.controllers.node.hostEndpoint.templates[1].generateName = 'web' (Template name must be unique)" in text
     assert "spec.controllers.node.hostEndpoint.templates[1].interfacePattern" in text
     assert spec["controllers"]["node"]["hostEndpoint"]["templates"][0]["nodeSelector"] == "all()"
+
+
+def test_git_commit_comes_from_the_bundle(monkeypatch):
+    import sys
+    import types
+
+    from cni_calico.ctl.version_cmd import git_commit
+
+    monkeypatch.setitem(sys.modules, "_cni_calico_build", None)  # not a bundle
+    assert git_commit() == "unknown"
+    monkeypatch.setitem(sys.modules, "_cni_calico_build", types.SimpleNamespace(BUILD="x", GIT_COMMIT="95bf897"))
+    assert git_commit() == "95bf897"
