@@ -281,6 +281,19 @@ def test_ipreservation_columns_names_and_fields(etcd, tmp_path):
     assert r.returncode == 1 and "spec.reservedCIDRs[0] = '10.0.0.0/33'" in r.stderr
 
 
+@pytest.mark.parametrize("name, spec, message", [
+    ("default", {"order": 5}, "spec.order = '5' (default tier order must be 1000000)"),
+    ("kube-admin", {"order": 1000}, "spec.defaultAction = 'Deny' (The 'kube-admin' tier must have default action "
+                                    "'Pass')"),
+    ("kube-baseline", {"order": 1000, "defaultAction": "Pass"}, "kube-baseline tier order must be 10000000"),
+])
+def test_calicos_own_tiers_keep_their_order_and_action(etcd, tmp_path, name, spec, message):
+    r = run(etcd, "apply", "-f", write(tmp_path, doc("Tier", name, spec)))
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    r = run(etcd, "apply", "-f", write(tmp_path, doc("Tier", "default", {"order": 1000000})))
+    assert r.returncode == 0, r.stderr
+
+
 def test_clusterinformation_cannot_be_patched_or_labelled(etcd):
     cluster_info(etcd)
     r = run(etcd, "patch", "clusterinfo", "default", "-p", '{"spec":{"datastoreReady":false}}')

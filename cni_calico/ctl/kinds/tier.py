@@ -29,7 +29,15 @@ def _validate_tier(res: Resource) -> list[FieldError]:
         return errors
     spec.setdefault("order", DEFAULT_ORDER)
     spec.setdefault("defaultAction", "Deny")
-    return fields.one_of("spec.defaultAction", spec["defaultAction"], TIER_ACTIONS)
+    errors = fields.one_of("spec.defaultAction", spec["defaultAction"], TIER_ACTIONS)
+    if res.name in TIERS:  # Calico's own tiers keep their place and action (the Tier type's CEL rules)
+        order, action = TIERS[res.name]
+        if spec["order"] != order:
+            errors.append(FieldError("spec.order", f"{res.name} tier order must be {order:.0f}", spec["order"]))
+        if spec["defaultAction"] != action:
+            errors.append(FieldError("spec.defaultAction", f"The '{res.name}' tier must have default action "
+                                     f"'{action}'", spec["defaultAction"]))
+    return errors
 
 
 def _tier_check_delete(res: Resource, listing: Callable[[str], list[Resource]]) -> str:
