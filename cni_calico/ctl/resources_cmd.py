@@ -40,13 +40,21 @@ FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # --- reading what to act on -----------------------------------------------------------------
 
 
-def load_file(path: str) -> list[Resource]:
-    """Resources in a file ('-' for stdin) or in every .yaml/.yml/.json file of a directory."""
+def load_file(path: str, recursive: bool = False, skip_empty: bool = False) -> list[Resource]:
+    """Resources in a file ('-' for stdin) or in every .yaml/.yml/.json file of a directory (and, with
+    -R, of its subdirectories, as calicoctl's file iterator walks them); with --skip-empty an empty file
+    or directory is no error."""
     if path != "-" and os.path.isdir(path):
-        names = sorted(n for n in os.listdir(path) if n.endswith(FILE_SUFFIXES))
-        if not names:
+        if recursive:
+            names = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, files in os.walk(path)
+                           for n in files if n.endswith(FILE_SUFFIXES))
+        else:
+            names = sorted(n for n in os.listdir(path) if n.endswith(FILE_SUFFIXES)
+                           and not os.path.isdir(os.path.join(path, n)))
+        found = [r for n in names for r in load_file(os.path.join(path, n), skip_empty=skip_empty)]
+        if not found and not skip_empty:
             raise DocumentError(f"No resources specified in directory {path}")
-        return [r for n in names for r in load_file(os.path.join(path, n))]
+        return found
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -56,9 +64,13 @@ def load_file(path: str) -> list[Resource]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DocumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     resources = output.parse_documents(text, "stdin" if path == "-" else path)
-    if not resources:
+    if not resources and not skip_empty:
         raise DocumentError(f"No resources specified in file {path}")
     return resources
+
+
+def _load(args: argparse.Namespace) -> list[Resource]:
+    return load_file(args.filename, getattr(args, "recursive", False), getattr(args, "skip_empty", False))
 
 
 def targets(args: argparse.Namespace) -> tuple[list[Resource], Kind | None]:
@@ -66,7 +78,7 @@ def targets(args: argparse.Namespace) -> tuple[list[Resource], Kind | None]:
     if args.filename:
         if args.kind:
             raise DocumentError("give either --filename or KIND [NAME...], not both")
-        return [_scoped(r, args) for r in load_file(args.filename)], None
+        return [_scoped(r, args) for r in _load(args)], None
     if not args.kind:
         raise DocumentError("give a resource KIND (e.g. ippool) or --filename")
     kind = lookup(args.kind)
@@ -109,7 +121,10 @@ def run_write(args: argparse.Namespace) -> int:
         if listed is not None:
             raise DocumentError(f"give the NAME of the {listed.name} to delete")
     else:
-        resources = [_scoped(r, args) for r in load_file(args.filename)]
+        resources = [_scoped(r, args) for r in _load(args)]
+        if not resources:  # all empty, with --skip-empty
+            print("No resources specified")
+            return 0
     invalid = []
     for res in resources:
         try:
@@ -210,6 +225,10 @@ def run_get(args: argparse.Namespace) -> int:
             context["asnumber"] = (default.spec.get("asNumber") if default else None) or DEFAULT_AS
     finally:
         ds.close()
+    if args.export and listed is None:  # as calicoctl: named resources only, never a listing
+        for res in found:
+            for key in ("namespace", "uid", "resourceVersion", "creationTimestamp"):
+                res.metadata.pop(key, None)
     namespace_column = args.all_namespaces or bool(args.namespace)  # as calicoctl: -A or -n adds NAMESPACE
     if fmt == "go-template":
         from cni_calico.ctl import templates
@@ -282,7 +301,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("-f", "--filename", help=file_help)
         else:
             p.add_argument("-f", "--filename", required=True, help=file_help)
+        p.add_argument("-R", "--recursive", action="store_true",
+                       help="with a directory as -f, its subdirectories' files too")
+        p.add_argument("--skip-empty", action="store_true", help="do not fail on files or directories with no data")
         if name == "get":
+            p.add_argument("--export", action="store_true",
+                           help="with NAMEs: strip what belongs to this cluster (namespace, uid, resourceVersion, "
+                                "creationTimestamp)")
             p.add_argument("-o", "--output", default="ps", metavar="FORMAT",
                            help="ps (default), wide, yaml, json, custom-columns=HEADING,..., go-template=TEMPLATE, "
                                 "go-template-file=FILE")

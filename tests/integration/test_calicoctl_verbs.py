@@ -215,6 +215,34 @@ def test_validate_is_offline_and_names_the_field(tmp_path):
     assert r.returncode == 1 and "spec.blockSize = '99'" in r.stderr and r.stdout == ""
 
 
+# --- -R, --skip-empty, get --export ------------------------------------------------------------------
+
+
+def test_recursive_directories_and_skip_empty(etcd, tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, pool_doc("top", "10.70.0.0/16"), name="top.yaml")
+    write(tmp_path / "sub", pool_doc("deep", "10.71.0.0/16"), name="deep.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    r = run(etcd, "create", "-f", str(tmp_path))
+    assert r.returncode == 1 and "No resources specified in file" in r.stderr
+    r = run(etcd, "create", "-f", str(tmp_path), "--skip-empty")
+    assert (r.returncode, r.stdout) == (0, "Successfully created 1 'IPPool' resource(s)\n"), r.stderr
+    r = run(etcd, "apply", "-f", str(tmp_path), "--skip-empty", "-R")
+    assert (r.returncode, r.stdout) == (0, "Successfully applied 2 'IPPool' resource(s)\n"), r.stderr
+    assert sorted(k.rsplit("/", 1)[1] for k in etcd.keys(KEY)) == ["deep", "top"]
+    r = run(etcd, "create", "-f", str(tmp_path / "empty.yaml"), "--skip-empty")
+    assert (r.returncode, r.stdout) == (0, "No resources specified\n")
+
+
+def test_get_export_strips_the_clusters_own_metadata(etcd, tmp_path):
+    pools(etcd, tmp_path, doc("NetworkPolicy", "web", {"selector": "all()"}, namespace="prod"))
+    shown = run(etcd, "get", "policy", "web", "-n", "prod", "-o", "yaml", "--export").stdout
+    assert "uid:" not in shown and "resourceVersion" not in shown and "namespace:" not in shown
+    assert "name: web" in shown
+    listed = run(etcd, "get", "policy", "-n", "prod", "-o", "yaml", "--export").stdout
+    assert "uid:" in listed  # a listing is never exported, as calicoctl
+
+
 # --- delete -s ---------------------------------------------------------------------------------------
 
 
@@ -457,7 +485,7 @@ def test_bash_completion(tmp_path):
     assert complete(script, "calicoctl", "get", "-o", "") == ["ps", "wide", "yaml", "json", "custom-columns=",
                                                               "go-template=", "go-template-file="]
     assert complete(script, "calicoctl", "get", "-n", "prod", "ippool", "") == []  # NAME: nothing to offer
-    assert complete(script, "calicoctl", "delete", "--sk") == ["--skip-not-exists"]
+    assert complete(script, "calicoctl", "delete", "--skip-n") == ["--skip-not-exists"]
     assert complete(script, "calicoctl", "ipam", "show", "--show-b") == ["--show-blocks", "--show-borrowed"]
     assert complete(script, "calicoctl", "patch", "ippool", "p1", "--type", "") == ["strategic", "merge", "json"]
     assert complete(script, "calicoctl", "-l", "") == ["debug", "info", "warning", "error", "fatal", "panic"]
