@@ -16,8 +16,8 @@ import sys
 log = logging.getLogger(__name__)
 
 COMMANDS = ("cni_calico.ctl.resources_cmd", "cni_calico.ctl.patch", "cni_calico.ctl.label", "cni_calico.ctl.ipam_args",
-            "cni_calico.ctl.node_cmd", "cni_calico.ctl.datastore_cmd", "cni_calico.ctl.version_cmd",
-            "cni_calico.ctl.completion")  # each: register(sub)
+            "cni_calico.ctl.node_cmd", "cni_calico.ctl.datastore_cmd", "cni_calico.ctl.convert",
+            "cni_calico.ctl.version_cmd", "cni_calico.ctl.completion")  # each: register(sub)
 LOG_LEVELS = ("debug", "info", "warning", "error", "fatal", "panic")
 USAGE_EXAMPLES = """\
 examples:
@@ -31,6 +31,7 @@ examples:
   calicoctl get ippools -o go-template='{{range .}}{{range .Items}}{{.Spec.CIDR}} {{end}}{{end}}'
   calicoctl node status                  BGP sessions of this node (BIRD)
   calicoctl datastore migrate lock       stop changes (then export, import, ipam split)
+  calicoctl convert -f v1-pools.yaml     Calico v1 resources as v3
   calicoctl version                      client and cluster versions
   source <(calicoctl completion bash)    TAB completion in bash
   calicoctl <command> --help             help and examples for one command

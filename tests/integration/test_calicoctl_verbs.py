@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+import yaml
 
 from cni_calico import __version__
 from tests.integration.test_calicoctl import CALICOCTL, KEY, pool_doc, run, write
@@ -213,6 +214,66 @@ def test_validate_is_offline_and_names_the_field(tmp_path):
     bad = write(tmp_path, pool_doc("p1", "10.70.0.0/16", blockSize=99), name="bad.yaml")
     r = run(None, "validate", "-f", bad)
     assert r.returncode == 1 and "spec.blockSize = '99'" in r.stderr and r.stdout == ""
+
+
+# --- convert ----------------------------------------------------------------------------------------
+
+V1 = """\
+- apiVersion: v1
+  kind: ipPool
+  metadata: {cidr: 10.1.0.0/16}
+  spec: {ipip: {enabled: true, mode: cross-subnet}, nat-outgoing: true}
+- apiVersion: v1
+  kind: bgpPeer
+  metadata: {peerIP: 192.168.1.1, scope: node, node: Rack1/Host1}
+  spec: {asNumber: 63400}
+- apiVersion: v1
+  kind: bgpPeer
+  metadata: {peerIP: "fd00::1", scope: global}
+  spec: {asNumber: 64000}
+- apiVersion: v1
+  kind: node
+  metadata: {name: Node_1.example}
+  spec: {bgp: {asNumber: 64512, ipv4Address: 10.0.0.1/24}}
+"""
+
+
+def test_convert_v1_to_v3_and_create_the_result(etcd, tmp_path):
+    r = run(None, "convert", "-f", "-", stdin=V1)  # offline
+    assert r.returncode == 0, r.stderr
+    converted = yaml.safe_load(r.stdout)
+    assert converted["kind"] == "List"
+    names = [(i["kind"], i["metadata"]["name"]) for i in converted["items"]]
+    assert names == [("IPPool", "10-1-0-0-16"), ("BGPPeer", "rack1.host1.192-168-1-1"),
+                     ("BGPPeer", "fd00-0000-0000-0000-0000-0000-0000-0001"), ("Node", "node-1.example")]
+    pool = converted["items"][0]["spec"]
+    assert (pool["ipipMode"], pool["natOutgoing"], pool["blockSize"]) == ("CrossSubnet", True, 26)
+    assert converted["items"][1]["spec"]["node"] == "rack1.host1"
+    out = tmp_path / "v3.yaml"
+    out.write_text(r.stdout)
+    r = run(etcd, "create", "-f", str(out))
+    assert (r.returncode, r.stdout) == (0, "Successfully created 4 resource(s)\n"), r.stderr
+    one = run(None, "convert", "-f", "-", "-o", "json", stdin=V1.split("- apiVersion: v1\n  kind: bgpPeer")[0])
+    assert json.loads(one.stdout)["kind"] == "IPPool"
+
+
+@pytest.mark.parametrize("document, message", [
+    ("apiVersion: v1\nkind: policy\nmetadata: {name: p}\n",
+     "failed to convert resource: conversion for the resource type 'policy' is not supported"),
+    ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\n", "only Calico v1 resources"),
+    ("apiVersion: v1\nkind: ipPool\nmetadata: {cidr: 10.0.0.0/31}\n",
+     "converted manifest resource(s) failed validation"),
+    ("", "no resources specified"),
+])
+def test_convert_refusals(document, message):
+    r = run(None, "convert", "-f", "-", stdin=document)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+
+
+def test_convert_ignore_validation_prints_anyway():
+    r = run(None, "convert", "-f", "-", "--ignore-validation", stdin="apiVersion: v1\nkind: ipPool\n"
+            "metadata: {cidr: 10.0.0.0/31}\n")
+    assert r.returncode == 0 and "name: 10-0-0-0-31" in r.stdout
 
 
 # --- -R, --skip-empty, get --export ------------------------------------------------------------------
@@ -494,7 +555,8 @@ def test_bash_completion(tmp_path):
 
 
 @pytest.mark.parametrize("command", [
-    ["patch"], ["label"], ["validate"], ["version"], ["completion"], ["datastore"], ["datastore", "migrate"],
+    ["patch"], ["label"], ["validate"], ["convert"], ["version"], ["completion"], ["datastore"],
+    ["datastore", "migrate"],
     ["datastore", "migrate", "export"], ["datastore", "migrate", "import"], ["datastore", "migrate", "lock"],
     ["datastore", "migrate", "unlock"], ["ipam", "split"],
 ])
