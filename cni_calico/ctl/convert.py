@@ -5,10 +5,15 @@ libcalico-go/lib/upgrade/converters): offline, each v1 document (`apiVersion: v1
 resource, validated as create validates it (`--ignore-validation` prints it anyway), printed as
 YAML or JSON; several as a `List`. Converted: `ipPool` (named from its CIDR, `10-1-0-0-16`; ipip
 enabled gives Always, or CrossSubnet with `mode: cross-subnet`; nat-outgoing, disabled), `bgpPeer`
-(global: named from the peer IP; node scope: `<node>.<ip>` with spec.node) and `node` (BGP
-addresses, AS number, orchestrator references; the name normalised as Calico normalises it).
-Policies, profiles, endpoints, tiers and Kubernetes NetworkPolicies are refused with Calico's
-"conversion for the resource type … is not supported": write them as v3 resources.
+(global: named from the peer IP; node scope: `<node>.<ip>` with spec.node), `node` (BGP
+addresses, AS number, orchestrator references; the name normalised as Calico normalises it),
+`policy` (a GlobalNetworkPolicy `<tier>.<name>`: rules with actions and protocols in v3's case,
+`net`/`nets` merged, a `tag` as a `<tag> == ''` label test, `calico/k8s_ns` as
+`projectcalico.org/namespace`; applyOnForward set with doNotTrack or preDNAT; types defaulted as
+Calico's) and `profile` (tags join the labels as labelsToApply; `k8s_ns.` becomes `kns.`).
+Endpoints, tiers and Kubernetes NetworkPolicies are refused with Calico's "conversion for the
+resource type … is not supported": write them as v3 resources. One difference: the default tier
+is left out of spec.tier (our store's way of naming it), never the tier label.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from cni_calico.resources import KINDS, DocumentError, Resource, ValidationError
 HELP = """\
 Convert config files from Calico v1 to Calico v3 API versions. Both YAML and
 JSON formats are accepted. The default output is printed to stdout in YAML.
-Converted kinds: ipPool, bgpPeer, node.
+Converted kinds: ipPool, bgpPeer, node, policy (as a GlobalNetworkPolicy
+named <tier>.<name>), profile (tags become labelsToApply).
 
 examples:
   # Convert the contents of pools.yaml to Calico v3 IP pools.
@@ -93,7 +99,112 @@ def _node(meta: dict, spec: dict) -> dict:
     return {"name": node_name(str(meta.get("name") or "")), "spec": out}
 
 
-CONVERTERS = {"ippool": ("IPPool", _pool), "bgppeer": ("BGPPeer", _peer), "node": ("Node", _node)}
+# --- policy and profile rules (converters/rule.go) -----------------------------------------------------
+
+PROTOCOLS = ("TCP", "UDP", "ICMP", "ICMPv6", "SCTP", "UDPLite")
+ACTIONS = ("Allow", "Deny", "Log", "Pass")
+
+
+def _name(v1_name: str, dots: bool = True) -> str:
+    """Calico's convertName / convertNameNoDots: normalised, with 8 hex of sha1 when that changed it."""
+    import hashlib
+
+    name = node_name(v1_name)
+    if not dots:
+        name = name.replace(".", "-")
+    return v1_name if name == v1_name else f"{name}-{hashlib.sha1(v1_name.encode()).hexdigest()[:8]}"
+
+
+def _selector(selector: object, tag: object = "") -> str:
+    """v1's namespace label as v3's; a v1 tag becomes a label test merged in (mergeTagsAndSelectors)."""
+    sel = str(selector or "").replace("calico/k8s_ns", "projectcalico.org/namespace")
+    if tag:
+        sel = f"({sel}) && {tag} == ''" if sel else f"{tag} == ''"
+    return sel
+
+
+def _nets(single: object, many: object) -> list[str]:
+    nets = ([single] if single else []) + list(many or [])
+    return [str(ipaddress.ip_network(str(n), strict=False)) for n in nets]
+
+
+def _entity(v1: dict) -> dict:
+    out = {"nets": _nets(v1.get("net"), v1.get("nets")), "selector": _selector(v1.get("selector"), v1.get("tag")),
+           "ports": v1.get("ports"), "notNets": _nets(v1.get("notNet"), v1.get("notNets")),
+           "notSelector": _selector(v1.get("notSelector"), v1.get("notTag")), "notPorts": v1.get("notPorts")}
+    return {k: v for k, v in out.items() if v}
+
+
+def _protocol(value: object) -> object:
+    if isinstance(value, str):
+        return next((p for p in PROTOCOLS if p.lower() == value.lower()), value)
+    return value
+
+
+def _action(value: object) -> str:
+    text = str(value or "")
+    if not text:
+        return "Allow"
+    if text == "next-tier":
+        return "Pass"
+    return next((a for a in ACTIONS if a.lower() == text.lower()), text)
+
+
+def _rule(v1: object) -> dict:
+    if not isinstance(v1, dict):
+        raise ValueError(f"a rule must be a mapping, not {v1!r}")
+    out: dict = {"action": _action(v1.get("action"))}
+    for key in ("ipVersion", "icmp", "notICMP"):
+        if v1.get(key) is not None:
+            out[key] = v1[key]
+    for key in ("protocol", "notProtocol"):
+        if v1.get(key) is not None:
+            out[key] = _protocol(v1[key])
+    for side in ("source", "destination"):
+        entity = _entity(v1.get(side) or {})
+        if entity:
+            out[side] = entity
+    return out
+
+
+def _rules(spec: dict, key: str) -> list[dict]:
+    return [_rule(r) for r in spec.get(key) or []]
+
+
+def _policy(meta: dict, spec: dict) -> dict:
+    tier = _name(str(meta.get("tier") or ""), dots=False) or "default"
+    out: dict = {"order": spec.get("order"), "selector": _selector(spec.get("selector")),
+                 "ingress": _rules(spec, "ingress"), "egress": _rules(spec, "egress"),
+                 "doNotTrack": bool(spec.get("doNotTrack")), "preDNAT": bool(spec.get("preDNAT")),
+                 "applyOnForward": bool(spec.get("applyOnForward") or spec.get("doNotTrack") or spec.get("preDNAT"))}
+    types = spec.get("types") or (["ingress"] if spec.get("preDNAT") else ["ingress", "egress"])
+    out["types"] = [{"ingress": "Ingress", "egress": "Egress"}.get(str(t).lower()) or _bad_type(t) for t in types]
+    if tier != "default":  # our store names the default tier by leaving spec.tier out
+        out["tier"] = tier
+    return {"name": f"{tier}.{_name(str(meta.get('name') or ''), dots=False)}",
+            "annotations": meta.get("annotations"), "spec": {k: v for k, v in out.items() if v is not None}}
+
+
+def _bad_type(value: object) -> str:
+    raise ValueError(f"invalid policy type: '{value}'")
+
+
+def _profile(meta: dict, spec: dict) -> dict:
+    name = str(meta.get("name") or "")
+    if name.startswith("k8s_ns."):
+        name = "kns." + name[len("k8s_ns."):]
+    labels = dict(meta.get("labels") or {})
+    for tag in meta.get("tags") or []:
+        if tag in labels:
+            raise ValueError(f"Tag: '{tag}' and Label '{tag} == {labels[tag]}' have the same value for Profile: "
+                             f"{_name(name)}. Change the Label key before proceeding")
+        labels[tag] = ""
+    out = {"ingress": _rules(spec, "ingress"), "egress": _rules(spec, "egress"), "labelsToApply": labels}
+    return {"name": _name(name), "spec": {k: v for k, v in out.items() if v}}
+
+
+CONVERTERS = {"ippool": ("IPPool", _pool), "bgppeer": ("BGPPeer", _peer), "node": ("Node", _node),
+              "policy": ("GlobalNetworkPolicy", _policy), "profile": ("Profile", _profile)}
 
 
 def _documents(text: str, source: str) -> list[dict]:
@@ -134,7 +245,10 @@ def convert(doc: dict) -> Resource:
         converted = converter(meta, spec)
     except (ValueError, TypeError) as exc:
         raise CommandError(f"failed to convert resource: {kind}: {exc}") from None
-    return Resource(KINDS[kind_name], {"name": converted["name"]}, converted["spec"])
+    meta_out = {"name": converted["name"]}
+    if converted.get("annotations"):
+        meta_out["annotations"] = converted["annotations"]
+    return Resource(KINDS[kind_name], meta_out, converted["spec"])
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ against the session's etcd (empty at the start of each test: the `etcd` fixture)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
@@ -257,9 +258,54 @@ def test_convert_v1_to_v3_and_create_the_result(etcd, tmp_path):
     assert json.loads(one.stdout)["kind"] == "IPPool"
 
 
+V1_POLICY = """\
+- apiVersion: v1
+  kind: policy
+  metadata: {name: Allow_DB, annotations: {owner: ops}}
+  spec:
+    order: 100
+    selector: role == 'db' && calico/k8s_ns == 'prod'
+    ingress:
+    - {action: allow, protocol: tcp, source: {tag: web, net: 10.1.2.3/8}, destination: {ports: [5432]}}
+    - {action: next-tier}
+    egress:
+    - {action: deny, protocol: icmp, icmp: {type: 8}}
+- apiVersion: v1
+  kind: profile
+  metadata: {name: k8s_ns.prod, tags: [web], labels: {team: a}}
+  spec:
+    ingress: [{action: allow}]
+"""
+
+
+def test_convert_v1_policy_and_profile(etcd, tmp_path):
+    r = run(None, "convert", "-f", "-", stdin=V1_POLICY)
+    assert r.returncode == 0, r.stderr
+    policy, profile = yaml.safe_load(r.stdout)["items"]
+    assert (policy["kind"], policy["metadata"]["name"]) == ("GlobalNetworkPolicy", "default.allow-db-" +
+                                                             hashlib.sha1(b"Allow_DB").hexdigest()[:8])
+    assert policy["metadata"]["annotations"] == {"owner": "ops"}
+    assert policy["spec"]["selector"] == "role == 'db' && projectcalico.org/namespace == 'prod'"
+    assert policy["spec"]["ingress"] == [
+        {"action": "Allow", "protocol": "TCP", "source": {"nets": ["10.0.0.0/8"], "selector": "web == ''"},
+         "destination": {"ports": [5432]}}, {"action": "Pass"}]
+    assert policy["spec"]["egress"] == [{"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}}]
+    assert policy["spec"]["types"] == ["Ingress", "Egress"]
+    assert (profile["metadata"]["name"], profile["spec"]["labelsToApply"]) == ("kns.prod", {"team": "a", "web": ""})
+    out = tmp_path / "v3.yaml"
+    out.write_text(r.stdout)
+    etcd.put_json(RES + "tiers/default", doc("Tier", "default", {"order": 1000000, "defaultAction": "Deny"}))
+    r = run(etcd, "create", "-f", str(out))
+    assert (r.returncode, r.stdout) == (0, "Successfully created 2 resource(s)\n"), r.stderr
+
+
 @pytest.mark.parametrize("document, message", [
-    ("apiVersion: v1\nkind: policy\nmetadata: {name: p}\n",
-     "failed to convert resource: conversion for the resource type 'policy' is not supported"),
+    ("apiVersion: v1\nkind: workloadEndpoint\nmetadata: {name: p}\n",
+     "failed to convert resource: conversion for the resource type 'workloadEndpoint' is not supported"),
+    ("apiVersion: v1\nkind: policy\nmetadata: {name: p}\nspec: {types: [sideways]}\n",
+     "invalid policy type: 'sideways'"),
+    ("apiVersion: v1\nkind: profile\nmetadata: {name: p, tags: [a], labels: {a: x}}\n",
+     "Tag: 'a' and Label 'a == x' have the same value"),
     ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\n", "only Calico v1 resources"),
     ("apiVersion: v1\nkind: ipPool\nmetadata: {cidr: 10.0.0.0/31}\n",
      "converted manifest resource(s) failed validation"),
