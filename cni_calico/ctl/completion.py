@@ -24,6 +24,7 @@ VALUES = {  # flag -> words offered as its value ("__files__": file names)
     "--config": "__files__",
     "--from-report": "__files__",
     "ipam check --output": "__files__",  # a command's own meaning wins over the flag's usual one
+    "convert --output": "yaml json",
 }
 HELP = """\
 Print a shell completion script for calicoctl (bash).

@@ -595,6 +595,7 @@ def test_bash_completion(tmp_path):
     assert complete(script, "calicoctl", "delete", "--skip-n") == ["--skip-not-exists"]
     assert complete(script, "calicoctl", "ipam", "show", "--show-b") == ["--show-blocks", "--show-borrowed"]
     assert complete(script, "calicoctl", "patch", "ippool", "p1", "--type", "") == ["strategic", "merge", "json"]
+    assert complete(script, "calicoctl", "convert", "-o", "") == ["yaml", "json"]
     assert complete(script, "calicoctl", "-l", "") == ["debug", "info", "warning", "error", "fatal", "panic"]
     (tmp_path / "pools.yaml").write_text("")
     assert complete(script, "calicoctl", "apply", "-f", str(tmp_path / "poo")) == [str(tmp_path / "pools.yaml")]
