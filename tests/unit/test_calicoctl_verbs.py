@@ -124,3 +124,17 @@ def test_git_commit_comes_from_the_bundle(monkeypatch):
     assert git_commit() == "unknown"
     monkeypatch.setitem(sys.modules, "_cni_calico_build", types.SimpleNamespace(BUILD="x", GIT_COMMIT="95bf897"))
     assert git_commit() == "95bf897"
+
+
+def test_kubecontrollers_stored_as_go_writes_it():
+    """Go's field order, `controllers` always (not omitempty), `status: {}` (a struct)."""
+    from cni_calico.datastore import encode
+
+    res = Resource(KUBECONTROLLERSCONFIGURATION, {"name": "default"},
+                   {"controllers": {"policy": {"reconcilerPeriod": "5m"}}, "healthChecks": "Enabled",
+                    "logSeverityScreen": "Info", "etcdV3CompactionPeriod": "10m"})
+    validate(res)
+    assert encode(res.to_stored()) == (
+        '{"kind":"KubeControllersConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},'
+        '"spec":{"logSeverityScreen":"Info","healthChecks":"Enabled","etcdV3CompactionPeriod":"10m0s",'
+        '"prometheusMetricsPort":9094,"controllers":{"policy":{"reconcilerPeriod":"5m0s"}}},"status":{}}')
