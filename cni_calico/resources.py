@@ -89,6 +89,8 @@ class Kind:
     check_create: Callable[[Resource, list[Resource]], list[FieldError]] = lambda new, existing: []
     read_defaults: Callable[[dict], None] = lambda spec: None
     writable: bool = True  # False: calicoctl gets and deletes it only (WorkloadEndpoint: the plugin's)
+    writer: str = "the CNI plugin"  # who writes it when calicoctl may not (in calicoctl's refusal)
+    list_order: Callable[[Resource], object] | None = None  # how a listing is sorted (stable), if not by name
     singleton: str = ""  # the one name the kind may have (IPAMConfig: "default")
     store_key: Callable[[Resource], str] | None = None  # where it lives, when not keys.resource(...)
     encode: Callable[[Resource], dict] | None = None  # the stored value, when not Resource.to_stored()
@@ -107,6 +109,7 @@ class Resource:
     metadata: dict
     spec: dict
     extra: dict = field(default_factory=dict)  # unknown top-level keys, reported by validate
+    status: dict | None = None  # what Calico's components report (a Node's, kube-controllers'): kept as read
 
     @property
     def name(self) -> str:
@@ -126,11 +129,15 @@ class Resource:
         return f"{self.kind.name}({name})"
 
     def to_dict(self) -> dict:
-        return {"apiVersion": API_VERSION, "kind": self.kind.name, "metadata": dict(self.metadata), "spec": self.spec}
+        out = {"apiVersion": API_VERSION, "kind": self.kind.name, "metadata": dict(self.metadata), "spec": self.spec}
+        if self.status is not None:
+            out["status"] = self.status
+        return out
 
     def to_stored(self) -> dict:
         meta = {k: self.metadata[k] for k in STORED_METADATA if k in self.metadata}
-        return v3.Resource(self.kind.name, meta, self.spec).to_value()
+        other = {} if self.status is None else {"status": self.status}
+        return v3.Resource(self.kind.name, meta, self.spec, other).to_value()
 
 
 KINDS: dict[str, Kind] = {}
@@ -153,13 +160,14 @@ def lookup(name: str) -> Kind:
 
 
 def from_stored(kind: Kind, value: dict, mod_revision: int) -> Resource:
+    status = value.get("status") if isinstance(value.get("status"), dict) else None
     if kind.decode is not None:
         value = kind.decode(value)
     metadata = dict(value.get("metadata") or {})
     metadata["resourceVersion"] = str(mod_revision)
     spec = dict(value.get("spec") or {})
     kind.read_defaults(spec)
-    return Resource(kind, metadata, spec)
+    return Resource(kind, metadata, spec, status=status)
 
 
 def validate(res: Resource) -> None:
@@ -324,7 +332,8 @@ IPPOOL = register(Kind(
     namespaced=False,
     spec_fields=frozenset(_POOL_TYPES),
     headings=("NAME", "CIDR", "SELECTOR"),
-    wide_headings=("NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"),
+    wide_headings=("NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR",
+                   "ASSIGNMENTMODE"),
     columns={
         "NAME": lambda r, c: r.name,
         "CIDR": lambda r, c: str(r.spec.get("cidr", "")),
@@ -334,6 +343,7 @@ IPPOOL = register(Kind(
         "DISABLED": lambda r, c: _show(bool(r.spec.get("disabled"))),
         "DISABLEBGPEXPORT": lambda r, c: _show(bool(r.spec.get("disableBGPExport"))),
         "SELECTOR": lambda r, c: str(r.spec.get("nodeSelector") or ""),
+        "ASSIGNMENTMODE": lambda r, c: str(r.spec.get("assignmentMode") or "Automatic"),
     },
     validate_spec=_validate_pool,
     check_update=_pool_check_update,

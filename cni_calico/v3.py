@@ -83,14 +83,19 @@ SPEC_ORDER = {
     "HostEndpoint": ("node", "interfaceName", "expectedIPs", "profiles", "ports"),
     "GlobalNetworkPolicy": ("tier", "order", "ingress", "egress", "selector", "types", "doNotTrack", "preDNAT",
                             "applyOnForward", "serviceAccountSelector", "namespaceSelector", "performanceHints"),
+    "KubeControllersConfiguration": ("logSeverityScreen", "healthChecks", "etcdV3CompactionPeriod",
+                                     "prometheusMetricsPort", "controllers", "debugProfilePort"),
 }
-# Spec fields written even when empty (not omitempty in Go; a pointer to a slice keeps `[]`).
+# Spec fields written even when empty (not omitempty in Go; a pointer to a slice keeps `[]`, a *bool false).
 ALWAYS = {"IPPool": frozenset({"cidr"}),
-          "FelixConfiguration": frozenset({"bpfLogLevel", "failsafeInboundHostPorts", "failsafeOutboundHostPorts"})}
+          "FelixConfiguration": frozenset({"bpfLogLevel", "failsafeInboundHostPorts", "failsafeOutboundHostPorts"}),
+          "KubeControllersConfiguration": frozenset({"controllers"}),
+          "ClusterInformation": frozenset({"datastoreReady"})}
 PROTO_PORT_ORDER = ("protocol", "port", "net")
 ENDPOINT_PORT_ORDER = ("name", "protocol", "port")
 NODE_BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
-WITH_STATUS = frozenset({"Node", "Tier"})  # a struct status Go always writes (`"status":{}`)
+# A struct status Go always writes (`"status":{}`).
+WITH_STATUS = frozenset({"Node", "Tier", "KubeControllersConfiguration"})
 
 
 def _empty(value: object) -> bool:

@@ -167,7 +167,8 @@ class ResourceStore:
             one = self.get(Resource(kind, {"name": kind.singleton}, {}))
             return [one] if one else []
         kvs = self.ds.list(keys.resource_dir(kind.plural, namespace))
-        return [from_stored(kind, kv.value, kv.mod_revision) for kv in kvs]
+        found = [from_stored(kind, kv.value, kv.mod_revision) for kv in kvs]
+        return sorted(found, key=kind.list_order) if kind.list_order else found
 
     def _check_references(self, res: Resource) -> None:
         missing = [FieldError(field, f"{plural.removesuffix('s')} {name!r} does not exist", name)
@@ -184,7 +185,8 @@ class ResourceStore:
         errors = res.kind.check_create(res, self.list(res.kind, res.namespace))
         if errors:
             raise ValidationError(res.ident, errors)
-        new = Resource(res.kind, {**res.metadata, "uid": new_uid(), "creationTimestamp": timestamp()}, res.spec)
+        new = Resource(res.kind, {**res.metadata, "uid": new_uid(), "creationTimestamp": timestamp()}, res.spec,
+                       status=res.status)
         if not self.ds.commit(Txn().put(self.key(res), self.value(new), 0)):
             raise AlreadyExists(res.ident)
         return new
@@ -215,7 +217,9 @@ class ResourceStore:
             if errors:
                 raise ValidationError(res.ident, errors)
             kept = {k: current.metadata[k] for k in ("uid", "creationTimestamp") if k in current.metadata}
-            new = Resource(res.kind, {**res.metadata, **kept}, res.spec)
+            # A status (what Calico's components report) given is written; none given keeps the stored one.
+            new = Resource(res.kind, {**res.metadata, **kept}, res.spec,
+                           status=current.status if res.status is None else res.status)
             return Txn().put(self.key(res), self.value(new), int(current.resource_version)), new
 
         return self._guarded(res, change, "replacing")

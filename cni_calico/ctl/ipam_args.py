@@ -22,17 +22,21 @@ examples:
   calicoctl ipam check -o report.json      find leaked addresses and handles
   calicoctl ipam release --from-report=report.json
   calicoctl ipam configure --strictaffinity=true
+  calicoctl ipam split 4 --name=pool1      (with the datastore locked)
 """
 SUBCOMMANDS = {
     "show": ("Show IPAM usage, one address's holder, or the IPAM configuration.", """\
 Without options: one row per IP pool (total, in use, reserved by an
 IPReservation, free), as real calicoctl. --show-blocks adds a row per block
 (blocks whose pool was deleted are listed too). --ip tells whether an address is allocated, its handle and
-attributes, its block, and the WorkloadEndpoint using it.
+attributes, its block, and the WorkloadEndpoint using it. --show-borrowed lists
+the addresses a node took from another node's block (IP, BORROWING-NODE,
+BLOCK, BLOCK OWNER, TYPE, ALLOCATED-TO), as real calicoctl.
 
 examples:
   calicoctl ipam show
   calicoctl ipam show --show-blocks
+  calicoctl ipam show --show-borrowed
   calicoctl ipam show --ip=10.60.0.5
   calicoctl ipam show --show-configuration
 """),
@@ -72,6 +76,19 @@ examples:
   calicoctl ipam configure --strictaffinity=true --max-blocks-per-host=4
   calicoctl ipam configure --ip-cooldown-seconds=30
 """),
+    "split": ("Split an IP pool into the specified number of smaller IP pools.", """\
+Split an IP pool into NUMBER (a power of two) smaller pools of equal size,
+named split-<name>-<i>, each with the original's settings; the original is
+deleted, all in one etcd transaction. The datastore must be locked first
+(calicoctl datastore migrate lock), so nothing allocates meanwhile; unlock it
+afterwards. Blocks already carved from the pool are kept.
+
+examples:
+  calicoctl datastore migrate lock
+  calicoctl ipam split 4 --name=my-pool
+  calicoctl ipam split 2 --cidr=10.0.0.0/16
+  calicoctl datastore migrate unlock
+"""),
 }
 
 
@@ -81,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("-c", "--config", metavar="CONFIG",
                         help=f"CalicoAPIConfig file; default {DEFAULT_CONFIG} if it exists, else ETCD_* variables")
     common.add_argument("--allow-version-mismatch", action="store_true", help=argparse.SUPPRESS)
-    ipam = sub.add_parser("ipam", help="IP address management: show, check, release, configure.",
+    ipam = sub.add_parser("ipam", help="IP address management: show, check, release, configure, split.",
                           description="IP address management.", epilog=IPAM_HELP, formatter_class=RAW)
     verbs = ipam.add_subparsers(dest="ipam_command", metavar="<command>")
     verbs.required = True
@@ -93,6 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--ip", metavar="IP", help="show who holds this address")
     show.add_argument("--show-blocks", action="store_true", help="one row per block too, with its node affinity")
     show.add_argument("--show-configuration", action="store_true", help="show the IPAM configuration")
+    show.add_argument("--show-borrowed", action="store_true",
+                      help="list the addresses borrowed from other nodes' blocks")
     show.set_defaults(func=_lazy("run_show"))
     check = parsers["check"]
     check.add_argument("-o", "--output", metavar="FILE", help="write a JSON report of the problems found")
@@ -115,6 +134,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     configure.add_argument("--ip-cooldown-seconds", metavar="N",
                            help="how long a released address rests before it is handed out again (0: not at all)")
     configure.set_defaults(func=_lazy("run_configure"))
+    split = parsers["split"]
+    split.add_argument("number", metavar="NUMBER", help="how many pools to make (a power of two)")
+    split.add_argument("--cidr", default="", help="CIDR of the IP pool to split")
+    split.add_argument("--name", default="", help="name of the IP pool to split")
+    split.set_defaults(func=_lazy_split)
+
+
+def _lazy_split(args: argparse.Namespace) -> int:
+    from cni_calico.ctl import ipam_split
+
+    return ipam_split.run_split(args)
 
 
 def _lazy(name: str):

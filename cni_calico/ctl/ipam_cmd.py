@@ -49,6 +49,11 @@ def run_show(args: argparse.Namespace) -> int:
     try:
         if args.ip:
             return _show_ip(ds, _address(args.ip))
+        if args.show_borrowed:
+            from cni_calico.ctl import ipam_split
+
+            print(ipam_split.show_borrowed(ds), end="")
+            return 0
         if args.show_configuration:
             kv = ds.get(keys.ipam_config())
             value = IPAMConfig.from_value(kv.value if kv else None)

@@ -13,11 +13,11 @@ import importlib
 import logging
 import sys
 
-from cni_calico import __version__
-
 log = logging.getLogger(__name__)
 
-COMMANDS = ("cni_calico.ctl.resources_cmd", "cni_calico.ctl.ipam_args", "cni_calico.ctl.node_cmd")  # register(sub)
+COMMANDS = ("cni_calico.ctl.resources_cmd", "cni_calico.ctl.patch", "cni_calico.ctl.label", "cni_calico.ctl.ipam_args",
+            "cni_calico.ctl.node_cmd", "cni_calico.ctl.datastore_cmd", "cni_calico.ctl.convert",
+            "cni_calico.ctl.version_cmd", "cni_calico.ctl.completion")  # each: register(sub)
 LOG_LEVELS = ("debug", "info", "warning", "error", "fatal", "panic")
 USAGE_EXAMPLES = """\
 examples:
@@ -26,7 +26,14 @@ examples:
   calicoctl delete ippool pool1          delete one pool
   calicoctl ipam show --show-blocks      address usage per pool and block
   calicoctl ipam check -o report.json    find leaked addresses
+  calicoctl patch ippool pool1 -p '{"spec":{"disabled":true}}'
+  calicoctl label nodes node1 zone=a     set a label
+  calicoctl get ippools -o go-template='{{range .}}{{range .Items}}{{.Spec.CIDR}} {{end}}{{end}}'
   calicoctl node status                  BGP sessions of this node (BIRD)
+  calicoctl datastore migrate lock       stop changes (then export, import, ipam split)
+  calicoctl convert -f v1-pools.yaml     Calico v1 resources as v3
+  calicoctl version                      client and cluster versions
+  source <(calicoctl completion bash)    TAB completion in bash
   calicoctl <command> --help             help and examples for one command
 
 The datastore is etcd v3: --config FILE (a CalicoAPIConfig), else
@@ -56,16 +63,7 @@ def build_parser() -> Parser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
-    version = sub.add_parser("version", help="Display the version of this binary.",
-                             description="Display the version of this binary.\n\nexample:\n  calicoctl version",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    version.set_defaults(func=run_version)
     return parser
-
-
-def run_version(args: argparse.Namespace) -> int:
-    print(f"Client Version:    {__version__}")
-    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -17,10 +17,12 @@ from collections.abc import Mapping
 
 import cni_calico.ctl.kinds  # noqa: F401 - registers every kind beyond IPPool
 from cni_calico.resources import API_VERSION, KINDS, TOP_LEVEL, DocumentError, Kind, Resource
+from cni_calico.v3 import WITH_STATUS
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("ps", "wide", "yaml", "yml", "json")
+TEMPLATED = ("custom-columns", "go-template", "go-template-file")  # -o KEY=VALUE
 MIN_WIDTH = 5  # as calicoctl's tabwriter: minimum cell width 5, padding 3
 PADDING = 3
 
@@ -58,11 +60,14 @@ def _flatten(doc: object, source: str) -> list[Resource]:
         )
     metadata, spec = doc.get("metadata") or {}, doc.get("spec") or {}
     extra = {k: v for k, v in doc.items() if k not in TOP_LEVEL}
+    status = extra.pop("status", None) if kind_name in WITH_STATUS else None  # only the kinds Calico gives one
+    if status is not None and not isinstance(status, dict):
+        extra["status"], status = status, None
     if not isinstance(metadata, dict):
         extra["metadata"], metadata = metadata, {}
     if not isinstance(spec, dict):
         extra["spec"], spec = spec, {}
-    return [Resource(KINDS[kind_name], dict(metadata), dict(spec), extra)]
+    return [Resource(KINDS[kind_name], dict(metadata), dict(spec), extra, status)]
 
 
 def render(resources: list[Resource], fmt: str, listed: Kind | None = None, all_namespaces: bool = False,
@@ -100,8 +105,11 @@ def document(resources: list[Resource], listed: Kind | None = None) -> dict | No
 
 
 def table(resources: list[Resource], wide: bool = False, empty_kind: Kind | None = None,
-          all_namespaces: bool = False, context: Mapping | None = None) -> str:
-    """One aligned table per kind, in order of first appearance, each followed by a blank line."""
+          all_namespaces: bool = False, context: Mapping | None = None, columns: list[str] | None = None) -> str:
+    """One aligned table per kind, in order of first appearance, each followed by a blank line.
+
+    `columns` (`-o custom-columns=NAME,CIDR`) replaces the kind's default headings; a heading the
+    kind does not have is a DocumentError listing those it has, as calicoctl's "unknown heading"."""
     kinds: list[Kind] = []
     for res in resources:
         if res.kind not in kinds:
@@ -110,7 +118,10 @@ def table(resources: list[Resource], wide: bool = False, empty_kind: Kind | None
         kinds.append(empty_kind)
     out = []
     for kind in kinds:
-        headings = kind.wide_headings if wide else kind.headings
+        headings = tuple(columns) if columns else kind.wide_headings if wide else kind.headings
+        unknown = [h for h in headings if h not in kind.columns]
+        if unknown:
+            raise DocumentError(f"unknown heading {unknown[0]}, valid values are: {', '.join(kind.columns)}")
         cells = [kind.columns[h] for h in headings]
         if all_namespaces and kind.namespaced:
             headings, cells = ("NAMESPACE", *headings), [lambda r, c: r.namespace, *cells]
@@ -125,10 +136,12 @@ def _align(rows: list[list[str]]) -> str:
     return "".join("".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows)
 
 
-def box(headings: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
+def box(headings: list[str], rows: list[list[str]], right: frozenset[int] = frozenset(), pretty: bool = False) -> str:
     """A table drawn as calicoctl's tablewriter draws it: `+---+` rules, centred headings, one space padding.
 
-    Cells are left-aligned except the columns whose index is in `right`."""
+    Cells are left-aligned except the columns whose index is in `right`. `pretty`: as go-pretty's
+    default style draws it instead (headings left-aligned; no empty body between two rules), which
+    calicoctl uses for `ipam show --show-borrowed`."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows, strict=True)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
 
@@ -136,10 +149,13 @@ def box(headings: list[str], rows: list[list[str]], right: frozenset[int] = froz
         gap = width - len(text)
         return " " * (gap // 2) + text + " " * (gap - gap // 2)
 
-    head = "|" + "|".join(f" {centred(h, w)} " for h, w in zip(headings, widths, strict=True)) + "|\n"
+    head = "|" + "|".join(f" {h.ljust(w) if pretty else centred(h, w)} "
+                          for h, w in zip(headings, widths, strict=True)) + "|\n"
     body = "".join(
         "|" + "|".join(f" {c.rjust(w) if i in right else c.ljust(w)} "
                        for i, (c, w) in enumerate(zip(row, widths, strict=True))) + "|\n"
         for row in rows
     )
+    if pretty and not rows:
+        return rule + head + rule
     return rule + head + rule + body + rule

@@ -1,4 +1,4 @@
-"""calicoctl create / apply / replace / delete / get: resources from files or by kind and name.
+"""calicoctl create / apply / replace / delete / get / validate: resources from files or by kind and name.
 
 Every document is read and validated before the datastore is touched: one bad
 field anywhere and nothing is written. Then each resource is handled in order
@@ -41,13 +41,21 @@ FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # --- reading what to act on -----------------------------------------------------------------
 
 
-def load_file(path: str) -> list[Resource]:
-    """Resources in a file ('-' for stdin) or in every .yaml/.yml/.json file of a directory."""
+def load_file(path: str, recursive: bool = False, skip_empty: bool = False) -> list[Resource]:
+    """Resources in a file ('-' for stdin) or in every .yaml/.yml/.json file of a directory (and, with
+    -R, of its subdirectories, as calicoctl's file iterator walks them); with --skip-empty an empty file
+    or directory is no error."""
     if path != "-" and os.path.isdir(path):
-        names = sorted(n for n in os.listdir(path) if n.endswith(FILE_SUFFIXES))
-        if not names:
+        if recursive:
+            names = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, files in os.walk(path)
+                           for n in files if n.endswith(FILE_SUFFIXES))
+        else:
+            names = sorted(n for n in os.listdir(path) if n.endswith(FILE_SUFFIXES)
+                           and not os.path.isdir(os.path.join(path, n)))
+        found = [r for n in names for r in load_file(os.path.join(path, n), skip_empty=skip_empty)]
+        if not found and not skip_empty:
             raise DocumentError(f"No resources specified in directory {path}")
-        return [r for n in names for r in load_file(os.path.join(path, n))]
+        return found
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -57,9 +65,13 @@ def load_file(path: str) -> list[Resource]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DocumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     resources = output.parse_documents(text, "stdin" if path == "-" else path)
-    if not resources:
+    if not resources and not skip_empty:
         raise DocumentError(f"No resources specified in file {path}")
     return resources
+
+
+def _load(args: argparse.Namespace) -> list[Resource]:
+    return load_file(args.filename, getattr(args, "recursive", False), getattr(args, "skip_empty", False))
 
 
 def targets(args: argparse.Namespace) -> tuple[list[Resource], Kind | None]:
@@ -67,7 +79,7 @@ def targets(args: argparse.Namespace) -> tuple[list[Resource], Kind | None]:
     if args.filename:
         if args.kind:
             raise DocumentError("give either --filename or KIND [NAME...], not both")
-        return [_scoped(r, args) for r in load_file(args.filename)], None
+        return [_scoped(r, args) for r in _load(args)], None
     if not args.kind:
         raise DocumentError("give a resource KIND (e.g. ippool) or --filename")
     kind = lookup(args.kind)
@@ -98,6 +110,7 @@ ACTIONS = {  # command: (past tense, what it does to one resource)
     "apply": ("applied", config.ResourceStore.apply),
     "replace": ("replaced", config.ResourceStore.replace),
     "delete": ("deleted", config.ResourceStore.delete),  # through cleanup.delete: Node and IPPool clean up
+    "validate": ("validated", None),  # offline: nothing is written, etcd is never asked
 }
 
 
@@ -109,14 +122,15 @@ def run_write(args: argparse.Namespace) -> int:
         if listed is not None:
             raise DocumentError(f"give the NAME of the {listed.name} to delete")
     else:
-        resources = [_scoped(r, args) for r in load_file(args.filename)]
+        resources = [_scoped(r, args) for r in _load(args)]
+        if not resources:  # all empty, with --skip-empty
+            print("No resources specified")
+            return 0
     invalid = []
     for res in resources:
         try:
             if action != "delete" and not res.kind.writable:
-                raise ValidationError(res.ident, [FieldError(
-                    "kind", f"{res.kind.name} resources are written by the CNI plugin: calicoctl can only get "
-                    "and delete them")])
+                raise ValidationError(res.ident, [FieldError("kind", read_only(res.kind, action))])
             if action != "delete":
                 validate(res)
             elif not res.name:
@@ -130,6 +144,8 @@ def run_write(args: argparse.Namespace) -> int:
             print(f"Nothing was {ACTIONS[action][0]}: {len(invalid)} of {len(resources)} resources are invalid",
                   file=sys.stderr)
         return 1
+    if action == "validate":
+        return _report(action, resources, len(resources), [])
     ds = config.connect(config.load(args.config))
     done, failed = 0, []
     try:
@@ -160,9 +176,37 @@ def run_write(args: argparse.Namespace) -> int:
     return _report(action, resources, done, failed)
 
 
+def printer(fmt: str) -> tuple[str, str]:
+    """`-o` as calicoctl reads it: (format, its value for custom-columns/go-template/go-template-file).
+
+    A template is read and parsed here, before the datastore is touched, so a bad one fails alone."""
+    if fmt in output.FORMATS:
+        return fmt, ""
+    key, _, value = fmt.partition("=")
+    if key not in output.TEMPLATED:
+        raise DocumentError(f"unrecognized output format '{fmt}'")
+    if not value:
+        raise DocumentError({"custom-columns": "need to specify at least one column",
+                             "go-template": "need to specify a template",
+                             "go-template-file": "need to specify a template file"}[key])
+    if key == "go-template-file":
+        try:
+            with open(value, encoding="utf-8") as f:
+                key, value = "go-template", f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DocumentError(f"open {value}: {getattr(exc, 'strerror', None) or exc}") from None
+    if key == "go-template":
+        from cni_calico.ctl import templates
+
+        try:
+            templates.parse(value)
+        except templates.TemplateError as exc:
+            raise DocumentError(str(exc)) from None
+    return key, value
+
+
 def run_get(args: argparse.Namespace) -> int:
-    if args.output not in output.FORMATS:
-        raise DocumentError(f"unrecognized output format '{args.output}' (one of ps, wide, yaml, json)")
+    fmt, fmt_value = printer(args.output)
     wanted, listed = targets(args)
     ds = config.connect(config.load(args.config))
     found: list[Resource] = []
@@ -176,15 +220,43 @@ def run_get(args: argparse.Namespace) -> int:
         for res in wanted:
             current = store.get(res)
             (missing if current is None else found).append(current or res)
-        if args.output == "wide" and any(r.kind is NODE for r in found):
+        if (fmt in ("wide", "custom-columns") or "asnumber" in fmt_value.lower()) and any(
+                r.kind is NODE for r in found):
             default = store.get(Resource(BGPCONFIGURATION, {"name": "default"}, {}))
             context["asnumber"] = (default.spec.get("asNumber") if default else None) or DEFAULT_AS
     finally:
         ds.close()
-    sys.stdout.write(output.render(found, args.output, listed, args.all_namespaces, context))
+    if args.export and listed is None:  # as calicoctl: named resources only, never a listing
+        for res in found:
+            for key in ("namespace", "uid", "resourceVersion", "creationTimestamp"):
+                res.metadata.pop(key, None)
+    namespace_column = args.all_namespaces or bool(args.namespace)  # as calicoctl: -A or -n adds NAMESPACE
+    if fmt == "go-template":
+        from cni_calico.ctl import templates
+
+        # What calicoctl hands its template: a listed kind as one <Kind>List, named resources as themselves.
+        data = [output.document(found, listed)] if listed is not None else [r.to_dict() for r in found]
+        try:
+            sys.stdout.write(templates.execute(fmt_value, data))
+        except templates.TemplateError as exc:
+            raise DocumentError(str(exc)) from None
+    elif fmt == "custom-columns":
+        sys.stdout.write(output.table(found, empty_kind=listed, all_namespaces=namespace_column, context=context,
+                                      columns=[c.strip() for c in fmt_value.split(",")]))
+    else:
+        sys.stdout.write(output.render(found, fmt, listed, namespace_column, context))
     for res in missing:
         print(DoesNotExist(res.ident), file=sys.stderr)
     return 1 if missing else 0
+
+
+def read_only(kind: Kind, action: str) -> str:
+    """Why calicoctl refuses to write a kind: real calicoctl's ErrorOperationNotSupported for calico-node's
+    ClusterInformation, ours for the CNI plugin's WorkloadEndpoints (which it may delete)."""
+    if kind.writer == "calico-node":
+        operation = "apply or replace" if action in ("replace", "patch", "label") else "create or apply"
+        return f"operation {operation} is not supported on {kind.name} (calico-node writes it)"
+    return f"{kind.name} resources are written by {kind.writer}: calicoctl can only get and delete them"
 
 
 def _report(action: str, resources: list[Resource], done: int, failed: list[tuple[Resource, Exception]]) -> int:
@@ -210,7 +282,7 @@ def _failed(action: str, res: Resource, exc: Exception) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds create, apply, replace, delete and get to calicoctl's command parser."""
+    """Adds create, apply, replace, delete, get and validate to calicoctl's command parser."""
     from cni_calico.ctl.resources_help import BGP_HELP, COMMANDS, FELIX_HELP, KINDS_HELP
 
     common = argparse.ArgumentParser(add_help=False)
@@ -231,8 +303,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("-f", "--filename", help=file_help)
         else:
             p.add_argument("-f", "--filename", required=True, help=file_help)
+        p.add_argument("-R", "--recursive", action="store_true",
+                       help="with a directory as -f, its subdirectories' files too")
+        p.add_argument("--skip-empty", action="store_true", help="do not fail on files or directories with no data")
         if name == "get":
-            p.add_argument("-o", "--output", default="ps", metavar="FORMAT", help="ps (default), wide, yaml or json")
+            p.add_argument("--export", action="store_true",
+                           help="with NAMEs: strip what belongs to this cluster (namespace, uid, resourceVersion, "
+                                "creationTimestamp)")
+            p.add_argument("-o", "--output", default="ps", metavar="FORMAT",
+                           help="ps (default), wide, yaml, json, custom-columns=HEADING,..., go-template=TEMPLATE, "
+                                "go-template-file=FILE")
             p.add_argument("-A", "--all-namespaces", action="store_true",
                            help="list namespaced resources of every namespace (adds a NAMESPACE column)")
         p.set_defaults(func=run_get if name == "get" else run_write, skip_exists=False, skip_not_exists=False,
@@ -240,6 +320,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "create":
             p.add_argument("--skip-exists", action="store_true", help="treat resources that already exist as created")
         if name == "delete":
-            p.add_argument("--skip-not-exists", action="store_true", help="treat missing resources as deleted")
+            p.add_argument("-s", "--skip-not-exists", action="store_true", help="treat missing resources as deleted")
             p.add_argument("--force", action="store_true",
                            help="IPPool: delete it even while some of its addresses are allocated")

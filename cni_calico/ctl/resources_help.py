@@ -66,8 +66,17 @@ examples:
   calicoctl get node node1 -o yaml > node1.yaml
   calicoctl replace -f node1.yaml
 """),
+    "validate": ("Validate resources by filename or stdin without applying them.", """\
+Every resource is checked as create/apply/replace check it, field by field,
+offline: the datastore is not asked, so what depends on it (an IP pool
+overlapping another, a policy's tier existing) is checked only when written.
+
+examples:
+  # Validate the resources in policy.yaml.
+  calicoctl validate -f ./policy.yaml
+"""),
     "delete": ("Delete resources by filename, stdin, or kind and name.", """\
-Deleting a resource that does not exist is an error unless --skip-not-exists
+Deleting a resource that does not exist is an error unless -s/--skip-not-exists
 is given (skipped resources count as successes).
 
 Deleting a Node also cleans up after it, as Calico does: the addresses held
@@ -96,10 +105,20 @@ examples:
   calicoctl delete -f ./pools.yaml
 """),
     "get": ("Display resources by filename, stdin, or kind and (optional) names.", """\
-Output formats (-o): ps (the default table), wide (more columns), yaml, json.
-YAML and JSON output is valid input to create, apply, replace and delete.
-Namespaced kinds list namespace 'default' unless -n NS or -A (every
-namespace, with a NAMESPACE column) is given.
+Output formats (-o): ps (the default table), wide (more columns), yaml, json,
+custom-columns=HEADING,... (any of the kind's wide headings, and a few more:
+an unknown one is refused listing those the kind has), go-template=TEMPLATE
+and go-template-file=FILE. YAML and JSON output is valid input to create,
+apply, replace and delete. Namespaced kinds list namespace 'default' unless
+-n NS or -A (every namespace) is given; either adds a NAMESPACE column.
+
+A template gets what real calicoctl's gets: a list holding the <Kind>List of a
+listed kind (range over .Items), or the named resources. Fields are Go's
+names (.Metadata.Name or .ObjectMeta.Name or .Name, .Spec.CIDR, .Labels),
+matched case-insensitively. Supported: {{.Field}}, range/else, if/else
+if/else, with, variables, pipelines, parentheses, and the functions join,
+joinAndTruncate, printf, print, println, len, index, not, and, or, eq, ne, lt,
+le, gt, ge; define/template/block and other functions are refused by name.
 
 examples:
   # List all IP pools.
@@ -113,5 +132,12 @@ examples:
 
   # Show one policy with all its fields, as YAML.
   calicoctl get networkpolicy allow-web -n prod -o yaml
+
+  # Chosen columns.
+  calicoctl get ippools -o custom-columns=NAME,CIDR,NAT
+
+  # One line per pool: name and CIDR.
+  calicoctl get ippools -o go-template='{{range .}}{{range .Items}}{{.Metadata.Name}} {{.Spec.CIDR}}
+  {{end}}{{end}}'
 """),
 }

@@ -86,10 +86,11 @@ def test_get_output_formats(etcd, tmp_path):
 
     wide = run(etcd, "get", "ippools", "-o", "wide").stdout.splitlines()
     assert wide[0].split() == ["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT",
-                               "SELECTOR"]
-    assert wide[1].split() == ["pool-a", "10.71.0.0/24", "true", "Never", "Never", "false", "false", "all()"]
+                               "SELECTOR", "ASSIGNMENTMODE"]
+    assert wide[1].split() == ["pool-a", "10.71.0.0/24", "true", "Never", "Never", "false", "false", "all()",
+                               "Automatic"]
     assert wide[2].split()[:7] == ["pool-b", "10.72.0.0/16", "false", "Never", "CrossSubnet", "false", "false"]
-    assert wide[2].endswith("zone == 'a'")
+    assert wide[2].endswith("zone == 'a'   Automatic")
     assert wide[1].index("10.71") == wide[0].index("CIDR") == wide[2].index("10.72")
 
     one = yaml.safe_load(run(etcd, "get", "ippool", "pool-b", "-o", "yaml").stdout)
@@ -375,8 +376,8 @@ def test_help_for_every_command(command):
 
 
 def test_version_and_usage_errors(etcd):
-    r = run(None, "version")
-    assert (r.returncode, r.stdout) == (0, f"Client Version:    {__version__}\n")
+    r = run(None, "version", "--client")
+    assert (r.returncode, r.stdout) == (0, f"Client Version:    {__version__}\nGit commit:        unknown\n")
     assert run(None, "frobnicate").returncode == 1
     assert run(None, "create").returncode == 1  # -f is required
     r = run(etcd, "get", "ippools", "-o", "xml")

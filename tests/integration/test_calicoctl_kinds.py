@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from cni_calico.v3 import WITH_STATUS
 from tests.integration.test_calicoctl import mod_revision, run, write
 from tests.lab import free_port
 
@@ -76,7 +77,7 @@ SAMPLES = {
         {"order": 100, "selector": "role == 'db'", "types": ["Ingress"], "ingress": [
             {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'"},
              "destination": {"ports": [5432]}}]},
-        [["NAME", "ORDER", "SELECTOR"], ["allow-db", "100", "role", "==", "'db'"]],
+        [["NAME", "TIER", "ORDER", "SELECTOR"], ["allow-db", "default", "100", "role", "==", "'db'"]],
     ),
     "GlobalNetworkPolicy": (
         doc("GlobalNetworkPolicy", "deny-ping", {"order": 10.5, "selector": "all()", "ingress": [
@@ -86,7 +87,7 @@ SAMPLES = {
         {"order": 10.5, "selector": "all()", "types": ["Ingress", "Egress"],
          "ingress": [{"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}}],
          "egress": [{"action": "Allow", "destination": {"nets": ["10.0.0.0/8"]}}]},
-        [["NAME", "ORDER", "SELECTOR"], ["deny-ping", "10.5", "all()"]],
+        [["NAME", "TIER", "ORDER", "SELECTOR"], ["deny-ping", "default", "10.5", "all()"]],
     ),
     "GlobalNetworkSet": (
         doc("GlobalNetworkSet", "world", {"nets": ["198.51.100.0/24", "203.0.113.7", "2001:db8::/32"]}),
@@ -125,7 +126,8 @@ def test_kind_create_get_replace_delete(etcd, tmp_path, kind):
     assert table.returncode == 0, table.stderr
     assert [line.split() for line in table.stdout.splitlines() if line] == wide
     got = yaml.safe_load(run(etcd, "get", kind, document["metadata"]["name"], "-o", "yaml").stdout)
-    assert list(got) == ["apiVersion", "kind", "metadata", "spec"]
+    # as calicoctl shows them: the kinds with a status (Node, Tier) show it, `status: {}` when empty
+    assert list(got) == ["apiVersion", "kind", "metadata", "spec", *(["status"] if kind in WITH_STATUS else [])]
     assert got["metadata"]["resourceVersion"] == str(mod_revision(etcd, key))
     plural = key[len(RES):].split("/")[0]
     listed = json.loads(run(etcd, "get", plural, "-o", "json").stdout)
@@ -238,10 +240,13 @@ def test_namespaced_policies(etcd, tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(etcd.keys(RES)) == [RES + "networkpolicies/default/web", RES + "networkpolicies/prod/db",
                                       RES + "networkpolicies/prod/web"]
-    assert run(etcd, "get", "policy").stdout == "NAME\nweb\n\n"
-    assert run(etcd, "get", "np", "-n", "prod").stdout == "NAME\ndb\nweb\n\n"
+    assert run(etcd, "get", "policy").stdout == "NAME   TIER\nweb    default\n\n"
+    # as calicoctl: -n (like -A) adds the NAMESPACE column
+    assert run(etcd, "get", "np", "-n", "prod").stdout == (
+        "NAMESPACE   NAME   TIER\nprod        db     default\nprod        web    default\n\n")
     assert run(etcd, "get", "networkpolicies", "-A").stdout == (
-        "NAMESPACE   NAME\ndefault     web\nprod        db\nprod        web\n\n")
+        "NAMESPACE   NAME   TIER\ndefault     web    default\nprod        db     default\n"
+        "prod        web    default\n\n")
     r = run(etcd, "create", "-f", write(tmp_path, doc("NetworkPolicy", "x", {}, namespace="prod")), "-n", "dev")
     assert r.returncode == 1 and "does not match client namespace (dev)" in r.stderr
     r = run(etcd, "get", "policy", "web", "-n", "prod", "-o", "yaml")
@@ -357,8 +362,10 @@ def test_tiers_and_policies_in_them_as_calico_stores_them(etcd, tmp_path):
     assert tier["spec"] == {"order": 100, "defaultAction": "Pass"} and tier["status"] == {}
     r = run(etcd, "create", "-f", write(tmp_path, doc("Tier", "defaults", {})))
     assert etcd.get_json(RES + "tiers/defaults")["spec"] == {"order": 1000000, "defaultAction": "Deny"}
-    assert run(etcd, "get", "tiers", "-o", "wide").stdout.split("\n")[1:3] == [
-        "defaults   1000000   Deny", "security   100       Pass"]
+    assert run(etcd, "get", "tiers", "-o", "wide").stdout.split("\n")[1:3] == [  # by order, as calicoctl
+        "security   100", "defaults   1000000"]
+    assert run(etcd, "get", "tiers", "-o", "custom-columns=NAME,DEFAULTACTION").stdout.split("\n")[1:3] == [
+        "security   Pass", "defaults   Deny"]
     gnp = doc("GlobalNetworkPolicy", "security.gate", {"tier": "security", "selector": "all()",
                                                        "ingress": [{"action": "Pass"}]})
     assert run(etcd, "create", "-f", write(tmp_path, gnp)).returncode == 0
@@ -386,9 +393,14 @@ def test_clusterinformation_is_shown_not_written(etcd, tmp_path):
         "kind": "ClusterInformation", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "default"},
         "spec": {"clusterGUID": "9f0c" * 8, "clusterType": "k8s,bgp", "calicoVersion": "v3.32.0",
                  "datastoreReady": True}})
-    assert run(etcd, "get", "clusterinformation").stdout.split("\n")[1].split() == ["default", "v3.32.0", "k8s,bgp"]
+    table = run(etcd, "get", "clusterinformation").stdout.split("\n")
+    assert table[0].split() == ["NAME", "CLUSTERGUID", "CLUSTERTYPE", "CALICOVERSION", "DATASTOREREADY"]
+    assert table[1].split() == ["default", "9f0c" * 8, "k8s,bgp", "v3.32.0", "true"]
     r = run(etcd, "apply", "-f", write(tmp_path, doc("ClusterInformation", "default", {"clusterType": "x"})))
-    assert r.returncode == 1
+    assert r.returncode == 1 and "operation create or apply is not supported on ClusterInformation" in r.stderr
+    r = run(etcd, "delete", "clusterinformation", "default")
+    assert r.returncode == 1 and "operation delete is not supported on ClusterInformation" in r.stderr
+    assert etcd.get_json(RES + "clusterinformations/default") is not None
 
 
 def test_felixconfiguration_takes_what_calico_node_honours_and_refuses_the_rest(etcd, tmp_path):

@@ -49,8 +49,8 @@ def test_calico_without_a_flag_is_still_a_cni_plugin(capsys, monkeypatch):
 
 def test_calicoctl_keeps_its_own_version_command(capsys):
     """calicoctl has `calicoctl version`, as Calico's; `-v` is not taken by the version shortcut."""
-    assert entry.main(["calicoctl", "version"]) == 0
-    assert capsys.readouterr().out == f"Client Version:    {__version__}\n"
+    assert entry.main(["calicoctl", "version", "--client"]) == 0
+    assert capsys.readouterr().out == f"Client Version:    {__version__}\nGit commit:        unknown\n"
 
 
 @pytest.mark.parametrize("name", ["calico", "calico-ipam"])

@@ -46,7 +46,7 @@ def test_ippool_row():
     assert (IPPOOL.plural, IPPOOL.namespaced) == ("ippools", False)
     assert IPPOOL.headings == ("NAME", "CIDR", "SELECTOR")
     assert IPPOOL.wide_headings == ("NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT",
-                                    "SELECTOR")
+                                    "SELECTOR", "ASSIGNMENTMODE")
 
 
 # --- defaults and normalisation ----------------------------------------------------------------

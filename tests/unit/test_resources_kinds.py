@@ -248,7 +248,7 @@ def test_tables_with_namespaces_and_context():
     node = from_stored(NODE, {"metadata": {"name": "n"}, "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}}, 1)
     assert output.render([node], "wide", context={"asnumber": 65000}).splitlines()[1].split() == [
         "n", "(65000)", "10.0.0.1/24"]
-    assert output.render([], "ps", listed=NETWORKPOLICY, all_namespaces=True) == "NAMESPACE   NAME\n\n"
+    assert output.render([], "ps", listed=NETWORKPOLICY, all_namespaces=True) == "NAMESPACE   NAME   TIER\n\n"
 
 
 def test_box_table_like_calico():

@@ -3,7 +3,8 @@
 IPPool lives in cni_calico.resources itself; importing this package adds, in
 this order (the order `--help` lists them): Node, BGPPeer, BGPConfiguration, BGPFilter,
 NetworkPolicy, GlobalNetworkPolicy, Profile, WorkloadEndpoint, IPAMConfig, IPReservation, Tier,
-ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet, HostEndpoint.
+ClusterInformation, FelixConfiguration, GlobalNetworkSet, NetworkSet, HostEndpoint,
+KubeControllersConfiguration.
 `fields` and `rules` hold the checks the kinds share.
 """
 
@@ -13,10 +14,12 @@ from cni_calico.ctl.kinds import (  # noqa: F401 - registers the kinds
     bgpfilter,
     felix,
     hostendpoints,
+    kubecontrollers,
     networksets,
     policy,
     tier,
     workload,
 )
 
-__all__ = ["bgp", "bgpconfig", "bgpfilter", "felix", "hostendpoints", "networksets", "policy", "tier", "workload"]
+__all__ = ["bgp", "bgpconfig", "bgpfilter", "felix", "hostendpoints", "kubecontrollers", "networksets", "policy",
+           "tier", "workload"]

@@ -112,10 +112,11 @@ NETWORKPOLICY = register(Kind(
     aliases=("networkpolicy", "networkpolicies", "policy", "policies", "np", "nps", "pol", "pols"),
     namespaced=True,
     spec_fields=frozenset(POLICY_FIELDS),
-    headings=("NAME",),
-    wide_headings=("NAME", "ORDER", "SELECTOR"),
+    headings=("NAME", "TIER"),  # as calicoctl's
+    wide_headings=("NAME", "TIER", "ORDER", "SELECTOR"),
     columns={
         "NAME": lambda r, c: r.name,
+        "TIER": lambda r, c: str(r.spec.get("tier") or "default"),  # Calico's reads fill in the default tier
         "ORDER": _order,
         "SELECTOR": lambda r, c: str(r.spec.get("selector") or ""),
     },
@@ -131,8 +132,8 @@ GLOBALNETWORKPOLICY = register(Kind(
     aliases=("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps"),
     namespaced=False,
     spec_fields=frozenset(GLOBAL_FIELDS),
-    headings=("NAME",),
-    wide_headings=("NAME", "ORDER", "SELECTOR"),
+    headings=("NAME", "TIER"),
+    wide_headings=("NAME", "TIER", "ORDER", "SELECTOR"),
     columns=NETWORKPOLICY.columns,
     validate_spec=_validate_policy,
     encode=_policy_encode,

@@ -3,7 +3,9 @@
 Pure. A Tier's order defaults to 1000000 and its defaultAction to Deny, as Calico's
 DefaultTierFields; the tiers Calico creates (default, kube-admin, kube-baseline) cannot be
 deleted, nor can a tier that still holds policies. ClusterInformation `default` is written by
-calico-node (cni_calico.node.startup.ensure_initialized); calicoctl shows it.
+calico-node (cni_calico.node.startup.ensure_initialized); calicoctl shows it (with real calicoctl's
+columns) and, as real calicoctl, refuses to create, replace or delete it; only `datastore migrate
+lock/unlock` change it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ def _validate_tier(res: Resource) -> list[FieldError]:
         return errors
     spec.setdefault("order", DEFAULT_ORDER)
     spec.setdefault("defaultAction", "Deny")
-    return fields.one_of("spec.defaultAction", spec["defaultAction"], TIER_ACTIONS)
+    errors = fields.one_of("spec.defaultAction", spec["defaultAction"], TIER_ACTIONS)
+    if res.name in TIERS:  # Calico's own tiers keep their place and action (the Tier type's CEL rules)
+        order, action = TIERS[res.name]
+        if spec["order"] != order:
+            errors.append(FieldError("spec.order", f"{res.name} tier order must be {order:.0f}", spec["order"]))
+        if spec["defaultAction"] != action:
+            errors.append(FieldError("spec.defaultAction", f"The '{res.name}' tier must have default action "
+                                     f"'{action}'", spec["defaultAction"]))
+    return errors
 
 
 def _tier_check_delete(res: Resource, listing: Callable[[str], list[Resource]]) -> str:
@@ -50,7 +60,7 @@ TIER = register(Kind(
     namespaced=False,
     spec_fields=frozenset({"order", "defaultAction"}),
     headings=("NAME", "ORDER"),
-    wide_headings=("NAME", "ORDER", "DEFAULTACTION"),
+    wide_headings=("NAME", "ORDER"),  # as calicoctl's; DEFAULTACTION for -o custom-columns
     columns={
         "NAME": lambda r, c: r.name,
         "ORDER": _order,
@@ -58,6 +68,8 @@ TIER = register(Kind(
     },
     validate_spec=_validate_tier,
     check_delete=_tier_check_delete,
+    # as calicoctl lists them: by order, a tier without one last
+    list_order=lambda r: (not isinstance(r.spec.get("order"), (int, float)), r.spec.get("order") or 0),
 ))
 
 CLUSTERINFORMATION = register(Kind(
@@ -66,8 +78,8 @@ CLUSTERINFORMATION = register(Kind(
     aliases=("clusterinformation", "clusterinformations", "clusterinfo", "clusterinfos"),
     namespaced=False,
     spec_fields=frozenset({"clusterGUID", "clusterType", "calicoVersion", "datastoreReady", "variant"}),
-    headings=("NAME", "CALICOVERSION", "CLUSTERTYPE"),
-    wide_headings=("NAME", "CLUSTERGUID", "CALICOVERSION", "CLUSTERTYPE", "DATASTOREREADY"),
+    headings=("NAME", "CLUSTERGUID", "CLUSTERTYPE", "CALICOVERSION", "DATASTOREREADY"),  # as calicoctl's, both
+    wide_headings=("NAME", "CLUSTERGUID", "CLUSTERTYPE", "CALICOVERSION", "DATASTOREREADY"),
     columns={
         "NAME": lambda r, c: r.name,
         "CLUSTERGUID": lambda r, c: str(r.spec.get("clusterGUID") or ""),
@@ -77,5 +89,7 @@ CLUSTERINFORMATION = register(Kind(
     },
     validate_spec=lambda res: [],
     writable=False,
+    writer="calico-node",
     singleton="default",
+    check_delete=lambda res, listing: "operation delete is not supported on ClusterInformation",
 ))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from cni_calico import keys
 from cni_calico.ctl.kinds import fields
+from cni_calico.ctl.templates import join_and_truncate
 from cni_calico.resources import FieldError, Kind, Resource, register
 from cni_calico.v3 import IPAMConfig
 
@@ -125,14 +126,14 @@ def _validate_reservation(res: Resource) -> list[FieldError]:
 IPRESERVATION = register(Kind(
     name="IPReservation",
     plural="ipreservations",
-    aliases=("ipreservation", "ipreservations", "ipr", "iprs"),
+    aliases=("ipreservation", "ipreservations", "ipr", "iprs", "reservation", "reservations"),
     namespaced=False,
     spec_fields=frozenset({"reservedCIDRs"}),
-    headings=("NAME", "CIDRS"),
+    headings=("NAME",),  # as calicoctl's: the CIDRs in wide, cut at 80 characters
     wide_headings=("NAME", "CIDRS"),
     columns={
         "NAME": lambda r, c: r.name,
-        "CIDRS": lambda r, c: ",".join(str(x) for x in r.spec.get("reservedCIDRs") or []),
+        "CIDRS": lambda r, c: join_and_truncate([str(x) for x in r.spec.get("reservedCIDRs") or []], ",", 80),
     },
     validate_spec=_validate_reservation,
 ))
