@@ -33,6 +33,7 @@ ASSIGNMENT_MODES = ("Automatic", "Manual")
 ALL = "all()"  # the selector that selects everything (a pool's default nodeSelector)
 NS_LABEL_PREFIX = "pcns."  # a namespace's labels, as copied onto its endpoints
 KNS_PREFIX = "kns."  # a Kubernetes namespace's profile (libcalico-go's NamespaceProfileNamePrefix)
+KSA_PREFIX = "ksa."  # a service account's profile, ksa.<ns>.<name> (ServiceAccountProfileNamePrefix)
 DEFAULT_POOL_NAMES = {4: "default-ipv4-ippool", 6: "default-ipv6-ippool"}
 
 # Policy rules (Profile, NetworkPolicy, GlobalNetworkPolicy): the one schema, shared by calicoctl's

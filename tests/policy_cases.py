@@ -27,6 +27,9 @@ def rule(draw) -> dict:
             [["10.9.0.0/16"], ["10.9.0.0/16", "10.8.0.0/16"], ["fd00:9::/64"], ["0.0.0.0/0"]]))}
     if draw(st.booleans()):
         out["protocol"] = draw(st.sampled_from(["TCP", "ICMP", "ICMPv6"]))
+    if draw(st.integers(0, 4)) == 0:  # service accounts: by name and by their labels (pcsa.)
+        out["source"] = {**out.get("source", {}), "serviceAccounts": draw(st.sampled_from(
+            [{"names": ["sa1"]}, {"selector": "team == 'x'"}, {"names": ["sa1", "sa2"], "selector": "all()"}]))}
     return out
 
 
@@ -36,7 +39,9 @@ def endpoint_op(draw):
     if draw(st.integers(0, 4)) == 0:
         return ("endpoint", f"{ns}/w{n}", None)
     labels = {k: v for k, v in (("app", draw(st.sampled_from(["web", "db", None]))),
-                                ("tier", draw(st.sampled_from(["x", "y", None])))) if v}
+                                ("tier", draw(st.sampled_from(["x", "y", None]))),
+                                ("projectcalico.org/serviceaccount", draw(st.sampled_from(["sa1", "sa2", None]))))
+              if v}
     addrs = draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True))
     value = {"metadata": {"name": f"w{n}", "namespace": ns, "labels": labels},
              "spec": {"node": draw(st.sampled_from([NODE, NODE, "n2"])),
@@ -48,13 +53,13 @@ def endpoint_op(draw):
 
 @st.composite
 def profile_op(draw):
-    name = draw(st.sampled_from(["k8s", "t1"]))
+    name = draw(st.sampled_from(["k8s", "t1", "ksa.a.sa1", "ksa.b.sa2"]))  # ksa.*: a service account's labels
     if draw(st.integers(0, 5)) == 0:
         return ("profile", name, None)
     value = {"metadata": {"name": name}, "spec": {
         "ingress": [rule(draw) for _ in range(draw(st.integers(0, 2)))],
         "egress": [rule(draw) for _ in range(draw(st.integers(0, 1)))],
-        "labelsToApply": draw(st.sampled_from([{}, {"role": "r1"}, {"role": "r2"}]))}}
+        "labelsToApply": draw(st.sampled_from([{}, {"role": "r1"}, {"role": "r2"}, {"pcsa.team": "x"}]))}}
     return ("profile", name, value)
 
 
@@ -75,6 +80,8 @@ def policy_op(draw, global_only: bool = False):
         spec["egress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
         spec["types"] = draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
+    if draw(st.integers(0, 4)) == 0:
+        spec["serviceAccountSelector"] = draw(st.sampled_from(["team == 'x'", "all()"]))
     if not namespaced:  # Felix's kinds of GlobalNetworkPolicy (doNotTrack wins over preDNAT)
         for flag in ("doNotTrack", "preDNAT", "applyOnForward"):
             if draw(st.booleans()):

@@ -21,12 +21,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from cni_calico.v3 import KNS_PREFIX, NS_LABEL_PREFIX
+from cni_calico.v3 import KNS_PREFIX, KSA_PREFIX, NS_LABEL_PREFIX
 
 log = logging.getLogger(__name__)
 
 KNP_PREFIX = "knp.default."  # kube-controllers' KubernetesNetworkPolicyEtcdPrefix
-KSA_PREFIX = "ksa."  # ServiceAccountProfileNamePrefix
 SA_LABEL_PREFIX = "pcsa."  # ServiceAccountLabelPrefix
 NAME_LABEL = "projectcalico.org/name"
 ORCHESTRATOR_LABEL = "projectcalico.org/orchestrator"

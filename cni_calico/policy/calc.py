@@ -150,7 +150,7 @@ class PolicyCalculator:
     def update_endpoint(self, key: str, ep: model.Endpoint | None) -> None:
         old = self.endpoints.pop(key, None)
         if old is not None:
-            for name in old.profiles:
+            for name in model.label_profiles(old):
                 discard(self.by_profile, name, key)
             self._unclaim(key, old)
         if ep is None:
@@ -158,7 +158,7 @@ class PolicyCalculator:
             self._move_addresses(key, old.addresses if old else (), (), left, set(), set())
         else:
             self.endpoints[key] = ep
-            for name in ep.profiles:
+            for name in model.label_profiles(ep):
                 self.by_profile.setdefault(name, set()).add(key)
             self._relabel(key, old.addresses if old else ())
             if dispatchable(ep, self.nodename):

@@ -25,9 +25,17 @@ from dataclasses import dataclass, field
 from sys import intern
 
 from cni_calico.policy.layout import set_member
-from cni_calico.policy.scope import NAMESPACE_LABEL, NS_NAME_LABEL, NS_PREFIX, applies_to, scoped_selector
+from cni_calico.policy.scope import (
+    NAMESPACE_LABEL,
+    NS_NAME_LABEL,
+    NS_PREFIX,
+    SERVICE_ACCOUNT_LABEL,
+    applies_to,
+    scoped_selector,
+    service_accounts,
+)
 from cni_calico.selector import SelectorError, parse
-from cni_calico.v3 import ICMP_PROTOCOL_VERSION, KNS_PREFIX, PORT_PROTOCOLS, RULE_ACTIONS, RULE_PROTOCOLS
+from cni_calico.v3 import ICMP_PROTOCOL_VERSION, KNS_PREFIX, KSA_PREFIX, PORT_PROTOCOLS, RULE_ACTIONS, RULE_PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +210,11 @@ def _entity(data: object, namespace: str) -> tuple[Entity, str]:
     selector = str(data.get("selector") or "")
     not_selector = str(data.get("notSelector") or "")
     ns_selector = str(data.get("namespaceSelector") or "")
+    accounts = data.get("serviceAccounts") if isinstance(data.get("serviceAccounts"), dict) else {}
     try:
-        scoped = scoped_selector(selector, namespace, ns_selector, not_selector)
+        names = accounts.get("names") if isinstance(accounts.get("names"), list) else []
+        scoped = scoped_selector(selector, namespace, ns_selector, not_selector,
+                                 service_accounts([str(n) for n in names], str(accounts.get("selector") or "")))
         negative = str(parse(not_selector)) if not_selector else ""
     except (SelectorError, ValueError) as exc:
         return Entity(), f"bad selector: {exc}"
@@ -287,7 +298,8 @@ def policy_from_resource(resource: dict, namespaced: bool) -> Policy:
     types = {str(t).lower() for t in types}
     try:
         selector = applies_to(str(spec.get("selector") or ""), namespace,
-                              "" if namespaced else str(spec.get("namespaceSelector") or ""))
+                              "" if namespaced else str(spec.get("namespaceSelector") or ""),
+                              str(spec.get("serviceAccountSelector") or ""))
     except (SelectorError, ValueError) as exc:
         log.warning("policy %s selects nothing: bad selector: %s", key, exc)
         selector = ""
@@ -380,11 +392,19 @@ def _address(net: object) -> str:
         return ""
 
 
+def label_profiles(endpoint: Endpoint) -> tuple[str, ...]:
+    """The profiles whose labelsToApply an endpoint carries: its own, and its service account's
+    `ksa.<ns>.<account>` (calico-kube-controllers writes it; Calico lists it in a pod's endpoint)."""
+    account = endpoint.labels.get(SERVICE_ACCOUNT_LABEL)
+    return (*endpoint.profiles, f"{KSA_PREFIX}{endpoint.namespace}.{account}") if account and endpoint.namespace \
+        else endpoint.profiles
+
+
 def effective_labels(endpoint: Endpoint, profiles: dict[str, Profile]) -> dict[str, str]:
-    """Profiles' labelsToApply (in order), then the endpoint's own labels, then the labels the
-    system owns: its namespace, and the namespace's labels under ``pcns.``."""
+    """Profiles' labelsToApply (in order; the service account's last), then the endpoint's own labels,
+    then the labels the system owns: its namespace, and the namespace's labels under ``pcns.``."""
     labels: dict[str, str] = {}
-    for name in endpoint.profiles:
+    for name in label_profiles(endpoint):
         if name in profiles:
             labels.update(profiles[name].labels)
     labels.update(endpoint.labels)
