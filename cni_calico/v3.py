@@ -44,7 +44,8 @@ PORT_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP", "UDPLite", 6, 17, 132, 136})
 ICMP_PROTOCOL_VERSION = {"ICMP": 4, 1: 4, "ICMPv6": 6, 58: 6}
 RULE_FIELDS = frozenset({"action", "protocol", "notProtocol", "icmp", "notICMP", "ipVersion", "source",
                          "destination", "metadata"})
-ENTITY_FIELDS = frozenset({"nets", "notNets", "selector", "notSelector", "namespaceSelector", "ports", "notPorts"})
+ENTITY_FIELDS = frozenset({"nets", "notNets", "selector", "notSelector", "namespaceSelector", "ports", "notPorts",
+                           "serviceAccounts"})
 ICMP_FIELDS = frozenset({"type", "code"})
 
 ENVELOPE = ("kind", "apiVersion", "metadata", "spec")

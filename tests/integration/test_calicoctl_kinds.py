@@ -26,6 +26,7 @@ def doc(kind: str, name: str, spec: dict, namespace: str | None = None) -> dict:
     return {"apiVersion": "projectcalico.org/v3", "kind": kind, "metadata": meta, "spec": spec}
 
 
+WEB_ACCOUNTS = {"names": ["web"], "selector": "team == 'x'"}
 # kind, document, its key in etcd, spec stored (defaults filled, normalised), `get -o wide` rows
 SAMPLES = {
     "Node": (
@@ -71,11 +72,11 @@ SAMPLES = {
     ),
     "NetworkPolicy": (
         doc("NetworkPolicy", "allow-db", {"order": 100, "selector": "role == 'db'", "ingress": [
-            {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'"},
+            {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'", "serviceAccounts": WEB_ACCOUNTS},
              "destination": {"ports": [5432]}}]}),
         RES + "networkpolicies/default/allow-db",
         {"order": 100, "selector": "role == 'db'", "types": ["Ingress"], "ingress": [
-            {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'"},
+            {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'", "serviceAccounts": WEB_ACCOUNTS},
              "destination": {"ports": [5432]}}]},
         [["NAME", "TIER", "ORDER", "SELECTOR"], ["allow-db", "default", "100", "role", "==", "'db'"]],
     ),
@@ -210,6 +211,10 @@ INVALID = [
     ("GlobalNetworkPolicy", {"preDNAT": True}, "spec.applyOnForward", "must be true when doNotTrack or preDNAT"),
     ("NetworkPolicy", {"types": ["Egress"], "ingress": [{"action": "Allow"}]}, "spec.ingress",
      "spec.types does not include Ingress"),
+    ("NetworkPolicy", {"ingress": [{"action": "Allow", "source": {"serviceAccounts": {"selector": "team =="}}}]},
+     "spec.ingress[0].source.serviceAccounts.selector = 'team =='", "invalid selector"),
+    ("NetworkPolicy", {"ingress": [{"action": "Allow", "source": {"serviceAccounts": {"name": ["a"]}}}]},
+     "spec.ingress[0].source.serviceAccounts.name", "unknown field"),
     ("NetworkPolicy", {"ingress": [{"action": "Allow", "source": {"nets": ["10.0.0.0/33"]}}]},
      "spec.ingress[0].source.nets[0] = '10.0.0.0/33'", "valid IP"),
     ("GlobalNetworkSet", {"nets": ["10.0.0.0/8", "10.0.0.300"]}, "spec.nets[1] = '10.0.0.300'", "valid IP"),

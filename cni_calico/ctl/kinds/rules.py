@@ -122,6 +122,10 @@ def _entity(path: str, entity: dict, protocol: object, versions: set[int]) -> li
                 versions.add(fields.cidr_version(net))
     for key in ("selector", "notSelector", "namespaceSelector"):
         errors += selector_errors(f"{path}.{key}", entity.get(key))
+    accounts, errs = fields.mapping(f"{path}.serviceAccounts", entity.get("serviceAccounts"))
+    errors += errs + fields.unknown(f"{path}.serviceAccounts.", accounts, {"names", "selector"})
+    errors += fields.string_list(f"{path}.serviceAccounts.names", accounts.get("names"))
+    errors += selector_errors(f"{path}.serviceAccounts.selector", accounts.get("selector"))
     for key in ("ports", "notPorts"):
         if entity.get(key) is None:
             continue
