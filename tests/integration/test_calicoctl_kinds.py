@@ -26,7 +26,7 @@ def doc(kind: str, name: str, spec: dict, namespace: str | None = None) -> dict:
     return {"apiVersion": "projectcalico.org/v3", "kind": kind, "metadata": meta, "spec": spec}
 
 
-WEB_ACCOUNTS = {"names": ["web"], "selector": "team == 'x'"}
+WEB_SOURCE = {"selector": "role == 'web'", "serviceAccounts": {"names": ["web"], "selector": "team == 'x'"}}
 # kind, document, its key in etcd, spec stored (defaults filled, normalised), `get -o wide` rows
 SAMPLES = {
     "Node": (
@@ -72,11 +72,11 @@ SAMPLES = {
     ),
     "NetworkPolicy": (
         doc("NetworkPolicy", "allow-db", {"order": 100, "selector": "role == 'db'", "ingress": [
-            {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'", "serviceAccounts": WEB_ACCOUNTS},
+            {"action": "Allow", "protocol": "TCP", "source": WEB_SOURCE,
              "destination": {"ports": [5432]}}]}),
         RES + "networkpolicies/default/allow-db",
         {"order": 100, "selector": "role == 'db'", "types": ["Ingress"], "ingress": [
-            {"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'web'", "serviceAccounts": WEB_ACCOUNTS},
+            {"action": "Allow", "protocol": "TCP", "source": WEB_SOURCE,
              "destination": {"ports": [5432]}}]},
         [["NAME", "TIER", "ORDER", "SELECTOR"], ["allow-db", "default", "100", "role", "==", "'db'"]],
     ),
