@@ -14,6 +14,7 @@ BINDIR ?= $(PREFIX)/bin
 # The administrator's own unit directory: systemd reads it whatever PREFIX is, and a unit there wins over a
 # distribution package's (/lib/systemd/system, where the .deb puts its copy).
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 # bundle: /opt/cni/bin/calico is the PyInstaller onedir executable (self-contained, the default);
 # venv: a tiny launcher into this checkout's venv (faster start-up; the checkout must stay in place).
 INSTALL_FORM ?= bundle
@@ -96,12 +97,15 @@ install: build
 	if [ -e $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf ]; then \
 		echo "kept $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf (the example is examples/10-calico.conf)"; \
 	else install -m 0644 examples/10-calico.conf $(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf; fi
+	install -d $(DESTDIR)$(BASH_COMPLETION_DIR)
+	dist/bin/calicoctl completion bash > $(DESTDIR)$(BASH_COMPLETION_DIR)/calicoctl
 
 uninstall:
 	rm -f $(DESTDIR)$(CNI_BIN_DIR)/calico $(DESTDIR)$(CNI_BIN_DIR)/calico-ipam
 	rm -rf $(DESTDIR)$(CNI_BIN_DIR)/cni-calico $(DESTDIR)$(CNI_BIN_DIR)/.cni-calico-build
 	rm -f $(DESTDIR)$(BINDIR)/calicoctl $(DESTDIR)$(BINDIR)/calico-node
 	rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/calico-node.service
+	rm -f $(DESTDIR)$(BASH_COMPLETION_DIR)/calicoctl
 	conf=$(DESTDIR)$(CNI_CONF_DIR)/10-calico.conf; \
 	if cmp -s $$conf examples/10-calico.conf; then rm -f $$conf; \
 	elif [ -e $$conf ]; then echo "kept $$conf: it is not the example any more (yours to remove)"; fi

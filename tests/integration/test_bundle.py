@@ -301,6 +301,7 @@ INSTALLED = {
     "usr/local/bin/calico-node": ("l", "../../../opt/cni/bin/cni-calico/calico"),
     "etc/systemd/system/calico-node.service": ("f", None),
     "etc/cni/net.d/10-calico.conf": ("f", None),
+    "usr/local/share/bash-completion/completions/calicoctl": ("f", None),
 }
 # Other packages' files where ours go: install and uninstall must leave them alone.
 FOREIGN = ("opt/cni/bin/loopback", "usr/local/bin/other-tool", "etc/systemd/system/other.service",
@@ -343,6 +344,8 @@ def test_make_install_then_uninstall_exact_file_set(tmp_path):
     assert re.findall(r"^ExecStart=.*$", unit, re.M) == ["ExecStart=/usr/local/bin/calico-node"]
     assert unit == re.sub(r"^ExecStart=.*$", "ExecStart=/usr/local/bin/calico-node", example, flags=re.M)
     assert (dest / "etc/cni/net.d/10-calico.conf").read_bytes() == (REPO / "examples/10-calico.conf").read_bytes()
+    completion = (dest / "usr/local/share/bash-completion/completions/calicoctl").read_text()
+    assert "complete -o default -F _calicoctl calicoctl" in completion
 
     # The operator's tools, run from where install put them, as the PATH would find them.
     for name in ("calicoctl", "calico-node"):
