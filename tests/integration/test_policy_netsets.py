@@ -55,3 +55,25 @@ def test_network_sets_in_rules_follow_their_nets_labels_and_namespaces(cluster):
     members = {line.split()[2] for line in saved.splitlines() if line.startswith("add cali40s:")}
     assert {"10.73.0.0/16", "198.51.100.7"} <= members, saved
     assert all(line.split()[2] == "hash:net" for line in saved.splitlines() if line.startswith("create cali40s:"))
+
+
+def test_network_sets_over_ipv6(cluster):
+    from tests.integration.test_policy_ipv6 import add_pod as add_dual_pod
+    from tests.integration.test_policy_ipv6 import start, tcp6
+
+    start(cluster, "10.74.0.0/16", "fd00:74::/64")
+    server, _, server6 = add_dual_pod(cluster, "node2")
+    c1, _, c1_6 = add_dual_pod(cluster, "node1")
+    c2, _, c2_6 = add_dual_pod(cluster, "node1")
+    serve(cluster.lab, server, 80, listen="TCP6-LISTEN")
+    checks = [(tcp6, c1, server6, 80, 1), (tcp6, c2, server6, 80, 1)]
+    expect(checks, [True, True], timeout=30)
+    put_policy(cluster.etcd, "v6-trusted", {"selector": "all()", "ingress": [
+        {"action": "Allow", "source": {"selector": "trust == 'yes'"}}]})
+    expect(checks, [False, False])
+    put_netset(cluster.etcd, "v6-friends", [f"{c1_6}/128"], trust="yes")  # a full-length IPv6 net
+    expect(checks, [True, False])
+    put_netset(cluster.etcd, "v6-friends", ["fd00:74::/64"], trust="yes")
+    expect(checks, [True, True])
+    saved = Lab.in_ns(cluster.ns["node2"], "ipset", "save").stdout
+    assert any(line.startswith("add cali60s:") and line.endswith(" fd00:74::/64") for line in saved.splitlines())
