@@ -16,7 +16,7 @@ Fixtures:
     make_pod     a factory: each call makes a pod namespace; all are removed after the test.
     pool         pool1 = 10.60.0.0/24 (blocks of /26) in `etcd`; the value is its CIDR.
     conf         a factory: conf(**kw) is `netconf(etcd, **kw)`, the plugin's network config.
-    kube_apiserver (session) a real kube-apiserver (tests/kube_apiserver.py) on loopback, storing into
+    kube_apiserver (module) a real kube-apiserver (tests/kube_apiserver.py) on loopback, storing into
                  the session's etcd under its own prefix; skipped when `make kube-apiserver` has not
                  built it. Started once, stopped by PID at the end of the session.
 
@@ -124,7 +124,9 @@ def conf(etcd):
 
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: a kube-apiserver reads the session's etcd on its own (leases, compaction checks), and the
+# tests after the Kubernetes ones count etcd's requests to prove calico-node quiet at rest.
+@pytest.fixture(scope="module")
 def kube_apiserver(lab, etcd_server, tmp_path_factory):
     from tests.kube_apiserver import KubeApiServer, binary
 

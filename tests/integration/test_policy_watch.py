@@ -116,7 +116,7 @@ def test_the_kernel_always_ends_as_a_render_from_scratch(rig, ops, cut, break_wi
     rig.catch_up()
     if break_with == "compaction" and cut < len(ops) and behind + 1 < now:  # the watch needs compacted revisions
         assert rig.syncer.resyncs == resyncs + 1
-    elif break_with == "resume" and cut < len(ops):
+    elif break_with == "resume" and cut < len(ops) and now > behind:  # (deletes of absent keys change nothing)
         assert rig.syncer.resumes == resumes + 1 and rig.syncer.resyncs == resyncs
     for version in (4, 6):
         chains, sets = rig.kernel(version)

@@ -157,7 +157,9 @@ def test_protocols_with_ports(protocol):
      "invalid selector:"),
     ({"source": {"namespaceSelector": "has(x"}}, "spec.ingress[0].source.namespaceSelector = 'has(x'",
      "at position"),
-    ({"destination": {"serviceAccounts": {}}}, "spec.ingress[0].destination.serviceAccounts", "unknown field"),
+    ({"destination": {"serviceAccounts": {"name": "a"}}}, "spec.ingress[0].destination.serviceAccounts.name",
+     "unknown field"),
+    ({"destination": {"services": {}}}, "spec.ingress[0].destination.services", "unknown field"),
     ({"http": {}}, "spec.ingress[0].http", "unknown field"),
 ])
 def test_rule_errors_name_the_field(rule, field, reason):
