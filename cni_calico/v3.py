@@ -380,19 +380,19 @@ class FelixConfiguration:
                    str(nat) if nat and ipv4_address(str(nat)) else None,
                    ipip if isinstance(ipip, bool) else None, vxlan if isinstance(vxlan, bool) else None,
                    metrics if isinstance(metrics, bool) else None,
-                   _port(port), health if isinstance(health, bool) else None,
-                   str(health_host) if health_host and listen_host(str(health_host)) else None, _port(health_port),
+                   port_number(port), health if isinstance(health, bool) else None,
+                   str(health_host) if health_host and listen_host(str(health_host)) else None,
+                   port_number(health_port),
                    *(_failsafe(res.spec, key) for key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")))
 
 
-def _port(value: object) -> int | None:
+def port_number(value: object) -> int | None:
+    """A port (1-65535) given as a JSON number; None otherwise."""
     return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535 else None
 
 
 def listen_host(text: str) -> bool:
     """An address to listen on: an IP address or localhost (what Felix's healthHost takes here)."""
-    import ipaddress
-
     if text == "localhost":
         return True
     try:

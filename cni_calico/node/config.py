@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
 from cni_calico.logsetup import LEVELS
 from cni_calico.names import is_valid_nodename
-from cni_calico.v3 import DEFAULT_BLOCK_SIZE, ProtoPort, parse_port_list
+from cni_calico.v3 import DEFAULT_BLOCK_SIZE, ProtoPort, listen_host, parse_port_list
 
 # Every variable calico-node reads, with one line each: `calico-node --help` prints this table, and
 # tests/unit/test_node_config.py checks that config.py reads no variable missing from it.
@@ -217,34 +217,34 @@ def _nodename(env: dict[str, str], path: str) -> tuple[str, str]:
     return socket.gethostname().strip().lower(), "the host name (lowercased)"
 
 
+def _host(env: dict[str, str], name: str, default: str, localhost: bool) -> str:
+    """An address to listen on from `name` (`default` when unset); localhost only where Felix takes it."""
+    host = env.get(name, "").strip() or default
+    if host and not (listen_host(host) and (localhost or host != "localhost")):
+        raise NodeConfigError(f"{name}={host!r} is not an IP address{' or localhost' if localhost else ''}")
+    return host
+
+
+def _port(env: dict[str, str], name: str, default: str = "") -> int | None:
+    """A port from `name` (`default` when unset; None when neither)."""
+    port = env.get(name, "").strip() or default
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise NodeConfigError(f"{name}={port!r} is not a port (1 to 65535)")
+    return int(port) if port else None
+
+
 def _health(env: dict[str, str]) -> tuple[bool, str, int]:
-    enabled = parse_bool(env, "FELIX_HEALTHENABLED", True)
-    host = env.get("FELIX_HEALTHHOST", "").strip() or "127.0.0.1"
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise NodeConfigError(f"FELIX_HEALTHHOST={host!r} is not an IP address or localhost") from None
-    port = env.get("FELIX_HEALTHPORT", "").strip() or "9099"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise NodeConfigError(f"FELIX_HEALTHPORT={port!r} is not a port (1 to 65535)")
-    return enabled, host, int(port)
+    port = _port(env, "FELIX_HEALTHPORT", "9099")
+    assert port is not None  # it has a default
+    return parse_bool(env, "FELIX_HEALTHENABLED", True), _host(env, "FELIX_HEALTHHOST", "127.0.0.1", True), port
 
 
 def _metrics(env: dict[str, str]) -> tuple[bool | None, str, int | None]:
     """The FELIX_PROMETHEUSMETRICS* variables; unset ones stay None, so FelixConfiguration decides."""
     enabled = parse_bool(env, "FELIX_PROMETHEUSMETRICSENABLED", False) if env.get(
         "FELIX_PROMETHEUSMETRICSENABLED", "").strip() else None
-    host = env.get("FELIX_PROMETHEUSMETRICSHOST", "").strip()
-    if host:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise NodeConfigError(f"FELIX_PROMETHEUSMETRICSHOST={host!r} is not an IP address") from None
-    port = env.get("FELIX_PROMETHEUSMETRICSPORT", "").strip()
-    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
-        raise NodeConfigError(f"FELIX_PROMETHEUSMETRICSPORT={port!r} is not a port (1 to 65535)")
-    return enabled, host, int(port) if port else None
+    return (enabled, _host(env, "FELIX_PROMETHEUSMETRICSHOST", "", False),
+            _port(env, "FELIX_PROMETHEUSMETRICSPORT"))
 
 
 def _labels(raw: str) -> dict[str, str]:

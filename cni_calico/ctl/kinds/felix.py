@@ -28,6 +28,7 @@ from cni_calico.v3 import (
     ipv4_address,
     listen_host,
     parse_duration,
+    port_number,
     proto_ports_from_config,
 )
 
@@ -55,7 +56,7 @@ def _validate(res: Resource) -> list[FieldError]:
             if not isinstance(value, str) or not listen_host(value):
                 errors.append(FieldError(f"spec.{key}", "must be an IP address or localhost", value))
         elif key in ("prometheusMetricsPort", "healthPort"):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+            if port_number(value) is None:
                 errors.append(FieldError(f"spec.{key}", "must be a port, 1-65535", value))
         elif key in ("ipipEnabled", "vxlanEnabled", "prometheusMetricsEnabled", "healthEnabled"):
             if not isinstance(value, bool):
