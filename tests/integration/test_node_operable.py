@@ -144,6 +144,8 @@ def test_a_missing_nodename_falls_back_and_says_so(cluster, etcd, lab):
     try:
         wait_for(lambda: etcd.get_json(NODES + "fallback-host"), 30, "the node registered under HOSTNAME")
         assert "NODENAME is not set: using node name fallback-host from HOSTNAME (lowercased)" in node.log()
+        # calico-node writes the file just after registering: under load the test can get there first.
+        wait_for((node.lib_dir / "nodename").exists, 30, "the nodename file")
         assert (node.lib_dir / "nodename").read_text() == "fallback-host"
     finally:
         node.stop(graceful=True)
