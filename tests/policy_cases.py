@@ -16,7 +16,7 @@ SELECTORS = ["app == 'web'", "has(tier)", "all()", "tier in {'x'}", "!has(app)",
 ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "fd00::1", "fd00::2"]
 
 
-def rule(draw) -> dict:
+def rule(draw, named: bool = False) -> dict:
     out: dict = {"action": draw(st.sampled_from(["Allow", "Deny", "Pass", "Log"]))}
     if draw(st.booleans()):
         out["source"] = {"selector": draw(st.sampled_from(SELECTORS))}
@@ -30,7 +30,26 @@ def rule(draw) -> dict:
     if draw(st.integers(0, 4)) == 0:  # service accounts: by name and by their labels (pcsa.)
         out["source"] = {**out.get("source", {}), "serviceAccounts": draw(st.sampled_from(
             [{"names": ["sa1"]}, {"selector": "team == 'x'"}, {"names": ["sa1", "sa2"], "selector": "all()"}]))}
+    if named or draw(st.integers(0, 2)) == 0:  # named ports (ORed with numeric ones), either side, negated too
+        side = draw(st.sampled_from(["source", "destination"]))
+        field = draw(st.sampled_from(["ports", "ports", "notPorts"]))
+        out[side] = {**out.get(side, {}), field: draw(st.lists(st.sampled_from(["http", "dns", 80, "http"]),
+                                                               min_size=1, max_size=3))}
+        out["protocol"] = draw(st.sampled_from(["TCP", "UDP", None]))
+        if out["protocol"] is None:
+            del out["protocol"]  # named ports alone need none: every protocol's declared ports
     return out
+
+
+PORTS = [{"name": "http", "protocol": "TCP", "port": 80}, {"name": "http", "protocol": "TCP", "port": 8080},
+         {"name": "dns", "protocol": "UDP", "port": 53}, {"name": "dns", "protocol": "TCP", "port": 53},
+         {"name": "", "protocol": "TCP", "port": 9, "hostPort": 9}]
+
+
+def ports(draw) -> list[dict]:
+    """An endpoint's declared ports (named, one unnamed hostPort that policy never sees)."""
+    return draw(st.lists(st.sampled_from(PORTS), max_size=2, unique_by=lambda p: (p["name"], p["protocol"],
+                                                                                  p["port"])))
 
 
 @st.composite
@@ -47,24 +66,25 @@ def endpoint_op(draw):
              "spec": {"node": draw(st.sampled_from([NODE, NODE, "n2"])),
                       "interfaceName": draw(st.sampled_from(["cali1", "cali2", "cali3", "eth9"])),
                       "ipNetworks": [f"{a}/{128 if ':' in a else 32}" for a in addrs],
-                      "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}}
+                      "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2)),
+                      "ports": ports(draw)}}
     return ("endpoint", f"{ns}/w{n}", value)
 
 
 @st.composite
-def profile_op(draw):
+def profile_op(draw, named: bool = False):
     name = draw(st.sampled_from(["k8s", "t1", "ksa.a.sa1", "ksa.b.sa2"]))  # ksa.*: a service account's labels
     if draw(st.integers(0, 5)) == 0:
         return ("profile", name, None)
     value = {"metadata": {"name": name}, "spec": {
-        "ingress": [rule(draw) for _ in range(draw(st.integers(0, 2)))],
-        "egress": [rule(draw) for _ in range(draw(st.integers(0, 1)))],
+        "ingress": [rule(draw, named) for _ in range(draw(st.integers(0, 2)))],
+        "egress": [rule(draw, named) for _ in range(draw(st.integers(0, 1)))],
         "labelsToApply": draw(st.sampled_from([{}, {"role": "r1"}, {"role": "r2"}, {"pcsa.team": "x"}]))}}
     return ("profile", name, value)
 
 
 @st.composite
-def policy_op(draw, global_only: bool = False):
+def policy_op(draw, global_only: bool = False, named: bool = False):
     n = draw(st.sampled_from([1, 3] if global_only else [0, 1, 2, 3]))
     namespaced = n % 2 == 0
     key = f"a/p{n}" if namespaced else f"p{n}"
@@ -75,9 +95,9 @@ def policy_op(draw, global_only: bool = False):
     if tier:
         spec["tier"] = tier
     if draw(st.booleans()):
-        spec["ingress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
+        spec["ingress"] = [rule(draw, named) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
-        spec["egress"] = [rule(draw) for _ in range(draw(st.integers(0, 2)))]
+        spec["egress"] = [rule(draw, named) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
         spec["types"] = draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
     if draw(st.integers(0, 4)) == 0:
@@ -129,10 +149,14 @@ def host_op(draw, here: bool = False):
             "interfaceName": draw(st.sampled_from(["eth0", "eth1", "*", ""] if here else
                                                   ["eth0", "eth0", "eth1", "*", "", "cali1"])),
             "expectedIPs": draw(st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True)),
-            "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2))}
+            "profiles": draw(st.lists(st.sampled_from(["k8s", "t1", "missing"]), max_size=2)),
+            "ports": [p for p in ports(draw) if p["name"]]}
     return ("host", f"h{n}", {"metadata": {"name": f"h{n}", "labels": labels}, "spec": spec})
 
 
+# Endpoints declaring ports, and rules with named ports always.
+NAMED_OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), endpoint_op(), profile_op(named=True),
+                               policy_op(named=True), host_op()), min_size=1, max_size=25)
 OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), profile_op(), policy_op(), policy_op(), tier_op(),
                          netset_op(), host_op(), host_op()), min_size=1, max_size=25)
 @st.composite

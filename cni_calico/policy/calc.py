@@ -5,7 +5,8 @@ endpoints, profiles and policies (`ruleset` gives it whole; tests hold the two e
 update touches only what depends on it:
 
 - a remote endpoint: the selector index (cni_calico.policy.index) says which active selector sets
-  it joins or leaves; only those sets' members change;
+  and named-port sets (keyed by their selector too) it joins or leaves; only those sets' members
+  change, and in the sets it stays in only when its addresses or named ports changed;
 - a local endpoint (this node's, with a cali interface): its own chains, the chains they jump to,
   and the dispatch chains when its interface comes or goes;
 - a policy or profile: its chains where a local endpoint uses them, the local endpoints it
@@ -19,8 +20,8 @@ update touches only what depends on it:
 
 Set and chain lifetimes are reference counts: a policy or profile chain lives while some local
 endpoint's chain jumps to it; a set lives while some live chain names it, and its selector is in
-the index only while some family's set lives. `take_changes` hands the accumulated difference to
-the dataplane (cni_calico.policy.iptables), one family at a time.
+the index only while some family's set (selector or named-port) lives. `take_changes` hands the
+accumulated difference to the dataplane (cni_calico.policy.iptables), one family at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from dataclasses import dataclass, field
 from cni_calico.policy import hostep, model
 from cni_calico.policy.hostep import Failsafe, Tunnels
 from cni_calico.policy.index import SelectorIndex, discard
-from cni_calico.policy.layout import FAMILIES, SELECTOR_SET, TABLES, IpSet, Ruleset, qualified, split_key
+from cni_calico.policy.layout import (
+    FAMILIES,
+    NAMED_PORT_SET,
+    SELECTOR_SET,
+    TABLES,
+    IpSet,
+    Ruleset,
+    qualified,
+    split_key,
+)
 from cni_calico.policy.render import (
     DIRECTIONS,
     RuleRenderer,
@@ -77,12 +87,23 @@ class _Family:
         self.chain_sets: dict[str, set[str]] = {}  # body chain -> the sets it names
         self.set_refs: dict[str, int] = {}  # set -> live chains naming it
         self.set_kind: dict[str, str] = {}
-        self.selector_of: dict[str, str] = {}  # selector set -> its selector
-        self.members: dict[str, dict[str, int]] = {}  # set -> address -> endpoints holding it (selector sets)
+        self.selector_of: dict[str, str] = {}  # selector and named-port set -> its selector
+        self.named_of: dict[str, tuple[str, str]] = {}  # named-port set -> (protocol, port name)
+        self.members: dict[str, dict[str, int]] = {}  # set -> member -> endpoints holding it (selector and
+        # named-port sets)
         self.static: dict[str, tuple[str, ...]] = {}  # net set -> members
         self.fixed: set[str] = set()  # the fixed chains written (render.fixed_chains)
         self.fixed_sets: dict[str, tuple[str, ...]] = {}  # the sets they name (hostep.tunnel_set) -> members
         self.pending = Changes()
+
+    def contribution(self, name: str, ep: model.Endpoint | None) -> set[str]:
+        """What an endpoint its selector matches puts in a selector or named-port set."""
+        if ep is None:
+            return set()
+        named = self.named_of.get(name)
+        if named is None:
+            return {a for a in ep.addresses if self.family.holds(a)}
+        return set(model.named_port_members(ep, *named, self.version))
 
     def write(self, name: str, rules: tuple[str, ...]) -> None:
         if self.chains.get(name) != rules:
@@ -155,12 +176,12 @@ class PolicyCalculator:
             self._unclaim(key, old)
         if ep is None:
             left = self.index.remove(key)
-            self._move_addresses(key, old.addresses if old else (), (), left, set(), set())
+            self._move_members(old, None, left, set(), set())
         else:
             self.endpoints[key] = ep
             for name in model.label_profiles(ep):
                 self.by_profile.setdefault(name, set()).add(key)
-            self._relabel(key, old.addresses if old else ())
+            self._relabel(key, old)
             if dispatchable(ep, self.nodename):
                 self.by_interface.setdefault(ep.interface, set()).add(key)
                 self._claim(ep.interface)
@@ -193,7 +214,7 @@ class PolicyCalculator:
             self.profiles[name] = profile
         if (old.labels if old else {}) != (profile.labels if profile else {}):
             for key in sorted(self.by_profile.get(name, ())):
-                self._relabel(key, self.endpoints[key].addresses)
+                self._relabel(key, self.endpoints[key])
         # Its chains change text, and local endpoints naming it change chains (present or not).
         self._rerender_body(name, profile, is_policy=False)
         for iface, key in self.local.items():
@@ -267,34 +288,41 @@ class PolicyCalculator:
     def _ipset(self, fam: _Family, name: str) -> IpSet:
         if name in fam.static:
             return IpSet("hash:net", fam.static[name])
-        return IpSet(SELECTOR_SET, tuple(sorted(fam.members[name])))
+        return IpSet(NAMED_PORT_SET if name in fam.named_of else SELECTOR_SET, tuple(sorted(fam.members[name])))
 
     # --- endpoints and labels ------------------------------------------------------------------
 
-    def _relabel(self, key: str, old_addresses: tuple[str, ...]) -> None:
-        """(Re)computes an endpoint's effective labels and moves it between selector sets."""
+    def _relabel(self, key: str, old: model.Endpoint | None) -> None:
+        """(Re)computes an endpoint's effective labels and moves it between selector and named-port
+        sets (``old``: the endpoint as the sets hold it now)."""
         ep = self.endpoints[key]
         before = self.index.selectors(key)
         joined, left = self.index.update(key, model.effective_labels(ep, self.profiles))
-        self._move_addresses(key, old_addresses, ep.addresses, left, joined, before - left)
+        self._move_members(old, ep, left, joined, before - left)
         if self.local.get(ep.interface) == key:
             self._dirty_local.add(ep.interface)
         for name in self.host_names.get(key, ()):
             if self.hosts.get(name) == key:
                 self._dirty_hosts.add(name)
 
-    def _move_addresses(self, key: str, old: tuple[str, ...], new: tuple[str, ...], left: set[str],
-                        joined: set[str], stayed: set[str]) -> None:
+    def _move_members(self, old: model.Endpoint | None, new: model.Endpoint | None, left: set[str],
+                      joined: set[str], stayed: set[str]) -> None:
+        """An endpoint's members out of the sets of the selectors it ``left``, into those it ``joined``,
+        and, where its addresses or ports changed, changed in those it ``stayed`` in."""
         for selector in left:
-            self._each_set(selector, lambda fam, name: [fam.drop_member(name, a) for a in old if fam.family.holds(a)])
+            self._each_set(selector, lambda fam, name: [fam.drop_member(name, m) for m in fam.contribution(name, old)])
         for selector in joined:
-            self._each_set(selector, lambda fam, name: [fam.add_member(name, a) for a in new if fam.family.holds(a)])
-        if old != new:
-            gone, came = set(old) - set(new), set(new) - set(old)
+            self._each_set(selector, lambda fam, name: [fam.add_member(name, m) for m in fam.contribution(name, new)])
+        if old is None or new is None or (old.addresses, old.ports) != (new.addresses, new.ports):
+            def move(fam: _Family, name: str) -> None:
+                before, after = fam.contribution(name, old), fam.contribution(name, new)
+                for member in before - after:
+                    fam.drop_member(name, member)
+                for member in after - before:
+                    fam.add_member(name, member)
+
             for selector in stayed:
-                self._each_set(selector, lambda fam, name: (
-                    [fam.drop_member(name, a) for a in gone if fam.family.holds(a)],
-                    [fam.add_member(name, a) for a in came if fam.family.holds(a)]))
+                self._each_set(selector, move)
 
     def _each_set(self, selector: str, fn) -> None:
         for fam, name in self._sets_of.get(selector, ()):
@@ -491,15 +519,17 @@ class PolicyCalculator:
             fam.static[name] = rr.nets[name].members
             fam.pending.created[name] = rr.nets[name]
             return
-        selector = rr.selectors[name]
+        if name in rr.named:
+            selector, protocol, port = rr.named[name]
+            fam.named_of[name] = (protocol, port)
+        else:
+            selector = rr.selectors[name]
         fam.selector_of[name] = selector
         self._sets_of.setdefault(selector, []).append((fam, name))
-        fam.members[name] = {}
+        counts = fam.members[name] = {}
         for key in self.index.add_selector(selector):
-            for address in self.endpoints[key].addresses:
-                if fam.family.holds(address):
-                    counts = fam.members[name]
-                    counts[address] = counts.get(address, 0) + 1
+            for member in fam.contribution(name, self.endpoints[key]):
+                counts[member] = counts.get(member, 0) + 1
         fam.pending.created[name] = IpSet(SELECTOR_SET, ())
         fam.pending.added.pop(name, None)
         fam.pending.deleted.pop(name, None)
@@ -511,6 +541,7 @@ class PolicyCalculator:
         del fam.set_refs[name]
         fam.static.pop(name, None)
         fam.members.pop(name, None)
+        fam.named_of.pop(name, None)
         selector = fam.selector_of.pop(name, None)
         if name in fam.pending.created:
             del fam.pending.created[name]

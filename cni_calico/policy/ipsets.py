@@ -8,8 +8,9 @@ a few µs a member. Sets are created, filled, swapped and destroyed with the `ip
 
 The messages are the ones `ipset add/del -exist` sends: protocol 6, the set's name, and one
 address, with its prefix length when the member is a network (hash:net; without one the kernel takes
-a full-length network). No NLM_F_EXCL, so adding a present member or deleting an absent one is not an
-error.
+a full-length network), or with its port and protocol when the member is ``"<address>,<proto>:<port>"``
+(hash:ip,port: named ports). No NLM_F_EXCL, so adding a present member or deleting an absent one is
+not an error.
 A socket belongs to the network namespace of the thread that made it.
 """
 
@@ -25,7 +26,8 @@ NFNL_SUBSYS_IPSET = 6
 IPSET_CMD_ADD, IPSET_CMD_DEL = 9, 10
 IPSET_PROTOCOL = 6
 ATTR_PROTOCOL, ATTR_SETNAME, ATTR_DATA = 1, 2, 7
-ATTR_IP, ATTR_CIDR, ATTR_IPADDR_IPV4, ATTR_IPADDR_IPV6 = 1, 3, 1, 2
+ATTR_IP, ATTR_CIDR, ATTR_PORT, ATTR_PROTO, ATTR_IPADDR_IPV4, ATTR_IPADDR_IPV6 = 1, 3, 4, 7, 1, 2
+PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}  # a hash:ip,port member's protocols (as Felix's)
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
@@ -59,11 +61,16 @@ class MemberSocket:
         self.sock.close()
 
     def _message(self, set_name: str, member: str, add: bool) -> bytes:
+        member, _, port = member.partition(",")
         family = socket.AF_INET6 if ":" in member else socket.AF_INET
         ip_kind = ATTR_IPADDR_IPV6 if family == socket.AF_INET6 else ATTR_IPADDR_IPV4
         text, _, length = member.partition("/")
         address = _attr(ip_kind | NLA_F_NET_BYTEORDER, socket.inet_pton(family, text))
         data = _attr(ATTR_IP | NLA_F_NESTED, address) + (_attr(ATTR_CIDR, bytes([int(length)])) if length else b"")
+        if port:
+            protocol, _, number = port.partition(":")
+            data += _attr(ATTR_PORT | NLA_F_NET_BYTEORDER, struct.pack(">H", int(number)))
+            data += _attr(ATTR_PROTO, bytes([PROTOCOL_NUMBERS[protocol]]))
         body = NFGEN.pack(family, 0, 0) + _attr(ATTR_PROTOCOL, bytes([IPSET_PROTOCOL]))
         body += _attr(ATTR_SETNAME, set_name.encode() + b"\0")
         body += _attr(ATTR_DATA | NLA_F_NESTED, data)

@@ -205,10 +205,11 @@ def saved_sets(run: Runner = _run, family: Family = V4, mine: Callable[[str, Fam
 
 def _normal(member: str, family: Family) -> str:
     """A member as ours are written (cni_calico.policy.layout.set_member): the canonical network, a
-    full-length one as its bare address."""
+    full-length one as its bare address; a hash:ip,port member's address canonical, its port as is."""
     import ipaddress
 
-    return set_member(str(ipaddress.ip_network(member, strict=False)))
+    member, comma, port = member.partition(",")
+    return set_member(str(ipaddress.ip_network(member, strict=False))) + comma + port
 
 
 NETLINK_MEMBERS = 4096  # member changes up to this many go by netlink in one send; more: one ipset restore

@@ -13,6 +13,10 @@ What holds:
   inet) or ``cali60...`` (IPv6, family inet6) in at most 31 (longer names are hashed), so the two
   families' sets never share a name. The policy's sets are ``cali40<kind>:…`` (``policy_set``); outgoing
   NAT's (cni_calico.policy.natout) are named as Felix names them, with no colon.
+- Kinds: ``s`` selector sets (hash:net), ``n`` a rule's nets (hash:net) and named-port sets
+  (hash:ip,port, ``named_port_set``: ``n`` is Felix's prefix for them; the digest covers the set type,
+  so a nets set and a named-port set never share a name), ``h`` host endpoints' tunnel peers
+  (cni_calico.policy.hostep), ``t`` the temporary set of a swap.
 """
 
 from __future__ import annotations
@@ -140,6 +144,7 @@ def chain_name(prefix: str, name: str) -> str:
 
 
 SELECTOR_SET = "hash:net"  # as Felix: a selector matches endpoints' addresses and network sets' CIDRs
+NAMED_PORT_SET = "hash:ip,port"  # as Felix: members "<address>,<proto>:<port>"
 
 
 def set_name(kind: str, key: str, version: int = 4) -> str:
@@ -150,6 +155,14 @@ def set_name(kind: str, key: str, version: int = 4) -> str:
     prefix = f"{FAMILIES[version].set_prefix}{kind}:"
     salt = SELECTOR_SET if kind == "s" else ""
     return prefix + _digest(kind + salt + key, MAX_SET - len(prefix))
+
+
+def named_port_set(selector: str, protocol: str, name: str, version: int = 4) -> str:
+    """A named-port set's name, ``cali40n:<hash>`` (Felix's prefix ``n``): one per (the rule side's
+    scoped selector, "all()" without one; the protocol, "any" without one; the port name), as Felix's
+    rule scanner keys them."""
+    prefix = f"{FAMILIES[version].set_prefix}n:"
+    return prefix + _digest("n" + NAMED_PORT_SET + f"{selector},{protocol},{name}", MAX_SET - len(prefix))
 
 
 def set_member(net: str) -> str:

@@ -10,9 +10,15 @@ What holds for every record built here:
   rule's ``ipVersion``, by its protocol (ICMP / 1: IPv4 only; ICMPv6 / 58: IPv6 only) and by the nets of
   each side (a side whose nets are all IPv4 keeps the rule out of the IPv6 table, and vice versa).
 - Parsing never raises on bad data read from etcd: a policy whose selector does not parse selects
-  nothing (``selector == ""``); a rule that cannot match anything in either table (bad selector, named
-  ports only, ports without a port protocol, unknown action or protocol, ipVersion / protocol / nets
-  that leave no family) is kept with ``never=True`` and is not rendered. Each such case is logged.
+  nothing (``selector == ""``); a rule that cannot match anything in either table (bad selector,
+  numeric ports without a port protocol, named ports with a protocol that has no ports, unknown action
+  or protocol, ipVersion / protocol / nets that leave no family) is kept with ``never=True`` and is not
+  rendered. Each such case is logged.
+- Named ports (Felix's): an entity's ``named_ports`` / ``not_named_ports`` are port names, ORed with its
+  numeric ``ports`` (and, negated, ANDed with ``not_ports``); a rule with named ports needs no protocol
+  (Calico's validator: without one, every port must be named). ``Endpoint.ports`` are the (name,
+  protocol, port) an endpoint declares (a WorkloadEndpoint's or HostEndpoint's ``ports`` with a name);
+  ``named_port_protocol`` and ``named_port_members`` say which of them a rule's named port matches.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import re
 import socket
 from dataclasses import dataclass, field
 from sys import intern
@@ -59,6 +66,8 @@ class Entity:
     not_selector: str = ""
     ports: tuple[str, ...] = ()  # "80" or "1000:2000"
     not_ports: tuple[str, ...] = ()
+    named_ports: tuple[str, ...] = ()  # port names ("http"), ORed with ports
+    not_named_ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ class Endpoint:
     profiles: tuple[str, ...]
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     host: bool = False  # a HostEndpoint: policed by cni_calico.policy.hostep, never as a workload
+    ports: tuple[tuple[str, str, int], ...] = ()  # named ports: (name, protocol as `_protocol` spells it, port)
 
 
 # --- rules -----------------------------------------------------------------------------------------
@@ -171,17 +181,67 @@ def _icmp(value: object) -> str | None:
     return f"{kind}" if code is None else f"{kind}/{code}"
 
 
-def _ports(values: object) -> tuple[tuple[str, ...], bool]:
-    """Numeric ports and ranges as "a" / "a:b"; the flag says a named (or invalid) port was dropped."""
-    out, named = [], False
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")  # Kubernetes' IsValidPortName, less its "--" rule
+
+
+def _ports(values: object) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """Numeric ports and ranges as "a" / "a:b", port names (each once, in order); the flag says an
+    invalid entry was dropped."""
+    out, named, dropped = [], [], False
     for value in values if isinstance(values, list) else []:
-        first, _, last = str(value).strip().partition(":")
+        text = str(value).strip()
+        first, _, last = text.partition(":")
         last = last or first
         if first.isdigit() and last.isdigit() and int(first) <= int(last) <= 65535:
             out.append(str(int(first)) if int(first) == int(last) else f"{int(first)}:{int(last)}")
+        elif isinstance(value, str) and _PORT_NAME.match(text) and re.search("[a-z]", text) and "--" not in text:
+            named.append(text)
         else:
-            named = True
-    return tuple(out), named
+            dropped = True
+    return tuple(out), tuple(dict.fromkeys(named)), dropped
+
+
+# Felix's named-port protocols (ipsetmember.Protocol): a rule's protocol picks the set's, "any" for none.
+_PORT_PROTOCOL_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132"}
+
+
+def named_port_protocol(protocol: str) -> str:
+    """The protocol of a rule's named-port sets (Felix's ProtocolFrom): "udp" and "sctp" by name or
+    number, "any" without a protocol, "tcp" for anything else (UDPLite too, as Felix)."""
+    if not protocol:
+        return "any"
+    return next((name for name, number in _PORT_PROTOCOL_NUMBERS.items() if protocol in (name, number)), "tcp")
+
+
+def _port_matches(protocol: str, declared: str) -> bool:
+    """Whether a named-port set of ``protocol`` takes a declared port of protocol ``declared``."""
+    return protocol == "any" or declared in (protocol, _PORT_PROTOCOL_NUMBERS.get(protocol))
+
+
+def named_port_members(ep: Endpoint, protocol: str, name: str, version: int) -> list[str]:
+    """An endpoint's members of a named-port set (hash:ip,port, ``protocol`` as `named_port_protocol`
+    gives it): ``"<address>,<proto>:<port>"`` for each of its ``version`` addresses and each port it
+    declares under ``name`` with a protocol the set takes (Felix's CalculateEndpointContribution)."""
+    out = []
+    for port_name, declared, number in ep.ports:
+        if port_name == name and _port_matches(protocol, declared):
+            member_protocol = named_port_protocol(declared) if declared else "tcp"
+            out += [f"{a},{member_protocol}:{number}" for a in ep.addresses if (":" in a) == (version == 6)]
+    return out
+
+
+def _endpoint_ports(values: object) -> tuple[tuple[str, str, int], ...]:
+    """An endpoint's named ports (name, protocol, port); unnamed ones (a hostPort's) and malformed
+    ones are left out, as libcalico-go hands them to Felix."""
+    out = []
+    for value in values if isinstance(values, list) else []:
+        if not isinstance(value, dict) or not value.get("name"):
+            continue
+        protocol, port = _protocol(value.get("protocol")), value.get("port")
+        if protocol is None or isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            continue
+        out.append((intern(str(value["name"])), protocol, port))
+    return tuple(dict.fromkeys(out))
 
 
 def _nets(values: object) -> tuple[tuple[str, ...], bool]:
@@ -203,10 +263,10 @@ def _entity(data: object, namespace: str) -> tuple[Entity, str]:
     if dropped and not nets:
         why = "nets hold no valid network"
     not_nets, _ = _nets(data.get("notNets"))
-    ports, named = _ports(data.get("ports"))
-    if named and not ports:
-        why = "named ports are not supported (no endpoint declares ports)"
-    not_ports, _ = _ports(data.get("notPorts"))
+    ports, named, dropped = _ports(data.get("ports"))
+    if dropped and not ports and not named:
+        why = "ports hold no valid port"
+    not_ports, not_named, _ = _ports(data.get("notPorts"))
     selector = str(data.get("selector") or "")
     not_selector = str(data.get("notSelector") or "")
     ns_selector = str(data.get("namespaceSelector") or "")
@@ -218,7 +278,7 @@ def _entity(data: object, namespace: str) -> tuple[Entity, str]:
         negative = str(parse(not_selector)) if not_selector else ""
     except (SelectorError, ValueError) as exc:
         return Entity(), f"bad selector: {exc}"
-    return Entity(nets, not_nets, scoped, negative, ports, not_ports), why
+    return Entity(nets, not_nets, scoped, negative, ports, not_ports, named, not_named), why
 
 
 def rule_from_dict(data: object, namespace: str = "") -> Rule:
@@ -246,7 +306,10 @@ def rule_from_dict(data: object, namespace: str = "") -> Rule:
     elif (rule.icmp or rule.not_icmp) and rule.protocol not in ICMP_PROTOCOLS[4] | ICMP_PROTOCOLS[6]:
         why = "icmp fields need protocol ICMP or ICMPv6"
     elif any((e.ports or e.not_ports) for e in (source, destination)) and rule.protocol not in LOWER_PORT_PROTOCOLS:
-        why = "ports need protocol TCP, UDP, SCTP or UDPLite"
+        why = "numeric ports need protocol TCP, UDP, SCTP or UDPLite"
+    elif (any((e.named_ports or e.not_named_ports) for e in (source, destination))
+          and rule.protocol not in LOWER_PORT_PROTOCOLS | {""}):
+        why = "named ports need protocol TCP, UDP, SCTP, UDPLite or none"
     elif not (families := _families(data.get("ipVersion"), rule)):
         why = "its ipVersion, protocol and nets leave no IP version"
     else:
@@ -333,6 +396,7 @@ def endpoint_from_resource(resource: dict) -> Endpoint:
         addresses=tuple(sorted(set(addresses))),
         profiles=tuple(intern(str(p)) for p in spec.get("profiles") or []),
         labels={intern(str(k)): intern(str(v)) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        ports=_endpoint_ports(spec.get("ports")),
     )
 
 
@@ -378,6 +442,7 @@ def host_endpoint_from_resource(resource: dict) -> Endpoint:
         profiles=tuple(str(p) for p in spec.get("profiles") or []),
         labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
         host=True,
+        ports=_endpoint_ports(spec.get("ports")),
     )
 
 

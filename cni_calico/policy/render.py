@@ -56,6 +56,7 @@ from cni_calico.policy.layout import (
     FROM_WL,
     IFACE_PREFIX,
     MARKS,
+    NAMED_PORT_SET,
     ND_TYPES,
     PASS_MARK,
     SELECTOR_SET,
@@ -64,12 +65,24 @@ from cni_calico.policy.layout import (
     IpSet,
     Ruleset,
     chain_name,
+    named_port_set,
     qualified,
     set_member,
     set_name,
     split_key,
 )
-from cni_calico.policy.model import DEFAULT_TIER, ICMP_PROTOCOLS, Endpoint, Policy, Profile, Rule, Tier
+from cni_calico.policy.model import (
+    DEFAULT_TIER,
+    ICMP_PROTOCOLS,
+    Endpoint,
+    Entity,
+    Policy,
+    Profile,
+    Rule,
+    Tier,
+    named_port_members,
+    named_port_protocol,
+)
 from cni_calico.selector import Selector, parse
 
 log = logging.getLogger(__name__)
@@ -135,11 +148,13 @@ class Matcher:
 
 class RuleRenderer:
     """One family's iptables rules for Calico rules; records the ipsets they name (selector sets by
-    their selector, whose members the caller fills in; net sets with their members)."""
+    their selector and named-port sets by (selector, protocol, name), whose members the caller fills
+    in; net sets with their members)."""
 
     def __init__(self, family: Family) -> None:
         self.family = family
         self.selectors: dict[str, str] = {}  # set name -> selector
+        self.named: dict[str, tuple[str, str, str]] = {}  # set name -> (selector, protocol, port name)
         self.nets: dict[str, IpSet] = {}
 
     def selector_set(self, selector: str) -> str:
@@ -152,8 +167,22 @@ class RuleRenderer:
         self.nets.setdefault(name, IpSet("hash:net", _set_members(nets, self.family)))
         return name
 
+    def named_set(self, selector: str, protocol: str, port: str) -> str:
+        """The named-port set of a rule side: filtered by its positive selector (Felix's rule scanner)."""
+        key = (selector or "all()", named_port_protocol(protocol), port)
+        name = named_port_set(*key, self.family.version)
+        self.named[name] = key
+        return name
+
     def sets(self) -> set[str]:
-        return set(self.selectors) | set(self.nets)
+        return set(self.selectors) | set(self.named) | set(self.nets)
+
+    def _alternatives(self, side: str, entity: Entity, protocol: str) -> list[list[str]]:
+        """A side's port matches, any one of which must hold: numeric ports (multiport's 15 slots at a
+        time), then each named port's set."""
+        out = [["-m", "multiport", f"--{side[0]}ports", chunk] for chunk in _port_chunks(entity.ports)]
+        return out + [["-m", "set", "--match-set", self.named_set(entity.selector, protocol, port), f"{side},{side}"]
+                      for port in entity.named_ports]
 
     def rule(self, rule: Rule) -> list[str]:
         """This family's rules for one Calico rule (none if it cannot match here)."""
@@ -177,24 +206,26 @@ class RuleRenderer:
                 match += ["-m", "set", "--match-set", self.nets_set(nets), side]
             if not_nets:
                 match += ["-m", "set", "!", "--match-set", self.nets_set(not_nets), side]
-            if entity.selector:
+            if entity.selector and (entity.ports or not entity.named_ports):  # else the named-port sets filter
                 match += ["-m", "set", "--match-set", self.selector_set(entity.selector), side]
             if entity.not_selector:
                 match += ["-m", "set", "!", "--match-set", self.selector_set(entity.not_selector), side]
             for chunk in _port_chunks(entity.not_ports):
                 match += ["-m", "multiport", "!", f"--{side[0]}ports", chunk]
+            for port in entity.not_named_ports:
+                match += ["-m", "set", "!", "--match-set", self.named_set(entity.selector, rule.protocol, port),
+                          f"{side},{side}"]
         if rule.icmp:
             match += [f.icmp_match, f.icmp_type, rule.icmp]
         if rule.not_icmp:
             match += [f.icmp_match, "!", f.icmp_type, rule.not_icmp]
         lines = []
-        for sports, dports in itertools.product(_port_chunks(rule.source.ports) or [""],
-                                                _port_chunks(rule.destination.ports) or [""]):
-            full = [*addresses, *match]
-            if sports:
-                full += ["-m", "multiport", "--sports", sports]
-            if dports:
-                full += ["-m", "multiport", "--dports", dports]
+        sources = self._alternatives("src", rule.source, rule.protocol) or [[]]
+        destinations = self._alternatives("dst", rule.destination, rule.protocol) or [[]]
+        for (i, sports), (j, dports) in itertools.product(enumerate(sources), enumerate(destinations)):
+            full = [*addresses, *match, *sports, *dports]
+            if rule.action == "Log":  # one LOG a packet: the first alternative of each side that it matches
+                full += [word for alt in [*sources[:i], *destinations[:j]] for word in [*alt[:2], "!", *alt[2:]]]
             head, *tail = _ACTIONS[rule.action]
             lines += [" ".join([*full, head]), *tail]
         return lines
@@ -424,4 +455,8 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
         members = {a for labels, eps in groups.items() if matcher.matches(selector, labels)
                    for ep in eps for a in ep.addresses if family.holds(a)}
         ipsets[name] = IpSet(SELECTOR_SET, tuple(sorted(members)))
+    for name, (selector, protocol, port) in rr.named.items():
+        members = {m for labels, eps in groups.items() if matcher.matches(selector, labels)
+                   for ep in eps for m in named_port_members(ep, protocol, port, version)}
+        ipsets[name] = IpSet(NAMED_PORT_SET, tuple(sorted(members)))
     return Ruleset(dict(sorted(chains.items())), dict(sorted(ipsets.items())), version)

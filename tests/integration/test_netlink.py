@@ -159,3 +159,28 @@ def test_ipset_members_over_netlink(lab, make_pod):
     assert v4 == {"10.0.0.1", "10.0.0.3", "198.51.100.0/24"} | {f"10.1.{i // 250}.{i % 250}" for i in range(1000)}
     assert "add cali60s:nl fd00::1" in saved and "add cali60s:nl 2001:db8::/32" in saved
     assert len(failures) == 1 and "cali40s:none 10.0.0.4" in failures[0]
+
+
+def test_named_port_members_over_netlink(lab, make_pod):
+    from cni_calico.dataplane import run_in_netns
+    from cni_calico.policy.ipsets import MemberSocket
+
+    ns = make_pod()
+    # hash:ip,port, as the policy's named-port sets: "<address>,<proto>:<port>"
+    lab.in_ns(ns, "ipset", "create", "cali40n:nl", "hash:ip,port", "family", "inet", check=True)
+    lab.in_ns(ns, "ipset", "create", "cali60n:nl", "hash:ip,port", "family", "inet6", check=True)
+
+    def work() -> None:
+        members = MemberSocket()
+        try:
+            members.change([("cali40n:nl", "10.0.0.1,tcp:80", True), ("cali40n:nl", "10.0.0.1,udp:53", True),
+                            ("cali40n:nl", "10.0.0.2,sctp:9", True), ("cali40n:nl", "10.0.0.3,tcp:8080", True),
+                            ("cali40n:nl", "10.0.0.3,tcp:8080", False), ("cali60n:nl", "fd00::1,tcp:65535", True)])
+        finally:
+            members.close()
+
+    run_in_netns(Lab.netns_path(ns), work)
+    saved = lab.in_ns(ns, "ipset", "save", check=True).stdout
+    assert {line.split()[2] for line in saved.splitlines() if line.startswith("add cali40n:nl ")} == {
+        "10.0.0.1,tcp:80", "10.0.0.1,udp:53", "10.0.0.2,sctp:9"}
+    assert "add cali60n:nl fd00::1,tcp:65535" in saved

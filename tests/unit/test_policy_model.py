@@ -35,8 +35,10 @@ def test_icmp_type_and_code():
 
 
 @pytest.mark.parametrize("data", [
-    {"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}},  # named ports only
-    {"action": "Allow", "destination": {"ports": [80]}},  # ports without a protocol
+    {"action": "Allow", "protocol": "ICMP", "destination": {"ports": ["http"]}},  # named ports of a portless protocol
+    {"action": "Allow", "protocol": "TCP", "destination": {"ports": ["Not-a-name", "a--b", "123456"]}},  # none valid
+    {"action": "Allow", "destination": {"ports": [80]}},  # numeric ports without a protocol
+    {"action": "Allow", "destination": {"ports": ["http", 80]}},
     {"action": "Allow", "protocol": "UDP", "icmp": {"type": 8}},  # icmp without ICMP
     {"action": "Allow", "protocol": "ICMPv6", "ipVersion": 4},  # no family left
     {"action": "Allow", "protocol": "ICMP", "ipVersion": 6},
@@ -75,9 +77,13 @@ def test_ipv6_nets_and_icmpv6_are_normalised():
     assert (rule.source.nets, rule.source.not_nets) == (("fd00::/64", "fd00::1/128"), ("fd00::9/128",))
 
 
-def test_named_ports_mixed_with_numbers_keep_the_numbers():
-    rule = rule_from_dict({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http", 443]}})
-    assert rule.destination.ports == ("443",) and not rule.never
+def test_named_ports_mixed_with_numbers_keep_both():
+    rule = rule_from_dict({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http", 443, "http"]},
+                           "source": {"notPorts": ["metrics", "1:9"]}})
+    assert (rule.destination.ports, rule.destination.named_ports) == (("443",), ("http",)) and not rule.never
+    assert (rule.source.not_ports, rule.source.not_named_ports) == (("1:9",), ("metrics",))
+    # Named ports alone need no protocol (Calico's validator); numeric ones do.
+    assert not rule_from_dict({"action": "Allow", "destination": {"ports": ["http"]}}).never
 
 
 def test_network_policy_rules_are_scoped_to_its_namespace():

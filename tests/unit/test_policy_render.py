@@ -20,16 +20,18 @@ from tests.lab import netns_runner
 SCRATCH_NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a scratch network namespace")
 
 
-def wep(name: str, node: str, iface: str, ip: str, profiles=("k8s",), ns: str = "default", **labels) -> dict:
+def wep(name: str, node: str, iface: str, ip: str, profiles=("k8s",), ns: str = "default", ports=(),
+        **labels) -> dict:
     return {"metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"node": node, "interfaceName": iface, "ipNetworks": [f"{ip}/32"], "profiles": list(profiles)}}
+            "spec": {"node": node, "interfaceName": iface, "ipNetworks": [f"{ip}/32"], "profiles": list(profiles),
+                     "ports": list(ports)}}
 
 
 PROFILES = {n: model.profile_from_resource(default_profile(n).to_value()) for n in ("k8s", "tenant-b")}
 ENDPOINTS = model.with_effective_labels([model.endpoint_from_resource(w) for w in (
-    wep("a", "n1", "cali0000000001", "10.0.0.1", role="db"),
+    wep("a", "n1", "cali0000000001", "10.0.0.1", role="db", ports=[{"name": "http", "protocol": "TCP", "port": 80}]),
     wep("b", "n1", "cali0000000002", "10.0.0.2", role="fe"),
-    wep("c", "n2", "cali0000000003", "10.0.0.3", role="fe"),
+    wep("c", "n2", "cali0000000003", "10.0.0.3", role="fe", ports=[{"name": "http", "protocol": "UDP", "port": 80}]),
     wep("d", "n2", "cali0000000004", "10.0.0.4", ("tenant-b",), ns="dev", role="fe"),
 )], PROFILES)
 
@@ -89,7 +91,7 @@ def test_actions():
     assert one_rule({"action": "Pass"})[0] == ("-j MARK --set-xmark 0x20000/0x20000",
                                                "-m mark --mark 0x20000/0x20000 -j RETURN")
     assert one_rule({"action": "Log"})[0] == ("-j LOG --log-prefix calico-packet: --log-level 5",)
-    assert one_rule({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}})[0] == ()
+    assert one_rule({"action": "Allow", "protocol": "ICMP", "destination": {"ports": ["http"]}})[0] == ()  # never
 
 
 def test_many_ports_are_split_over_multiport_matches():
