@@ -39,11 +39,12 @@ class EndpointId:
 
 
 def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], profiles: list[str],
-          labels: dict[str, str] | None = None) -> Resource:
+          labels: dict[str, str] | None = None, ports: list[dict] | None = None) -> Resource:
     """The endpoint as an ADD first writes it: with the address, before the dataplane, marked
     unfinished (`confirmed` drops the mark at the end). `labels`: the pod's own and its namespace's
-    (`pcns.` prefixed); the two system labels win. One still marked long after is a killed ADD's:
-    `calicoctl ipam check` reports its address as leaked."""
+    (`pcns.` prefixed); the two system labels win. `ports`: the pod's named and host ports
+    (cni_calico.kube.pod_ports). One still marked long after is a killed ADD's: `calicoctl ipam
+    check` reports its address as leaked."""
     res = new_resource("WorkloadEndpoint", eid.name, {
         "orchestrator": eid.orchestrator,
         "node": eid.node,
@@ -54,6 +55,7 @@ def build(eid: EndpointId, host_ifname: str, mac: str, ip_networks: list[str], p
         "mac": mac,
         "ipNetworks": ip_networks,
         "profiles": profiles,
+        "ports": ports or [],
     }, namespace=eid.namespace, labels={
         **(labels or {}),
         "projectcalico.org/namespace": eid.namespace,

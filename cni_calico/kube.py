@@ -333,6 +333,7 @@ def read_pod(kubeconfig: str, namespace: str, pod: str) -> tuple[dict, dict]:
 @dataclass
 class PodInfo:
     labels: dict[str, str] = field(default_factory=dict)  # for the WorkloadEndpoint, pcns.* included
+    ports: list[dict] = field(default_factory=list)  # for the WorkloadEndpoint (`pod_ports`)
     pools: dict[int, list[str]] = field(default_factory=dict)  # family → pools, from an annotation
     ip_addrs: list[str] = field(default_factory=list)
 
@@ -365,6 +366,28 @@ def pod_labels(pod: dict, namespace: dict) -> dict[str, str]:
     return labels
 
 
+# A container port's protocol as libcalico-go writes it (numorstring.ProtocolFromString); others are skipped.
+_PORT_PROTOCOLS = {"UDP": "UDP", "SCTP": "SCTP", "TCP": "TCP", "": "TCP"}  # "": Kubernetes' default, TCP
+
+
+def pod_ports(pod: dict) -> list[dict]:
+    """The WorkloadEndpoint `ports` of a pod, as libcalico-go's PodToWorkloadEndpoints writes them:
+    each port of its containers, then of its init containers, that has a containerPort and a name or
+    a hostPort, with a known protocol; every field written (Go's struct has no omitempty)."""
+    spec = pod.get("spec") or {}
+    out = []
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        for port in (container.get("ports") or []) if isinstance(container, dict) else []:
+            if not isinstance(port, dict):
+                continue
+            number, host_port, name = port.get("containerPort") or 0, port.get("hostPort") or 0, port.get("name") or ""
+            protocol = _PORT_PROTOCOLS.get(str(port.get("protocol") or ""))
+            if number and (host_port or name) and protocol:
+                out.append({"name": str(name), "protocol": protocol, "port": int(number), "hostPort": int(host_port),
+                            "hostIP": str(port.get("hostIP") or "")})
+    return out
+
+
 def pod_info(pod: dict, namespace: dict) -> PodInfo:
     """Labels, pools and requested addresses: pod annotations over namespace annotations."""
     import ipaddress
@@ -372,7 +395,7 @@ def pod_info(pod: dict, namespace: dict) -> PodInfo:
     ns_name = str((namespace.get("metadata") or {}).get("name") or "")
     pod_name = f"pod {ns_name}/{(pod.get('metadata') or {}).get('name')}"
     pod_notes, ns_notes = _meta(pod, "annotations"), _meta(namespace, "annotations")
-    info = PodInfo(labels=pod_labels(pod, namespace))
+    info = PodInfo(labels=pod_labels(pod, namespace), ports=pod_ports(pod))
     for family, name in POOLS_ANNOTATION.items():
         if name in pod_notes:
             info.pools[family] = _json_list(pod_notes[name], name, pod_name)
@@ -392,17 +415,18 @@ def pod_info(pod: dict, namespace: dict) -> PodInfo:
 
 
 def apply_pod(conf, args: dict[str, str]):
-    """(config with the pod's pools and addresses, WorkloadEndpoint labels) for an ADD.
+    """(config with the pod's pools and addresses, PodInfo: the WorkloadEndpoint's labels and ports)
+    for an ADD.
 
-    The config comes back unchanged, with no labels, when there is nothing to look up or when the
-    optional lookup failed (logged as a warning)."""
+    The config comes back unchanged, with an empty PodInfo, when there is nothing to look up or when
+    the optional lookup failed (logged as a warning)."""
     what = plan(conf, args)
     if what == NOTHING:
-        return conf, {}
+        return conf, PodInfo()
     required = conf.policy_type == "k8s"
     if what == KUBECONFIG_ONLY:
         read_kubeconfig(conf.kubeconfig)
-        return conf, {}
+        return conf, PodInfo()
     import time
 
     namespace, pod = args["K8S_POD_NAMESPACE"], args["K8S_POD_NAME"]
@@ -415,10 +439,10 @@ def apply_pod(conf, args: dict[str, str]):
                 raise
             raise CniError(KUBERNETES_API, str(exc), "policy.type is k8s: the pod must be read from the API") from None
         log.warning("going on without pod %s/%s's annotations and labels: %s", namespace, pod, exc)
-        return conf, {}
+        return conf, PodInfo()
     info = pod_info(pod_obj, ns_obj)
-    log.debug("pod %s/%s read in %.0f ms: labels %s, pools %s, addresses %s", namespace, pod,
-              (time.monotonic() - started) * 1000, info.labels, info.pools, info.ip_addrs)
+    log.debug("pod %s/%s read in %.0f ms: labels %s, ports %s, pools %s, addresses %s", namespace, pod,
+              (time.monotonic() - started) * 1000, info.labels, info.ports, info.pools, info.ip_addrs)
     if (info.pools or info.ip_addrs) and conf.ipam.type != "calico-ipam":
         if info.ip_addrs:
             raise CniError(INVALID_CONFIG, f"annotation {IP_ADDRS_ANNOTATION} needs ipam.type calico-ipam, "
@@ -430,4 +454,4 @@ def apply_pod(conf, args: dict[str, str]):
         ipv6_pools=info.pools.get(6, conf.ipam.ipv6_pools),
         ip_addrs=info.ip_addrs,
     )
-    return dataclasses.replace(conf, ipam=ipam), info.labels
+    return dataclasses.replace(conf, ipam=ipam), info

@@ -83,10 +83,12 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
     started = time.monotonic()
     ctx = _context(req, host)
     labels: dict[str, str] = {}
+    ports: list[dict] = []
     if ctx.conf.kubeconfig or ctx.conf.policy_type == "k8s":
         from cni_calico.kube import apply_pod
 
-        ctx.conf, labels = apply_pod(ctx.conf, req.args)  # the pod's pools, ipAddrs and labels
+        ctx.conf, info = apply_pod(ctx.conf, req.args)  # the pod's pools, ipAddrs, labels and ports
+        labels, ports = info.labels, info.ports
     if ctx.conf.ipam.type != CALICO_IPAM:
         from cni_calico.delegate import find
 
@@ -108,7 +110,7 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
     network = ctx.conf.name
 
     def endpoint(addresses: list[str]):
-        return endpoints.build(eid, ctx.host_ifname, mac, addresses, [network], labels)
+        return endpoints.build(eid, ctx.host_ifname, mac, addresses, [network], labels, ports)
 
     # The endpoint goes in with the addresses, marked unfinished: calico-node programs the pod's
     # policy before its veth exists, and an ADD killed after this commit leaves a record that

@@ -95,6 +95,7 @@ ALWAYS = {"IPPool": frozenset({"cidr"}),
           "ClusterInformation": frozenset({"datastoreReady"})}
 PROTO_PORT_ORDER = ("protocol", "port", "net")
 ENDPOINT_PORT_ORDER = ("name", "protocol", "port")
+WORKLOAD_PORT_ORDER = ("name", "protocol", "port", "hostPort", "hostIP")  # no omitempty: all written
 NODE_BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
 # A struct status Go always writes (`"status":{}`).
 WITH_STATUS = frozenset({"Node", "Tier", "KubeControllersConfiguration"})
@@ -147,9 +148,9 @@ def layout(kind: str, value: dict) -> dict:
             if kind == "FelixConfiguration" and isinstance(spec.get(key), list):
                 spec[key] = [_ordered(p, PROTO_PORT_ORDER, frozenset({"port"})) if isinstance(p, dict) else p
                              for p in spec[key]]
-        if kind == "HostEndpoint" and isinstance(spec.get("ports"), list):
-            spec["ports"] = [_ordered(p, ENDPOINT_PORT_ORDER, frozenset(ENDPOINT_PORT_ORDER)) if isinstance(p, dict)
-                             else p for p in spec["ports"]]
+        if kind in ("HostEndpoint", "WorkloadEndpoint") and isinstance(spec.get("ports"), list):
+            order = ENDPOINT_PORT_ORDER if kind == "HostEndpoint" else WORKLOAD_PORT_ORDER
+            spec["ports"] = [_ordered(p, order, frozenset(order)) if isinstance(p, dict) else p for p in spec["ports"]]
         if kind == "Node" and isinstance(spec.get("bgp"), dict):
             spec["bgp"] = _ordered(spec["bgp"], NODE_BGP_ORDER)
         value["spec"] = spec

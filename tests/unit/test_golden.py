@@ -23,6 +23,7 @@ from cni_calico.node.config import from_env
 from cni_calico.node.startup import ensure_initialized, register_node
 from cni_calico.resources import IPPOOL, Resource, validate
 from cni_calico.v3 import IPAMConfig, go_time, new_resource, pool_spec
+from cni_calico.v3 import Resource as V3Resource
 from ipam.allocator import Block
 from ipam.assign import AssignArgs, auto_assign
 from ipam.store import Handle, IpamStore
@@ -54,6 +55,26 @@ def test_the_cni_plugins_workload_endpoint_and_profile():
         '{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"net1","uid":"U",'
         '"creationTimestamp":"T"},"spec":{"ingress":[{"action":"Allow","source":{"selector":"has(net1)"}}],'
         '"egress":[{"action":"Allow"}],"labelsToApply":{"net1":""}}}')
+
+
+def test_a_pods_workload_endpoint_ports_as_libcalico_go_writes_them():
+    from cni_calico.kube import pod_ports
+
+    eid = EndpointId("node1", "c1", "eth0", "default", "web")
+    ports = pod_ports({"spec": {"containers": [{"name": "c", "ports": [
+        {"name": "http", "containerPort": 80}, {"containerPort": 8443, "hostPort": 443, "protocol": "TCP"},
+        {"name": "dns", "containerPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1", "hostPort": 53}]}]}})
+    wep = confirmed(build(eid, "cali12345678901", "ee:ee:ee:ee:ee:ee", ["10.244.1.5/32"], ["kns.default"], {},
+                          ports))
+    assert encode(wep.to_value()["spec"]).endswith(
+        '"interfaceName":"cali12345678901","mac":"ee:ee:ee:ee:ee:ee","ports":['
+        '{"name":"http","protocol":"TCP","port":80,"hostPort":0,"hostIP":""},'
+        '{"name":"","protocol":"TCP","port":8443,"hostPort":443,"hostIP":""},'
+        '{"name":"dns","protocol":"UDP","port":53,"hostPort":53,"hostIP":"10.0.0.1"}]}')
+    # Read back in another field order (another writer's): written again as the same bytes.
+    value = json.loads(encode(wep.to_value()))
+    value["spec"]["ports"] = [dict(reversed(p.items())) for p in value["spec"]["ports"]]
+    assert encode(V3Resource.from_value(value).to_value()) == encode(wep.to_value())
 
 
 def test_ipam_values_after_the_first_address_of_a_node(tmp_path):

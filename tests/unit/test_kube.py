@@ -58,8 +58,8 @@ HOT_PATH = textwrap.dedent("""
                         ({"kubernetes": {"kubeconfig": kubeconfig}}, {"K8S_POD_NAME": "b"})):
         conf = netconf.parse({**base, **extra})
         decisions.append(kube.plan(conf, args))
-        conf2, labels = kube.apply_pod(conf, args)
-        assert conf2 is conf and labels == {}
+        conf2, info = kube.apply_pod(conf, args)
+        assert conf2 is conf and info == kube.PodInfo()
     heavy = sorted(m for m in ("yaml", "ssl", "_ssl", "http.client", "base64") if m in sys.modules)
     print(json.dumps({"decisions": decisions, "heavy": heavy, "read": kubeconfig in opened}))
 """)
@@ -204,6 +204,27 @@ def test_labels_pod_namespace_and_service_account():
     assert info.labels == {"app": "web", "pcns.team": "a", "projectcalico.org/serviceaccount": "sa1"}
 
 
+def test_ports_as_libcalico_go_writes_them():
+    spec = {"containers": [
+        {"name": "web", "ports": [
+            {"name": "http", "containerPort": 8080},  # no protocol: TCP
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"containerPort": 9000},  # neither a name nor a hostPort: left out
+            {"containerPort": 8443, "hostPort": 443, "hostIP": "10.0.0.1", "protocol": "TCP"},  # unnamed hostPort
+            {"name": "x", "containerPort": 7, "protocol": "UDPLite"},  # a protocol Kubernetes does not have
+            {"name": "sig", "containerPort": 5060, "protocol": "SCTP", "hostPort": 5060}]},
+        {"name": "sidecar"}],
+        "initContainers": [{"name": "init", "ports": [{"name": "warm", "containerPort": 81}]}]}
+    assert kube.pod_ports({"spec": spec}) == [
+        {"name": "http", "protocol": "TCP", "port": 8080, "hostPort": 0, "hostIP": ""},
+        {"name": "dns", "protocol": "UDP", "port": 53, "hostPort": 0, "hostIP": ""},
+        {"name": "", "protocol": "TCP", "port": 8443, "hostPort": 443, "hostIP": "10.0.0.1"},
+        {"name": "sig", "protocol": "SCTP", "port": 5060, "hostPort": 5060, "hostIP": ""},
+        {"name": "warm", "protocol": "TCP", "port": 81, "hostPort": 0, "hostIP": ""}]
+    assert kube.pod_info({"spec": spec}, namespace()).ports == kube.pod_ports({"spec": spec})
+    assert kube.pod_ports({"spec": {"containers": [{"name": "c"}]}}) == [] == kube.pod_ports({})
+
+
 @pytest.mark.parametrize(("pod_notes", "ns_notes", "want"), [
     ({POOLS: '["p1"]'}, {POOLS: '["n1"]'}, {4: ["p1"]}),
     ({}, {POOLS: '["n1", "10.0.0.0/24"]'}, {4: ["n1", "10.0.0.0/24"]}),
@@ -245,8 +266,8 @@ def test_apply_pod_replaces_pools_and_addresses(monkeypatch):
     monkeypatch.setattr(kube, "read_pod", lambda *a: (pod({"app": "x"}, {POOLS: '["p1"]', ADDRS: '["10.0.0.5"]'}),
                                                       namespace()))
     conf = parse(kubernetes={"kubeconfig": "/k"}, ipam={"type": "calico-ipam", "ipv4_pools": ["cfg"]})
-    new, labels = kube.apply_pod(conf, POD_ARGS)
-    assert new.ipam.ipv4_pools == ["p1"] and new.ipam.ip_addrs == ["10.0.0.5"] and labels["app"] == "x"
+    new, info = kube.apply_pod(conf, POD_ARGS)
+    assert new.ipam.ipv4_pools == ["p1"] and new.ipam.ip_addrs == ["10.0.0.5"] and info.labels["app"] == "x"
     assert conf.ipam.ipv4_pools == ["cfg"] and conf.ipam.ip_addrs == []  # the parsed config is untouched
 
 
@@ -264,7 +285,7 @@ def test_api_failure_is_code_103_with_policy_k8s(monkeypatch):
 def test_api_failure_is_a_warning_without_policy(monkeypatch, caplog):
     monkeypatch.setattr(kube, "read_pod", _fail)
     conf = parse(kubernetes={"kubeconfig": "/k"})
-    assert kube.apply_pod(conf, POD_ARGS) == (conf, {})
+    assert kube.apply_pod(conf, POD_ARGS) == (conf, kube.PodInfo())
     assert any(r.levelname == "WARNING" and "https://127.0.0.1:1" in r.getMessage() for r in caplog.records)
 
 
