@@ -106,6 +106,12 @@ def plugin_dir() -> str:
     return os.environ.get("CNI_CALICO_BIN") or str(REPO / ".venv" / "bin")
 
 
+def python_path() -> dict[str, str]:
+    """PYTHONPATH, when the tests run with one (a worktree's code first on the path), for the product's
+    processes they start with an environment of their own: they then run the same code."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -402,6 +408,7 @@ class CalicoNode:
             "CALICO_LIB_DIR": str(self.lib_dir),
             "NO_DEFAULT_POOLS": "true",
             "CALICO_NODE_LOG_LEVEL": "debug",
+            **python_path(),
             **self.extra_env,
         }
 
@@ -639,6 +646,7 @@ class Lab:
             "CNI_PATH": cni_path if cni_path is not None else f"{bin_dir}:{REFERENCE_CNI_DIR}",
             # The IPAM host lock lives here; the lab points it at its own directory.
             "CALICO_RUN_DIR": os.environ.get("CALICO_RUN_DIR"),
+            **python_path(),
         }
         env.update(extra_env or {})
         env = {k: v for k, v in env.items() if v is not None}
