@@ -185,15 +185,23 @@ class _Api:
                     {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
 
     def node(self, name: str) -> None:
-        self.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        """The Node, unless an earlier test of the module (one API server each) left it there."""
+        from cni_calico.kubecontrollers.client import ApiStatus
+
+        try:
+            self.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        except ApiStatus as exc:
+            if exc.code != 409:
+                raise
 
     def pod(self, namespace: str, name: str, node: str, labels: dict | None = None,
-            service_account: str = "default") -> dict:
+            service_account: str = "default", ports: list[dict] | None = None) -> dict:
+        """A pod of one container (its container ports: `ports`)."""
         return self.create(f"/api/v1/namespaces/{namespace}/pods", {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
             "spec": {"nodeName": node, "serviceAccountName": service_account,
                      "automountServiceAccountToken": False,
-                     "containers": [{"name": "app", "image": "busybox"}]}})
+                     "containers": [{"name": "app", "image": "busybox", **({"ports": ports} if ports else {})}]}})
 
 
 PLURALS = {"NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"), "Namespace": ("/api/v1", "namespaces"),

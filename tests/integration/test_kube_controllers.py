@@ -7,7 +7,9 @@ the node's bridge), calico-kube-controllers running on the host. Then, with real
 pod namespaces across the two nodes: a Kubernetes NetworkPolicy is enforced as Calico converts
 it, a namespace relabelled into the policy's namespaceSelector is let in, a pod relabelled out of
 its podSelector is shut out, the policy deleted opens everything again; and a Kubernetes Node
-deleted takes its Calico node, endpoints, addresses and block affinities with it.
+deleted takes its Calico node, endpoints, addresses and block affinities with it. And with real TCP:
+a pod's named container port, written into its WorkloadEndpoint by the plugin, is the one port a
+Kubernetes NetworkPolicy allowing that name opens.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import os
 import subprocess
 
 from tests.integration.cluster import Cluster
-from tests.lab import Lab, add_pool, netconf, plugin_dir, wait_for
+from tests.integration.test_policy import expect, serve, tcp
+from tests.lab import Lab, add_pool, netconf, plugin_dir, python_path, wait_for
 
 RES = "/calico/resources/v3/projectcalico.org"
 SETTLE = 20.0  # seconds: API watch → etcd → every calico-node's rules
@@ -27,15 +30,31 @@ def start_controllers(lab: Lab, etcd, kubeconfig: str, workdir) -> subprocess.Po
     proc = subprocess.Popen(
         [os.path.join(plugin_dir(), "calico-kube-controllers")],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ETCD_ENDPOINTS": etcd.url, "KUBECONFIG": kubeconfig,
-             "LOG_LEVEL": "debug", "CALICO_NODE_DELETION_GRACE": "2", "CALICO_NODE_CHECK_PERIOD": "1"},
+             "LOG_LEVEL": "debug", "CALICO_NODE_DELETION_GRACE": "2", "CALICO_NODE_CHECK_PERIOD": "1",
+             **python_path()},
         stdout=log, stderr=subprocess.STDOUT)
     lab.procs.append(proc)  # the lab kills it should the test not get to
     return proc
 
 
-def pod(cluster: Cluster, api, kubeconfig: str, node: str, namespace: str, name: str, labels: dict) -> str:
-    """The pod created through the API, then ADDed by the plugin on its node; its address."""
-    api.pod(namespace, name, node, labels)
+def start_nodes(cluster: Cluster, kube_apiserver, cidr: str, tmp_path) -> str:
+    """A pool, and node1 and node2 known to the API (their calico-node naming their Node), reaching it
+    through their bridge, BGP established; the kubeconfig the plugin reads."""
+    add_pool(cluster.etcd, "pool", cidr, 26)
+    for index in (1, 2):
+        name = f"node{index}"
+        kube_apiserver.api().node(name)
+        cluster.add_node(index, CALICO_K8S_NODE_REF=name)
+        kube_apiserver.bridge(cluster.ns[name])
+    cluster.wait_established()
+    return kube_apiserver.kubeconfig(tmp_path / "kubeconfig")
+
+
+def pod(cluster: Cluster, api, kubeconfig: str, node: str, namespace: str, name: str, labels: dict,
+        ports: list[dict] | None = None) -> tuple[str, str]:
+    """The pod created through the API (its container's `ports`), then ADDed by the plugin on its
+    node; (netns, address)."""
+    api.pod(namespace, name, node, labels, ports=ports)
     netns = cluster.pod()
     cid = f"{name}".ljust(20, "0")
     conf = netconf(cluster.etcd, name="k8s", node=node, kubernetes={"kubeconfig": kubeconfig},
@@ -74,14 +93,7 @@ spec:
 
 def test_network_policy_namespace_and_pod_labels_and_node_deletion(lab, etcd, kube_apiserver, cluster, tmp_path):
     api = kube_apiserver.api()
-    add_pool(etcd, "pool", "10.61.0.0/24", 26)
-    for index in (1, 2):
-        name = f"node{index}"
-        api.node(name)
-        cluster.add_node(index, CALICO_K8S_NODE_REF=name)
-        kube_apiserver.bridge(cluster.ns[name])
-    cluster.wait_established()
-    kubeconfig = kube_apiserver.kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig = start_nodes(cluster, kube_apiserver, "10.61.0.0/24", tmp_path)
     api.namespace("team-a", {"team": "a"})
     api.namespace("team-b", {"team": "b"})
 
@@ -143,6 +155,51 @@ def test_network_policy_namespace_and_pod_labels_and_node_deletion(lab, etcd, ku
         assert etcd.get_json(f"{RES}/nodes/node1")["spec"]["orchRefs"] == [{"nodeName": "node1",
                                                                            "orchestrator": "k8s"}]
 
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        lab.procs.remove(proc)
+        print((tmp_path / "kube-controllers.log").read_text()[-4000:])
+
+
+HTTP_ONLY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: http-only, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - ports: [{port: http}]
+"""
+
+
+def test_a_named_container_port_opened_by_a_kubernetes_network_policy(lab, etcd, kube_apiserver, cluster, tmp_path):
+    api = kube_apiserver.api()
+    kubeconfig = start_nodes(cluster, kube_apiserver, "10.63.0.0/24", tmp_path)
+    api.namespace("shop", {})
+    web, web_ip = pod(cluster, api, kubeconfig, "node1", "shop", "web", {"app": "web"},
+                      ports=[{"name": "http", "containerPort": 8080}, {"containerPort": 9090}])
+    plain, plain_ip = pod(cluster, api, kubeconfig, "node1", "shop", "plain", {"app": "plain"})
+    client, _ = pod(cluster, api, kubeconfig, "node2", "shop", "client", {"app": "client"})
+    # The plugin wrote the pod's named container port (not the unnamed one) as libcalico-go does.
+    weps = {w["spec"]["pod"]: w for k in etcd.keys(f"{RES}/workloadendpoints/shop/") if (w := etcd.get_json(k))}
+    assert weps["web"]["spec"]["ports"] == [{"name": "http", "protocol": "TCP", "port": 8080, "hostPort": 0,
+                                             "hostIP": ""}]
+    assert "ports" not in weps["plain"]["spec"]
+    for server in (web, plain):
+        serve(lab, server, 8080, 9090)
+    checks = [(tcp, client, web_ip, 8080, 1), (tcp, client, web_ip, 9090, 1), (tcp, client, plain_ip, 8080, 1)]
+    proc = start_controllers(lab, etcd, kubeconfig, tmp_path)
+    try:
+        wait_for(lambda: etcd.get_json(f"{RES}/profiles/kns.shop"), 20, "profile kns.shop")
+        expect(checks, [True, True, True], timeout=SETTLE)
+        api.apply_yaml(HTTP_ONLY)
+        key = f"{RES}/networkpolicies/shop/knp.default.http-only"
+        stored = wait_for(lambda: etcd.get_json(key), 20, "the converted policy")
+        assert stored["spec"]["ingress"] == [{"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}}]
+        # Real TCP: the named port is open on the pod that declares it, and nothing else is.
+        expect(checks, [True, False, False], timeout=SETTLE)
     finally:
         proc.terminate()
         proc.wait(10)
