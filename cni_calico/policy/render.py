@@ -15,8 +15,10 @@ Layout (Felix's names and marks), the same in iptables' and ip6tables' filter ta
         if some policy selected it: pass mark clear -> DROP
         each of its profiles: -> cali-pro-/cali-pri-<profile>; accept mark -> RETURN
         DROP
-    policy and profile chains, one rule (or a few, when ports exceed multiport's 15) per Calico rule:
+    policy and profile chains, one rule per Calico rule, or one per alternative when a side's ports
+    exceed multiport's 15 or hold named ports (numeric and named ports are ORed, as in Felix):
         Allow = set accept mark, RETURN; Deny = DROP; Pass = set pass mark (0x20000), RETURN; Log = LOG
+        (a Log rule's alternatives each exclude the earlier ones of their side: one LOG a packet)
 
 IPv6 (``version=6``): both dispatch chains first ACCEPT ICMPv6 types 133-136 (router and neighbour
 solicitation / advertisement), before any endpoint's policy, so that no policy can cut a workload off
@@ -29,8 +31,14 @@ Invariants: see cni_calico.policy.layout for the names. Every chain a rule jumps
 names is part of the same Ruleset. Selector sets (hash:net, ``cali40s:`` family inet / ``cali60s:``
 family inet6) hold the family's addresses of every endpoint of the cluster that matches and the nets of
 every matching network set (see model.network_set_from_resource); net sets (hash:net) hold a rule's
-CIDRs of the family. In both, 0.0.0.0/0 or ::/0 is held as its two halves (hash:net holds no /0), and a
-full-length network as its bare address (``set_member``: the kernel prints it so).
+CIDRs of the family. Named-port sets (hash:ip,port, ``cali40n:`` / ``cali60n:``, one per rule side's
+selector, protocol and port name, see layout.named_port_set) hold ``<address>,<proto>:<port>`` of the
+family's addresses of every endpoint the side's selector ("all()" without one) matches that declares
+the name (model.named_port_members); a rule matches them ``dst,dst`` or ``src,src`` (negated for
+notPorts), and a side with named ports and no numeric ones drops its selector match, which the sets
+already filter (Felix's rule scanner). In selector and net sets, 0.0.0.0/0 or ::/0 is held as its two
+halves (hash:net holds no /0), and a full-length network as its bare address (``set_member``: the
+kernel prints it so).
 
 Not policed (Calico's DefaultEndpointToHostAction=Return): traffic between a workload and its own node
 (INPUT, OUTPUT; neighbour discovery with the gateway is such traffic) is left to the host's own rules.
