@@ -111,6 +111,15 @@ def test_numeric_and_named_ports_are_alternatives_and_the_selector_stays_for_the
     assert rs.ipsets[dns] == IpSet("hash:ip,port", ("10.0.0.1,udp:53",)) and rs.ipsets[http].members == ()
 
 
+def test_allow_and_pass_return_after_each_alternative():
+    http = named("all()", "tcp", "http")
+    for action, mark in (("Allow", "0x10000"), ("Pass", "0x20000")):
+        rs = rendered({"action": action, "protocol": "TCP", "destination": {"ports": [22, "http"]}})
+        set_mark, back = f"-j MARK --set-xmark {mark}/{mark}", f"-m mark --mark {mark}/{mark} -j RETURN"
+        assert rs.chains["cali-pi-p"] == (f"-p tcp -m multiport --dports 22 {set_mark}", back,
+                                          f"-p tcp -m set --match-set {http} dst,dst {set_mark}", back)
+
+
 def test_not_ports_named_are_negated_and_anded():
     rs = rendered({"action": "Allow", "protocol": "TCP", "destination": {"notPorts": ["http", 22]}})
     name = named("all()", "tcp", "http")
