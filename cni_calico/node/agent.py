@@ -271,6 +271,7 @@ class Agent:
     def _apply_routing(self) -> None:
         self.routing.revision = self.syncer.revision
         snap = self.routing.snapshot()
+        changes = self.routing.take_changes()
         self._apply_nat(snap.pools)
         if self.policy is not None:  # host endpoint policy lets the pools' tunnels between nodes through
             from cni_calico.policy.hostep import Tunnels
@@ -293,7 +294,7 @@ class Agent:
             self.bird.apply(birdconf.render(snap, me, subnet, self.passwords))
         if self.tunnels is not None:
             self.tunnels.enabled = dict(self.encapsulation)
-            self.tunnels.sync(snap)
+            self.tunnels.sync(snap, changes)
 
     def _repair_routes(self) -> list[str]:
         """The drift check of routing: the tunnel state calico-node programs and the blackholes of its
