@@ -149,6 +149,7 @@ class Tunnels:
         self.neighbours: dict[str, str] = {}  # VXLAN: tunnel address -> MAC, as written
         self.fdb: dict[str, str] = {}  # VXLAN: MAC -> remote node address, as written
         self.basis: tuple | None = None  # what a whole plan rests on, as of the last sync
+        self.rtnl = None  # cni_calico.netlink.Rtnl while a sync or drift check runs: the routes' socket
         self.problems: list[str] = []  # what this node cannot do for its pools (it is not ready)
         self.enabled: dict[str, bool | None] = {}  # FelixConfiguration ipipEnabled / vxlanEnabled (False: never)
 
@@ -157,11 +158,13 @@ class Tunnels:
         (no `changes`, `changes.everything`, or what every block's plan rests on moved) every block."""
         from pyroute2 import IPRoute
 
+        from cni_calico.netlink import Rtnl
+
         basis = (tuple(sorted(self.enabled.items())), snap.nodes.get(self.cfg.nodename),
                  tuple(sorted(snap.pools, key=lambda p: p.name)))
         blocks = None if changes is None or changes.everything or basis != self.basis else changes.blocks
         self.basis = basis
-        with IPRoute() as ipr:
+        with IPRoute() as ipr, Rtnl() as self.rtnl:
             uplink_mtu = self._uplink_mtu(ipr)
             self._write_mtu(tunnel_mtu(uplink_mtu, snap))
             self._sync_vxlan(ipr, snap, uplink_mtu, blocks)
@@ -186,10 +189,12 @@ class Tunnels:
         puts it back."""
         from pyroute2 import IPRoute
 
+        from cni_calico.netlink import Rtnl
+
         me = self.cfg.nodename
         node = snap.nodes.get(me)
         out: list[str] = []
-        with IPRoute() as ipr:
+        with IPRoute() as ipr, Rtnl() as self.rtnl:
             if node is not None and node.vxlan_addr and node.vxlan_mac and self._vxlan_pools(snap):
                 out += self._device_drift(ipr, VXLAN_DEVICE, node.vxlan_addr, self._programmed_plan(VXLAN_DEVICE))
             if node is not None and node.ipip_addr and self._ipip_pools(snap) and not self.problems:
@@ -200,8 +205,7 @@ class Tunnels:
         """What the syncs have programmed through the device (the plan of the last snapshot)."""
         return _plan(list(self.programmed[device].values()))
 
-    @staticmethod
-    def _device_drift(ipr, device: str, address: str, plan: Plan) -> list[str]:
+    def _device_drift(self, ipr, device: str, address: str, plan: Plan) -> list[str]:
         import socket
 
         found = ipr.link_lookup(ifname=device)
@@ -212,8 +216,7 @@ class Tunnels:
             out.append(f"{device} down")
         if address not in {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET)}:
             out.append(f"{device} address {address}")
-        routes = {(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY"))
-                  for r in ipr.get_routes(family=socket.AF_INET, oif=index) if r["proto"] == ROUTE_PROTO}
+        routes = set(self.rtnl.route_table(socket.AF_INET, index, ROUTE_PROTO).items())
         out += [f"tunnel route {r.dst} via {r.via}" for r in plan.routes if (r.dst, r.via) not in routes]
         if plan.neighbours:
             neighbours = {(n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
@@ -340,13 +343,13 @@ class Tunnels:
         written; removes the routes of blocks whose entry is None. `whole`: `entries` is every block's
         plan, so the kernel's routes are read back and anything else of ours on the device goes (and
         what went missing from the kernel is written again)."""
+        import socket
+
         from pyroute2.netlink.exceptions import NetlinkError
 
         programmed = self.programmed[device]
         if whole:
-            kernel = {f"{r.get_attr('RTA_DST')}/{r['dst_len']}": r.get_attr("RTA_GATEWAY")
-                      for r in ipr.get_routes(family=2, oif=index)
-                      if r["proto"] == ROUTE_PROTO and r.get_attr("RTA_DST")}
+            kernel = self.rtnl.route_table(socket.AF_INET, index, ROUTE_PROTO)
             programmed = {dst: Entry(TunnelRoute(dst, via, device)) for dst, via in kernel.items()}
             entries = {**dict.fromkeys(programmed), **entries}
             if device == VXLAN_DEVICE:
@@ -366,7 +369,7 @@ class Tunnels:
             if entry is None:
                 if had is not None:
                     try:
-                        ipr.route("del", dst=dst, oif=index, proto=ROUTE_PROTO)
+                        self.rtnl.del_route(dst, index, ROUTE_PROTO)
                         log.info("removed tunnel route %s", dst)
                     except NetlinkError as exc:
                         if exc.code != errno.ESRCH:  # already gone: what we wanted
@@ -374,7 +377,7 @@ class Tunnels:
                 programmed.pop(dst, None)
             elif had is None or had.route != entry.route:
                 route = entry.route
-                ipr.route("replace", dst=route.dst, gateway=route.via, oif=index, flags=ONLINK, proto=ROUTE_PROTO)
+                self.rtnl.add_route(route.dst, index, route.via, replace=True, proto=ROUTE_PROTO, flags=ONLINK)
                 programmed[dst] = entry
             else:
                 programmed[dst] = entry
