@@ -81,6 +81,7 @@ def health(ds, api, path: str, stop: threading.Event) -> None:
             code, reason = 0, f"Error reaching apiserver: {exc}"
         readiness["KubeAPIServer"] = {"Ready": code == 200, "Reason": reason}
         try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with open(f"{path}.tmp", "w", encoding="utf-8") as f:
                 json.dump({"Readiness": readiness}, f, separators=(",", ":"))
             os.chmod(f"{path}.tmp", 0o644)
