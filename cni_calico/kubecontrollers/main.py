@@ -141,6 +141,7 @@ def build(cfg, run, ds, api, stop: threading.Event, status_file: str = "") -> li
             node_labels = NodeLabels(ds)
             reflectors.append(Reflector(api, PATHS["node"], node_labels, stop))
             tickers.append(lambda: every(stop, run.periods["node"], node_labels.reconcile))
+            tickers.append(lambda: every(stop, cfg.node_period, node_labels.check_new))
     if run.compaction_period > 0:
         tickers.append(lambda: compactor(ds, run.compaction_period, stop))
     else:

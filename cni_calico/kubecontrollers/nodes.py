@@ -226,7 +226,17 @@ class NodeLabels:
 
     ds: Store
     nodes: dict[str, dict] = field(default_factory=dict)  # Kubernetes Node → its labels
+    seen: set[str] | None = None  # the Calico nodes' keys at the last check (`check_new`)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check_new(self) -> None:
+        """A Calico node that appeared since the last check (calico-node registering after its
+        Kubernetes Node exists) synced now, not at the next period (Calico's syncer does the same)."""
+        now = {kv.key for kv in self.ds.list(keys.resource_dir("nodes"), keys_only=True)}
+        new = now - self.seen if self.seen is not None else set()
+        self.seen = now
+        if new:
+            self.reconcile(only_keys=new)
 
     def resync(self, items: list[dict]) -> None:
         with self.lock:
@@ -237,17 +247,23 @@ class NodeLabels:
     def event(self, event: WatchEvent) -> None:
         meta = event.object.get("metadata") or {}
         name = str(meta.get("name"))
+        labels = dict(meta.get("labels") or {})
         with self.lock:
             if event.type == "DELETED":
                 self.nodes.pop(name, None)
                 return
-            self.nodes[name] = dict(meta.get("labels") or {})
+            if self.nodes.get(name) == labels:
+                return  # a status update (the kubelet's heartbeats): nothing for the labels
+            self.nodes[name] = labels
         self.reconcile(name)
 
-    def reconcile(self, only: str = "") -> None:
+    def reconcile(self, only: str = "", only_keys: set[str] | None = None) -> None:
         from cni_calico.datastore import Txn, transact
 
-        for kv in self.ds.list(keys.resource_dir("nodes")):
+        found = (self.ds.get(k) for k in sorted(only_keys)) if only_keys else self.ds.list(keys.resource_dir("nodes"))
+        for kv in found:
+            if kv is None:
+                continue
             ref = k8s_node_of(kv.value)
             with self.lock:
                 labels = self.nodes.get(ref)

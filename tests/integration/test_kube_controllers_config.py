@@ -127,6 +127,12 @@ def check_default_status_health_metrics_and_compaction(etcd, proc, tmp_path) -> 
         json.loads(before)["kvs"][0]["version"]
     assert "Disabling periodic etcdv3 compaction" in (tmp_path / "kube-controllers.log").read_text()
 
+    # default deleted: created again with Calico's defaults (and, since that changes what runs, a restart).
+    etcd.ctl("del", KCC)
+    wait_for(lambda: (etcd.get_json(KCC) or {}).get("spec") == default_spec(), 20, "default created again")
+    wait_for(lambda: restarted(tmp_path, 3), 20, "the third restart")
+    assert proc.poll() is None
+
 
 def test_controllers_follow_the_resource_and_the_environment_wins(lab, etcd, kube_apiserver, tmp_path):
     from cni_calico.datastore import Datastore, EtcdConf
@@ -179,6 +185,15 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         wait_for(lambda: labels() == {"own": "x", "zone": "b"}, 20, "the node's labels to follow")
         annotations = etcd.get_json(f"{RES}/nodes/n1")["metadata"]["annotations"]
         assert json.loads(annotations["projectcalico.org/kube-labels"]) == {"zone": "b"}
+        # A Calico node registered after its Kubernetes Node exists gets the labels too (no Node event).
+        api.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                     "metadata": {"name": "k8s-n2", "labels": {"zone": "z"}}})
+        time.sleep(1)
+        etcd.put_json(f"{RES}/nodes/n2", {"kind": "Node", "apiVersion": "projectcalico.org/v3",
+                                          "metadata": {"name": "n2"},
+                                          "spec": {"orchRefs": [{"nodeName": "k8s-n2", "orchestrator": "k8s"}]}})
+        wait_for(lambda: (etcd.get_json(f"{RES}/nodes/n2") or {}).get("metadata", {}).get("labels") == {"zone": "z"},
+                 10, "the late Calico node's labels")
 
         # leakGracePeriod 4s (collection every 2 s): the leaked address released.
         ipam = IpamStore(ds)
