@@ -68,7 +68,7 @@ def health(ds, api, path: str, stop: threading.Event) -> None:
 
     warned = False
     while not stop.is_set():
-        readiness = {}
+        readiness = {"Startup": {"Ready": True, "Reason": ""}}  # this runs once the datastore was read
         try:
             ds.revision()
             readiness["CalicoDatastore"] = {"Ready": True, "Reason": ""}

@@ -7,6 +7,7 @@ network namespace of its own), the real kube-apiserver, etcd, and calicoctl as t
   added starts; reconcilerPeriod, leakGracePeriod, syncLabels and etcdV3CompactionPeriod do what
   Calico's do; an environment variable wins over the resource and is recorded in the status.
 - calicoctl refuses what calico-kube-controllers would not do, naming the field.
+- The controllers reach the API with an exec credential plugin's client certificate.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def check_default_status_health_metrics_and_compaction(etcd, proc, tmp_path) -> 
     # healthChecks: Calico's status file; prometheusMetricsPort 9094 (in the process' own namespace).
     status = wait_for(lambda: (tmp_path / "status.json").exists() and json.loads((tmp_path / "status.json")
                                                                                   .read_text()), 20, "status.json")
-    assert status == {"Readiness": {"CalicoDatastore": {"Ready": True, "Reason": ""},
+    assert status == {"Readiness": {"Startup": {"Ready": True, "Reason": ""},
+                                    "CalicoDatastore": {"Ready": True, "Reason": ""},
                                     "KubeAPIServer": {"Ready": True, "Reason": ""}}}
     metrics = sh("ip", "netns", "exec", proc.netns, "python3", "-c",
                  "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9094/metrics').read()"
@@ -135,12 +137,24 @@ def check_default_status_health_metrics_and_compaction(etcd, proc, tmp_path) -> 
 
 
 def test_controllers_follow_the_resource_and_the_environment_wins(lab, etcd, kube_apiserver, tmp_path):
+    import yaml
+
     from cni_calico.datastore import Datastore, EtcdConf
     from ipam.assign import AssignArgs, auto_assign
     from ipam.store import IpamStore
+    from tests.integration.test_kube_client import _exec_plugin
 
     api = kube_apiserver.api()
-    kubeconfig = kube_apiserver.kubeconfig(tmp_path / "kubeconfig")
+    # The controllers authenticate with an exec plugin's client certificate, valid 14 s (renewed
+    # 10 s early on the next request; test_kube_client checks the renewal itself).
+    plugin, runs = _exec_plugin(tmp_path, kube_apiserver.certs.directory, lifetime=14)
+    kubeconfig = str(tmp_path / "kubeconfig")
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": kube_apiserver.url,
+                                                 "certificate-authority": kube_apiserver.certs.ca}}],
+        "users": [{"name": "lab", "user": {"exec": plugin}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
     # Only the namespace and node controllers; namespace's period 5m, which RECONCILER_PERIOD overrides.
     apply(etcd, {"etcdV3CompactionPeriod": "0s", "prometheusMetricsPort": 0, "healthChecks": "Disabled",
                  "controllers": {"namespace": {"reconcilerPeriod": "5m"},
@@ -222,6 +236,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         apply(etcd, {"etcdV3CompactionPeriod": "0s", "prometheusMetricsPort": 0, "healthChecks": "Disabled",
                      "controllers": {"policy": {}, "namespace": {}, "node": {"syncLabels": "Disabled"}}})
         wait_for(lambda: etcd.get_json(f"{RES}/profiles/kns.team-b"), 30, "kns.team-b once re-enabled")
+        assert len(runs.read_text().splitlines()) >= 3, "the exec plugin ran at each (re)start at least"
+        assert "401" not in (tmp_path / "kube-controllers.log").read_text()
     finally:
         stop(proc)
         ds.close()
