@@ -93,6 +93,11 @@ class ApiAccess:
             self.cert_data, self.key_data = cred.cert, cred.key
             self.cert_generation += 1
 
+    def unauthorized(self) -> None:
+        """The API answered 401: an exec plugin's credential is run for again on the next request
+        (client-go's roundTripper does the same)."""
+        self._exec_ran = False
+
     def bearer(self) -> str:
         """The token to send now: the token file's current content when there is one, or the exec
         plugin's token (run again once the one it gave has expired)."""

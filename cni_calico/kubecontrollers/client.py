@@ -42,8 +42,10 @@ class WatchEvent:
         return str((self.object.get("metadata") or {}).get("resourceVersion") or "")
 
 
-def _status_error(code: int, doc: object, fallback: str) -> ApiStatus:
+def _status_error(code: int, doc: object, fallback: str, access: ApiAccess | None = None) -> ApiStatus:
     doc = doc if isinstance(doc, dict) else {}
+    if code == 401 and access is not None:
+        access.unauthorized()
     cls = Gone if code == 410 else ApiStatus
     return cls(code, str(doc.get("reason") or ""), str(doc.get("message") or fallback))
 
@@ -111,7 +113,7 @@ class KubeApi:
         except ValueError:
             doc = None
         if resp.status >= 300:
-            raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"))
+            raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"), self.access)
         if not isinstance(doc, dict):
             raise KubeError(f"the Kubernetes API sent no JSON object for {method} {path}")
         return doc
@@ -171,7 +173,7 @@ class KubeApi:
                     doc = json.loads(raw)
                 except ValueError:
                     doc = None
-                raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"))
+                raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"), self.access)
             while True:
                 try:
                     line = resp.readline()

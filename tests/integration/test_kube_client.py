@@ -184,3 +184,30 @@ def test_exec_plugin_client_certificate_in_a_kubeconfig(kube_apiserver, tmp_path
     finally:
         client.close()
     assert len(runs.read_text().splitlines()) == 1
+
+
+def test_exec_plugin_run_again_after_401(kube_apiserver, tmp_path):
+    """A credential the API refuses (401) is asked of the plugin again on the next request, as
+    client-go's exec round tripper does: here its first answer is a bogus token, its second a
+    client certificate."""
+    import os
+
+    cert, key = _client_cert(kube_apiserver.certs.directory, "exec-user-401")
+    runs = tmp_path / "runs"
+    script = tmp_path / "plugin.py"
+    first = {"token": "bogus"}
+    later = {"clientCertificateData": cert, "clientKeyData": key}
+    script.write_text(f"""#!/usr/bin/env python3
+import json, os, sys
+n = len(open({str(runs)!r}).read().splitlines()) + 1 if os.path.exists({str(runs)!r}) else 1
+open({str(runs)!r}, "a").write("run\\n")
+json.dump({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+           "status": {json.dumps(first)} if n == 1 else {json.dumps(later)}}}, sys.stdout)
+""")
+    os.chmod(script, 0o755)
+    spec = {"command": str(script), "apiVersion": "client.authentication.k8s.io/v1"}
+    api = KubeApi(ApiAccess(server=kube_apiserver.url, ca_file=kube_apiserver.certs.ca, exec_plugin=spec))
+    with pytest.raises(KubeError, match="401"):
+        _whoami(api)
+    assert _whoami(api) == "exec-user-401"
+    assert len(runs.read_text().splitlines()) == 2
