@@ -59,7 +59,7 @@ def load(ds: Store, env: dict[str, str]) -> tuple[RunConfig, KV]:
             kv = get_or_create(ds)
             run, status, _ = merge(env, spec_of(kv))
             if write_status(ds, kv, status):
-                return run, kv
+                return run, ds.get(KEY) or kv  # as stored now, with its status
         except DatastoreError as exc:
             log.warning("unable to get KubeControllersConfiguration(%s): %s", NAME, exc)
         time.sleep(BACKOFF)

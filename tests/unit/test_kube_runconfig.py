@@ -117,3 +117,21 @@ def test_exec_plugin_client_certificate(tmp_path):
         run_exec_plugin(plugin(tmp_path, {"clientCertificateData": "CERT"}))
     with pytest.raises(KubeError, match="neither a token nor a client certificate"):
         run_exec_plugin(plugin(tmp_path, {}))
+
+
+def test_settings_create_once_and_write_status_only_when_it_differs():
+    from cni_calico.kubecontrollers import settings
+    from tests.memstore import MemStore
+
+    store = MemStore()
+    run, kv = settings.load(store, {"LOG_LEVEL": "warn"})
+    assert run.log_level == "warning" and kv.value["spec"] == default_spec()
+    assert kv.value["status"]["environmentVars"] == {"LOG_LEVEL": "warn"}
+    assert list(kv.value) == ["kind", "apiVersion", "metadata", "spec", "status"]
+    revision = store.revision()
+    again, kv2 = settings.load(store, {"LOG_LEVEL": "warn"})  # a restart: nothing to write
+    assert again == run and store.revision() == revision and kv2.value == kv.value
+    # An operator's value is never replaced by the defaults.
+    store.put(settings.KEY, {**kv.value, "spec": {"controllers": {"policy": {}}}})
+    run, _ = settings.load(store, {})
+    assert run.controllers == ("policy",)
