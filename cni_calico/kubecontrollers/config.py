@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
-from cni_calico.kubecontrollers.runconfig import ConfigError, merge
+from cni_calico.kubecontrollers.runconfig import ConfigError, default_spec, merge
 
 # Variables an earlier release read, now taken from the resource: refused, naming what replaced them.
 REPLACED = {
@@ -55,7 +55,7 @@ def from_env(env: dict[str, str] | None = None) -> Config:
     for name, instead in REPLACED.items():
         if env.get(name):
             raise ConfigError(f"{name} is no longer read: set {instead}")
-    merge(env, {})  # a bad LOG_LEVEL, ENABLED_CONTROLLERS, …: refused now, before anything starts
+    merge(env, default_spec())  # a bad LOG_LEVEL, ENABLED_CONTROLLERS, …: refused now, before anything starts
     return Config(
         etcd=EtcdConf(urls, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
                       env.get("ETCD_CA_CERT_FILE", "")),

@@ -159,7 +159,7 @@ def merge(env: dict[str, str], spec: dict) -> tuple[RunConfig, dict, list[str]]:
         enabled = [c for c, s in SECTIONS.items() if isinstance(sections.get(s), dict)]
     for absent in ("loadBalancer", "migration"):
         if sections.get(absent) is not None and text is None:
-            log.info("KubeControllersConfiguration controllers.%s: there is no such controller here; not run", absent)
+            log.debug("KubeControllersConfiguration controllers.%s: there is no such controller here; not run", absent)
     controllers: dict = {}
     periods: dict[str, float] = {}
     for name in SECTIONS:  # Go's order

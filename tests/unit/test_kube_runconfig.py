@@ -135,3 +135,14 @@ def test_settings_create_once_and_write_status_only_when_it_differs():
     store.put(settings.KEY, {**kv.value, "spec": {"controllers": {"policy": {}}}})
     run, _ = settings.load(store, {})
     assert run.controllers == ("policy",)
+
+
+@pytest.mark.parametrize("name, says", [("CALICO_IPAM_GC_PERIOD", "leakGracePeriod"),
+                                        ("CALICO_LABELS_RESYNC_PERIOD", "workloadEndpoint.reconcilerPeriod"),
+                                        ("LOG_LEVEL", "LOG_LEVEL")])
+def test_start_refuses_replaced_and_bad_variables(name, says):
+    from cni_calico.kubecontrollers.config import from_env
+
+    with pytest.raises(ConfigError, match=says):
+        from_env({"ETCD_ENDPOINTS": "http://127.0.0.1:2379", name: "loud"})
+    assert from_env({"ETCD_ENDPOINTS": "http://127.0.0.1:2379"}).node_grace == 60.0
