@@ -65,16 +65,39 @@ def load(ds: Store, env: dict[str, str]) -> tuple[RunConfig, KV]:
         time.sleep(BACKOFF)
 
 
+def _check(ds: Store, env: dict[str, str], current: RunConfig, changed: Callable[[RunConfig], None]) -> bool:
+    """`default` read (created again if deleted), merged, its status written; True (after
+    `changed(run)`) when what runs would differ."""
+    kv = ds.get(KEY)
+    if kv is None:
+        log.info("KubeControllersConfiguration %s was deleted: creating it again", NAME)
+        kv = get_or_create(ds)
+    run, status, _ = merge(env, spec_of(kv))
+    write_status(ds, kv, status)
+    if run != current:
+        changed(run)
+        return True
+    return False
+
+
 def follow(ds, env: dict[str, str], current: RunConfig, revision: int, changed: Callable[[RunConfig], None],
            stop: threading.Event) -> None:
     """Watches `default` after `revision`; every change is merged, its status written, and
-    `changed(run)` called when what runs would differ."""
+    `changed(run)` called (once, then it returns) when what runs would differ. A watch that cannot
+    start again from where it was (etcd unreachable, or that revision compacted) re-reads the
+    resource and watches from then on."""
     while not stop.is_set():
         try:
             watch = ds.watch([KEY], revision + 1)
         except DatastoreError as exc:
             log.warning("unable to watch KubeControllersConfigurations: %s", exc)
             stop.wait(BACKOFF)
+            try:
+                revision = ds.revision()
+                if _check(ds, env, current, changed):
+                    return
+            except DatastoreError:
+                pass
             continue
         try:
             while not stop.is_set():
@@ -82,24 +105,10 @@ def follow(ds, env: dict[str, str], current: RunConfig, revision: int, changed: 
                 if not events:
                     continue
                 revision = max(revision, max(e.mod_revision for e in events))
-                if not any(e.key == KEY for e in events):
-                    continue
-                kv = ds.get(KEY)
-                if kv is None:
-                    log.info("KubeControllersConfiguration %s was deleted: creating it again", NAME)
-                    kv = get_or_create(ds)
-                revision = max(revision, kv.mod_revision)
-                run, status, _ = merge(env, spec_of(kv))
-                write_status(ds, kv, status)
-                if run != current:
-                    changed(run)
+                if any(e.key == KEY for e in events) and _check(ds, env, current, changed):
                     return
-        except DatastoreError as exc:  # WatchLost, Compacted: start again from what we saw
+        except DatastoreError as exc:  # the stream ended (WatchLost): watch again from what we saw
             log.warning("watch of KubeControllersConfiguration %s: %s", NAME, exc)
-            try:
-                revision = ds.get(KEY).mod_revision if ds.get(KEY) else ds.revision()
-            except DatastoreError:
-                pass
             stop.wait(BACKOFF)
         finally:
             watch.cancel()

@@ -146,3 +146,25 @@ def test_start_refuses_replaced_and_bad_variables(name, says):
     with pytest.raises(ConfigError, match=says):
         from_env({"ETCD_ENDPOINTS": "http://127.0.0.1:2379", name: "loud"})
     assert from_env({"ETCD_ENDPOINTS": "http://127.0.0.1:2379"}).node_grace == 60.0
+
+
+def test_follow_rereads_when_its_watch_cannot_resume():
+    """A watch that cannot start from where it was (the revision compacted) re-reads the resource:
+    a change made meanwhile is not missed."""
+    import threading
+
+    from cni_calico.datastore import Compacted
+    from cni_calico.kubecontrollers import settings
+    from tests.memstore import MemStore
+
+    class Store(MemStore):
+        def watch(self, prefixes, start_revision):
+            raise Compacted("compacted", 99)
+
+    store = Store()
+    run, kv = settings.load(store, {})
+    store.put(settings.KEY, {**kv.value, "spec": {"controllers": {"policy": {}}}})
+    seen: list = []
+    stop = threading.Event()
+    settings.follow(store, {}, run, kv.mod_revision, seen.append, stop)
+    assert [r.controllers for r in seen] == [("policy",)]
