@@ -124,6 +124,7 @@ bench: deps build
 	$(PY) -m tests.bench.bench_cni $(BENCH_ARGS)
 	$(PY) -m tests.bench.bench_fastpath
 	$(PY) -m tests.bench.bench_node
+	$(PY) -m tests.bench.bench_tunnels
 	$(PY) -m tests.bench.bench_policy
 	$(PY) -m tests.bench.bench_scale
 

@@ -31,6 +31,7 @@ RPC_TIMEOUT = 3.0
 DEADLINE = 10.0
 PAGE = 500
 CONFLICT_ATTEMPTS = 100  # the one bound on re-reading after lost races, everywhere
+COMPACT_REV_KEY = "compact_rev_key"  # kube-apiserver's compactors' turn key, shared by every compactor
 _URL = re.compile(r"^https?://([^/\s:\[\]]+|\[[0-9a-fA-F:.]+\])(:\d{1,5})?/?$")
 
 
@@ -368,6 +369,46 @@ class Datastore:
         for name, kvs in zip([*keys_, *prefixes], responses, strict=True):
             out[name] = [KV(meta.key.decode(), json.loads(value), meta.mod_revision) for value, meta in kvs]
         return out
+
+    def compact_step(self, seen: int, revision: int) -> tuple[int, int]:
+        """One round of kube-apiserver's etcd compactor (k8s.io/apiserver storage/etcd3/compact.go),
+        which Calico's kube-controllers runs too: every compactor of a cluster takes turns through
+        the version of the key `compact_rev_key`. If that version is still `seen`, this one wins the
+        round: it records the current revision there and compacts etcd to `revision` (what the
+        previous round saw, so one period of history is kept; nothing on the first round). Returns
+        the (version, revision) to pass next time."""
+        from pyetcd import etcdrpc
+
+        key = COMPACT_REV_KEY.encode()
+
+        def txn(c):
+            compare = etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.VERSION, key=key,
+                                      version=seen)
+            put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=str(revision).encode()))
+            get = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
+            return c.kvstub.Txn(etcdrpc.TxnRequest(compare=[compare], success=[put], failure=[get]), c.timeout,
+                                credentials=c.call_credentials, metadata=c.metadata)
+
+        resp = self._call("compaction turn", txn)
+        current = int(resp.header.revision)
+        if not resp.succeeded:
+            kvs = resp.responses[0].response_range.kvs
+            return (int(kvs[0].version) if kvs else 0), current
+        if revision:
+            grpc = self._grpc
+
+            def compact(c) -> bool:
+                try:
+                    c.compact(revision)
+                    return True
+                except grpc.RpcError as exc:  # already compacted past it (another compactor): fine
+                    if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                        return False
+                    raise
+
+            if self._call("compaction", compact):
+                log.info("compacted etcd to revision %d", revision)
+        return seen + 1, current
 
     def watch(self, prefixes: list[str], start_revision: int) -> Watch:
         """Every change under `prefixes` from `start_revision` on, in revision order (see `Watch`).

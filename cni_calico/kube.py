@@ -70,18 +70,38 @@ class ApiAccess:
     # token is rotated by the kubelet under a long-running process (calico-kube-controllers).
     token_file: str = ""
     _token_mtime: float = field(default=0.0, repr=False, compare=False)
-    # A client-go exec credential plugin (users[].user.exec): run for a token, again when it expires.
+    # A client-go exec credential plugin (users[].user.exec): run for a token or a client
+    # certificate, again once what it gave has expired (its expirationTimestamp).
     exec_plugin: dict = field(default_factory=dict)
-    _token_expiry: float = field(default=0.0, repr=False, compare=False)
+    _exec_expiry: float = field(default=0.0, repr=False, compare=False)
+    _exec_ran: bool = field(default=False, repr=False, compare=False)
+    # Bumped each time the exec plugin hands a new client certificate: a TLS context built with an
+    # older one is built again (KubeApi), as client-go's dynamic client certificate does.
+    cert_generation: int = field(default=0, repr=False, compare=False)
+
+    def refresh(self) -> None:
+        """Runs the exec plugin when it has not run yet or what it gave has expired."""
+        if not self.exec_plugin:
+            return
+        import time
+
+        if self._exec_ran and not (self._exec_expiry and time.time() >= self._exec_expiry - 10):
+            return
+        cred = run_exec_plugin(self.exec_plugin)
+        self.token, self._exec_expiry, self._exec_ran = cred.token, cred.expiry, True
+        if cred.cert:
+            self.cert_data, self.key_data = cred.cert, cred.key
+            self.cert_generation += 1
+
+    def unauthorized(self) -> None:
+        """The API answered 401: an exec plugin's credential is run for again on the next request
+        (client-go's roundTripper does the same)."""
+        self._exec_ran = False
 
     def bearer(self) -> str:
         """The token to send now: the token file's current content when there is one, or the exec
         plugin's token (run again once the one it gave has expired)."""
-        if self.exec_plugin:
-            import time
-
-            if not self.token or (self._token_expiry and time.time() >= self._token_expiry - 10):
-                self.token, self._token_expiry = run_exec_plugin(self.exec_plugin)
+        self.refresh()
         if self.token_file:
             try:
                 mtime = os.stat(self.token_file).st_mtime
@@ -94,10 +114,20 @@ class ApiAccess:
         return self.token
 
 
-def run_exec_plugin(spec: dict) -> tuple[str, float]:
-    """(token, expiry as a Unix time or 0) from a client-go exec credential plugin: `command` with
-    `args` and `env`, KUBERNETES_EXEC_INFO naming the ExecCredential apiVersion, stdout an
-    ExecCredential whose status holds the token (client certificates from a plugin: not supported)."""
+@dataclass
+class ExecCredential:
+    """What an exec credential plugin gave: a token, or a PEM client certificate and key (or both)."""
+
+    token: str = ""
+    cert: bytes = b""
+    key: bytes = b""
+    expiry: float = 0.0  # Unix time; 0: does not expire
+
+
+def run_exec_plugin(spec: dict) -> ExecCredential:
+    """A client-go exec credential plugin's credential: `command` with `args` and `env`,
+    KUBERNETES_EXEC_INFO naming the ExecCredential apiVersion, stdout an ExecCredential whose status
+    holds a token, or clientCertificateData and clientKeyData (PEM, both), as client-go reads it."""
     import datetime
     import subprocess
 
@@ -119,18 +149,22 @@ def run_exec_plugin(spec: dict) -> tuple[str, float]:
         status = json.loads(proc.stdout).get("status") or {}
     except (ValueError, AttributeError):
         raise KubeError(f"exec credential plugin {command!r} did not print an ExecCredential") from None
-    token = str(status.get("token") or "")
-    if not token:
-        raise KubeError(f"exec credential plugin {command!r} gave no token (client certificates from a "
-                        "plugin are not supported)")
-    expiry = 0.0
+    cert, key = str(status.get("clientCertificateData") or ""), str(status.get("clientKeyData") or "")
+    if bool(cert) != bool(key):
+        raise KubeError(f"exec credential plugin {command!r}: clientCertificateData and clientKeyData must "
+                        "both be present")
+    cred = ExecCredential(str(status.get("token") or ""), cert.encode(), key.encode())
+    if not cred.token and not cred.cert:
+        raise KubeError(f"exec credential plugin {command!r} gave neither a token nor a client certificate "
+                        "and key")
     if status.get("expirationTimestamp"):
         try:
             when = datetime.datetime.fromisoformat(str(status["expirationTimestamp"]).replace("Z", "+00:00"))
-            expiry = when.timestamp()
+            cred.expiry = when.timestamp()
         except ValueError:
-            pass
-    return token, expiry
+            raise KubeError(f"exec credential plugin {command!r}: expirationTimestamp "
+                            f"{status['expirationTimestamp']!r} is not an RFC 3339 time") from None
+    return cred
 
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -244,9 +278,12 @@ def load_kubeconfig(path: str) -> ApiAccess:
 
 
 def tls_context(access: ApiAccess):
+    """The TLS context for the API: its CA, and the client certificate (a file, the kubeconfig's
+    data, or the exec plugin's, which is run first when it has not run)."""
     import ssl
     import tempfile
 
+    access.refresh()
     try:
         ctx = ssl.create_default_context(cafile=access.ca_file or None, cadata=access.ca_data or None)
         if access.insecure:

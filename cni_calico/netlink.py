@@ -5,6 +5,11 @@ pyroute2's IPRoute runs every call through an asyncio event loop and its request
 ~1.2 ms, measured). Here pyroute2 still encodes and decodes every message (no attribute
 numbers of our own); only the round trip is ours, at ~0.1 ms a call.
 
+calico-node's tunnel routes use it too: tens of thousands of routes are written one call each, and
+read back by `route_table`, which takes the three fields it needs from each dumped message with
+struct (the layout and attribute numbers are pyroute2's own definitions) instead of decoding every
+message whole (~0.25 ms each).
+
 A socket belongs to the network namespace of the thread that made it.
 """
 
@@ -29,6 +34,7 @@ from pyroute2.netlink import (
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
+    RTM_DELROUTE,
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
@@ -41,6 +47,9 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, sequence, port
+RT_HEADER = struct.Struct("=" + "".join(kind for _, kind in rtmsg.fields))  # struct rtmsg, pyroute2's layout
+RT_ATTR = struct.Struct("=HH")  # struct rtattr: length, type
+RTA = {name: number for number, (name, _) in enumerate(rtmsg.nla_map)}  # pyroute2's attribute numbering
 ERROR_CODE = struct.Struct("=i")
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3  # what `ip route add` and pyroute2 use by default
@@ -164,17 +173,55 @@ class Rtnl:
         msg["attrs"] = [["IFA_ADDRESS", address]] + ([["IFA_LOCAL", address]] if iface.version == 4 else [])
         self._request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
 
-    def add_route(self, dst: str, oif: int, gateway: str = "", scope: int = 0, replace: bool = False) -> None:
-        """`dst` a CIDR ("0.0.0.0/0" for the default route); `replace` overwrites an existing one."""
+    def add_route(self, dst: str, oif: int, gateway: str = "", scope: int = 0, replace: bool = False,
+                  proto: int = RTPROT_BOOT, flags: int = 0) -> None:
+        """`dst` a CIDR ("0.0.0.0/0" for the default route); `replace` overwrites an existing one;
+        `flags` the rtmsg flags (RTNH_F_ONLINK: the gateway is on the link whatever its address)."""
         network = ipaddress.ip_network(dst)
         msg = rtmsg()
         msg["family"], msg["dst_len"] = FAMILY[network.version], network.prefixlen
-        msg["table"], msg["proto"], msg["scope"], msg["type"] = RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST
+        msg["table"], msg["proto"], msg["scope"], msg["type"] = RT_TABLE_MAIN, proto, scope, RTN_UNICAST
+        msg["flags"] = flags
         attrs = [["RTA_DST", str(network.network_address)]] if network.prefixlen else []
         if gateway:
             attrs.append(["RTA_GATEWAY", gateway])
         msg["attrs"] = attrs + [["RTA_OIF", oif]]
         self._request(msg, RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL))
+
+    def del_route(self, dst: str, oif: int, proto: int) -> None:
+        network = ipaddress.ip_network(dst)
+        msg = rtmsg()
+        msg["family"], msg["dst_len"] = FAMILY[network.version], network.prefixlen
+        msg["table"], msg["proto"], msg["type"] = RT_TABLE_MAIN, proto, RTN_UNICAST
+        msg["attrs"] = ([["RTA_DST", str(network.network_address)]] if network.prefixlen else []) + [["RTA_OIF", oif]]
+        self._request(msg, RTM_DELROUTE)
+
+    def route_table(self, family: int, oif: int, proto: int) -> dict[str, str]:
+        """{destination CIDR: gateway ("" for none)} of the main table's routes through `oif` that
+        `proto` made."""
+        msg = rtmsg()
+        msg["family"] = family
+        width = 4 if family == socket.AF_INET else 16
+        out: dict[str, str] = {}
+        for raw in self._request(msg, RTM_GETROUTE, dump=True):
+            fields = RT_HEADER.unpack_from(raw, HEADER.size)
+            if fields[5] != proto or fields[4] != RT_TABLE_MAIN:  # rtm_protocol, rtm_table
+                continue
+            attrs, offset = {}, HEADER.size + RT_HEADER.size
+            while offset + RT_ATTR.size <= len(raw):
+                length, kind = RT_ATTR.unpack_from(raw, offset)
+                if length < RT_ATTR.size:
+                    break
+                attrs[kind] = raw[offset + RT_ATTR.size:offset + length]
+                offset += (length + 3) & ~3
+            out_if = attrs.get(RTA["RTA_OIF"])
+            if out_if is None or struct.unpack("=I", out_if)[0] != oif:
+                continue
+            dst = attrs.get(RTA["RTA_DST"], bytes(width))
+            gateway = attrs.get(RTA["RTA_GATEWAY"])
+            address = socket.inet_ntop(family, dst[:width])
+            out[f"{address}/{fields[1]}"] = socket.inet_ntop(family, gateway[:width]) if gateway else ""
+        return out
 
     def addresses(self, index: int, family: int = 0) -> list[ifaddrmsg]:
         return self._dump(ifaddrmsg, RTM_GETADDR, family, lambda a: a["index"] == index)

@@ -75,7 +75,7 @@ def _delegated_addresses(ctx: Context) -> list[str]:
 
 
 def cmd_add(req: skel.Request, host: PluginHost) -> Result:
-    from cni_calico import dataplane, endpoints
+    from cni_calico import dataplane, datastore_lock, endpoints
     from cni_calico.datastore import Txn, transact
     from cni_calico.names import alternate_veth_name
     from cni_calico.nodename import pod_mtu
@@ -117,9 +117,10 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
     # `calicoctl ipam check` recognises (still unfinished long after) and DEL or GC remove.
     if ctx.conf.ipam.type == CALICO_IPAM:
         from cni_calico.ipam_cni import assign_args
-        from ipam.assign import Assigner
+        from ipam.assign import Assigner, Precondition
 
-        with Assigner(ds, assign_args(ctx.conf, req, ctx.node, host, labels)) as assigner:
+        unlocked = (Precondition(datastore_lock.KEY, datastore_lock.check),)  # read with IPAM's first read
+        with Assigner(ds, assign_args(ctx.conf, req, ctx.node, host, labels), unlocked) as assigner:
 
             def attempt():
                 txn = Txn()
@@ -132,10 +133,12 @@ def cmd_add(req: skel.Request, host: PluginHost) -> Result:
             assigner.committed(claim)
         addresses = claim.cidrs
     else:
+        lock = ds.get(datastore_lock.KEY)
+        datastore_lock.check(lock.value if lock else None)
         addresses = _delegated_addresses(ctx)
         written = endpoint(addresses)
         try:
-            txn = Txn()
+            txn = Txn().guard(datastore_lock.KEY, lock.mod_revision if lock else 0)
             endpoints.contribute_add(txn, eid, written, network)
             transact(ds, lambda: (txn, None), f"writing endpoint {eid.name}")
         except BaseException:
@@ -250,7 +253,7 @@ def _undo_add(ctx: Context, ds, workload, eid) -> None:
 
 
 def cmd_del(req: skel.Request, host: PluginHost) -> None:
-    from cni_calico import dataplane, endpoints, keys
+    from cni_calico import dataplane, datastore_lock, endpoints, keys
     from cni_calico.names import alternate_veth_name, handle_id
 
     started = time.monotonic()
@@ -258,8 +261,9 @@ def cmd_del(req: skel.Request, host: PluginHost) -> None:
     ds = ctx.datastore()
     eid = ctx.endpoint_id()
     handle_key = keys.handle(handle_id(ctx.conf.name, req.container_id))
-    # The endpoint, the handle and the IPAM configuration (its cooldown) in one round trip.
-    read = ds.multi_get([eid.key, handle_key, keys.ipam_config()])
+    # The endpoint, the handle, the IPAM configuration (its cooldown) and the datastore lock in one round trip.
+    read = ds.multi_get([eid.key, handle_key, keys.ipam_config(), datastore_lock.KEY])
+    datastore_lock.check(read[datastore_lock.KEY][0].value if read[datastore_lock.KEY] else None)
     current = read[eid.key][0] if read[eid.key] else None
     owner = endpoints.owner(current)
 
@@ -289,14 +293,16 @@ def cmd_del(req: skel.Request, host: PluginHost) -> None:
 
 
 def cmd_check(req: skel.Request, host: PluginHost) -> None:
-    from cni_calico import dataplane, endpoints
+    from cni_calico import dataplane, datastore_lock, endpoints
     from cni_calico.v3 import Resource
 
     started = time.monotonic()
     ctx = _context(req, host)
     ds = ctx.datastore()
     eid = ctx.endpoint_id()
-    current = ds.get(eid.key)
+    read = ds.multi_get([eid.key, datastore_lock.KEY])
+    datastore_lock.check(read[datastore_lock.KEY][0].value if read[datastore_lock.KEY] else None)
+    current = read[eid.key][0] if read[eid.key] else None
     if endpoints.owner(current) != req.container_id:
         raise CniError(DATAPLANE_FAILURE, f"no workload endpoint for container {req.container_id}")
     spec = Resource.from_value(current.value).spec  # type: ignore[union-attr]

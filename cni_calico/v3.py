@@ -319,6 +319,25 @@ class IPAMConfig:
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
+def go_duration(seconds: float) -> str:
+    """Go's time.Duration.String(): 15m0s, 1h0m0s, 1m30s, 500ms, 0s."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        ns = round(seconds * 1e9)
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return f"{ns / size:g}{unit}"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:g}s"
+    if hours or minutes:
+        text = f"{int(minutes)}m" + text
+    if hours:
+        text = f"{int(hours)}h" + text
+    return text
+
+
 def parse_duration(text: str) -> float:
     """A Go duration ("90s", "1m30s", "500ms") in seconds; ValueError when it is none."""
     import re

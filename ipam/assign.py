@@ -10,11 +10,16 @@ another node deletes its pending affinity, one that never got its block is resum
 commit fails for good is taken back when the Assigner closes. Both families of a
 dual-stack request go in that one transaction: all or nothing. A handle that already holds an
 address of a family (a repeated ADD) keeps it: the same addresses come back.
+
+A caller's `Precondition` (the CNI plugin's: the datastore is not locked) is read in that same first
+read, checked before anything is written, and guarded in the commit: it costs no round trip, and a
+change of it between the read and the commit makes the attempt run again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cni_calico import keys
@@ -58,6 +63,15 @@ class AssignArgs:
         return [f for f, n in ((4, self.num_ipv4), (6, self.num_ipv6)) if n]
 
 
+@dataclass(frozen=True)
+class Precondition:
+    """A key the caller's assignment depends on; `check` gets its value (None: absent) and raises to
+    refuse the assignment."""
+
+    key: str
+    check: Callable[[dict | None], None]
+
+
 @dataclass
 class Claim:
     """The outcome of one `prepare`: the addresses, in family order, and the blocks they came from."""
@@ -73,8 +87,9 @@ class Assigner:
     """One assignment for one handle. Use as a context manager: it holds the node's IPAM lock, so no
     other assignment of this node moves the blocks between `prepare`'s read and the commit."""
 
-    def __init__(self, ds: Store, args: AssignArgs) -> None:
+    def __init__(self, ds: Store, args: AssignArgs, preconditions: tuple[Precondition, ...] = ()) -> None:
         self.ds, self.args = ds, args
+        self.preconditions = preconditions
         self.store = IpamStore(ds)
         self.families = args.families()
         if not self.families:
@@ -121,7 +136,12 @@ class Assigner:
         pools_dir, reservations_dir = keys.resource_dir("ippools"), keys.resource_dir("ipreservations")
         prefixes = [pools_dir, reservations_dir] + [keys.affinity_dir(args.node, f) for f in self.families]
         config_key = keys.ipam_config()
-        read = self.ds.multi_get([handle_key, config_key, *(keys.block(c) for c in self._hinted)], prefixes)
+        wanted = [handle_key, config_key, *(keys.block(c) for c in self._hinted)]
+        read = self.ds.multi_get(wanted + [p.key for p in self.preconditions if p.key not in wanted], prefixes)
+        for condition in self.preconditions:
+            kv = read[condition.key][0] if read[condition.key] else None
+            condition.check(kv.value if kv else None)
+            txn.guard(condition.key, kv.mod_revision if kv else 0)
         self.config = IPAMConfig.from_value(read[config_key][0].value if read[config_key] else None)
         blocks = {c: (Block.from_dict(kvs[0].value), kvs[0].mod_revision)
                   for c in self._hinted if (kvs := read[keys.block(c)])}

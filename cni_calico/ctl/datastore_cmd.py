@@ -27,7 +27,7 @@ import argparse
 import json
 import sys
 
-from cni_calico import keys
+from cni_calico import datastore_lock, keys
 from cni_calico.ctl import CommandError, config, output
 from cni_calico.resources import KINDS, DocumentError, Kind, Resource, ValidationError, validate
 from cni_calico.v3 import CALICO_VERSION, TIERS, new_uid
@@ -56,7 +56,7 @@ SUBCOMMANDS = {
     "lock": "Lock the datastore (ClusterInformation datastoreReady false) so nothing changes it.",
     "unlock": "Unlock the datastore (ClusterInformation datastoreReady true).",
 }
-CLUSTER_INFO = keys.resource("clusterinformations", "default")
+CLUSTER_INFO = datastore_lock.KEY
 
 
 def _kinds() -> list[Kind]:
@@ -70,7 +70,7 @@ def _locked(ds) -> bool:
     if kv is None:
         raise CommandError("error while checking if datastore was locked: error retrieving ClusterInformation: "
                            "resource does not exist: ClusterInformation(default)")
-    return (kv.value.get("spec") or {}).get("datastoreReady") is False
+    return datastore_lock.locked(kv.value)
 
 
 # --- lock / unlock ---------------------------------------------------------------------------------

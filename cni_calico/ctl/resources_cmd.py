@@ -283,7 +283,7 @@ def _failed(action: str, res: Resource, exc: Exception) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds create, apply, replace, delete, get and validate to calicoctl's command parser."""
-    from cni_calico.ctl.resources_help import BGP_HELP, COMMANDS, FELIX_HELP, KINDS_HELP
+    from cni_calico.ctl.resources_help import BGP_HELP, COMMANDS, FELIX_HELP, KCC_HELP, KINDS_HELP
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="CONFIG",
@@ -294,7 +294,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--allow-version-mismatch", action="store_true", help=argparse.SUPPRESS)
     for name, (summary, details) in COMMANDS.items():
         p = sub.add_parser(name, parents=[common], help=summary,
-                           description=f"{summary}\n\n{KINDS_HELP}\n{FELIX_HELP}\n{BGP_HELP}",
+                           description=f"{summary}\n\n{KINDS_HELP}\n{FELIX_HELP}\n{BGP_HELP}\n{KCC_HELP}",
                            epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
         file_help = 'file or directory of YAML/JSON resources; "-" reads stdin'
         if name in ("get", "delete"):

@@ -30,6 +30,16 @@ BGP_HELP = textwrap.fill(
     "file $CALICO_SECRETS_DIR/<name>/<key> (default /etc/calico/secrets/<name>/<key>); a session whose "
     "secret cannot be read stays disabled.", 79, break_on_hyphens=False) + "\n"
 
+# What calico-kube-controllers does with KubeControllersConfiguration (the rest is refused, naming it).
+KCC_HELP = textwrap.fill(
+    "KubeControllersConfiguration (default): calico-kube-controllers honours logSeverityScreen, healthChecks "
+    "(its status file), etcdV3CompactionPeriod, prometheusMetricsPort, which controllers run (node, policy, "
+    "workloadEndpoint, serviceAccount, namespace: a section present), each reconcilerPeriod, node.syncLabels and "
+    "node.leakGracePeriod; Calico's environment variables (LOG_LEVEL, ENABLED_CONTROLLERS, RECONCILER_PERIOD, "
+    "COMPACTION_PERIOD, HEALTH_ENABLED, SYNC_NODE_LABELS) win where set. It refuses, naming the field, "
+    "debugProfilePort other than 0, node.hostEndpoint autoCreate Enabled and templates, and loadBalancer or "
+    "migration other than as Calico's default writes them.", 79, break_on_hyphens=False) + "\n"
+
 COMMANDS = {
     "create": ("Create resources by filename or stdin.", """\
 Every resource is validated first: one invalid field anywhere and nothing is

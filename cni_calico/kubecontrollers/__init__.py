@@ -6,6 +6,10 @@ reflector.py  list + watch one collection forever: resourceVersion, bookmarks, 4
 convert.py    Calico's converters (libcalico-go conversion.go, kube-controllers' converter/), pure
 writer.py     the Calico resources a controller owns, written to etcd only when they differ
 controllers.py policy, namespace, service account, workload endpoint labels
-nodes.py      Kubernetes Node deleted → the Calico node and its IPAM released (calicoctl's clean-up)
-main.py       configuration from the environment and the threads
+nodes.py      Kubernetes Node deleted → the Calico node and its IPAM released (calicoctl's clean-up);
+              IPAM leak collection; the Node's labels synced onto the Calico node
+config.py     where etcd and the API are (the environment)
+runconfig.py  KubeControllersConfiguration merged with Calico's variables → what runs, and the status (pure)
+settings.py   KubeControllersConfiguration `default` in etcd: created, its status written, followed
+main.py       the threads (reflectors, periods, compaction, health, metrics); a restart on a change
 """

@@ -1,6 +1,7 @@
 """A small Kubernetes API client: JSON requests, paged lists and streaming watches.
 
-Built on cni_calico.kube's access (kubeconfig or in-cluster, token re-read when it rotates, TLS);
+Built on cni_calico.kube's access (kubeconfig or in-cluster, token re-read when it rotates, an exec
+plugin's token or client certificate renewed when it expires: new connections use the new one);
 stdlib only. Each watch has a connection of its own (a watch holds its connection for minutes);
 other requests share one keep-alive connection under a lock, re-opened after an error.
 """
@@ -41,8 +42,10 @@ class WatchEvent:
         return str((self.object.get("metadata") or {}).get("resourceVersion") or "")
 
 
-def _status_error(code: int, doc: object, fallback: str) -> ApiStatus:
+def _status_error(code: int, doc: object, fallback: str, access: ApiAccess | None = None) -> ApiStatus:
     doc = doc if isinstance(doc, dict) else {}
+    if code == 401 and access is not None:
+        access.unauthorized()
     cls = Gone if code == 410 else ApiStatus
     return cls(code, str(doc.get("reason") or ""), str(doc.get("message") or fallback))
 
@@ -54,12 +57,23 @@ class KubeApi:
         self.scheme, self.host, self.prefix = url.scheme, url.hostname or "", url.path.rstrip("/")
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self._ctx = tls_context(access) if url.scheme == "https" else None
+        self._ctx_generation = access.cert_generation
+        self._ctx_lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
+    def _context(self):
+        """The TLS context with the current client certificate: an exec plugin's that expired is
+        renewed (the plugin run again) and the context built anew with it."""
+        with self._ctx_lock:
+            self.access.refresh()
+            if self.access.cert_generation != self._ctx_generation:
+                self._ctx, self._ctx_generation = tls_context(self.access), self.access.cert_generation
+            return self._ctx
+
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self._ctx)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self._context())
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def _headers(self, content_type: str = "") -> dict[str, str]:
@@ -76,6 +90,9 @@ class KubeApi:
         """One request on the shared connection; the answer's JSON object, or ApiStatus / KubeError."""
         data = None if body is None else json.dumps(body).encode()
         with self._lock:
+            if self._conn is not None and self.scheme == "https" and self._ctx is not self._context():
+                self._conn.close()  # made with a client certificate since renewed
+                self._conn = None
             for attempt in (1, 2):  # a kept-alive connection the server closed: one fresh try
                 if self._conn is None:
                     self._conn = self._connect(self.timeout)
@@ -96,13 +113,26 @@ class KubeApi:
         except ValueError:
             doc = None
         if resp.status >= 300:
-            raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"))
+            raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"), self.access)
         if not isinstance(doc, dict):
             raise KubeError(f"the Kubernetes API sent no JSON object for {method} {path}")
         return doc
 
     def get(self, path: str) -> dict:
         return self.request("GET", path)
+
+    def probe(self, path: str) -> int:
+        """The HTTP status of a GET of `path` on a connection of its own (/healthz answers plain text)."""
+        conn = self._connect(self.timeout)
+        try:
+            conn.request("GET", self.prefix + path, headers=self._headers())
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except (OSError, http.client.HTTPException) as exc:
+            raise KubeError(f"cannot reach the Kubernetes API at {self.access.server}: {exc}") from None
+        finally:
+            conn.close()
 
     def list(self, path: str, **params: str) -> tuple[list[dict], str]:
         """Every item of a collection, page by page, and the list's resourceVersion (where a watch
@@ -143,7 +173,7 @@ class KubeApi:
                     doc = json.loads(raw)
                 except ValueError:
                     doc = None
-                raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"))
+                raise _status_error(resp.status, doc, raw[:200].decode(errors="replace"), self.access)
             while True:
                 try:
                     line = resp.readline()

@@ -1,4 +1,9 @@
-"""calico-kube-controllers' settings, from the environment Calico's kube-controllers reads."""
+"""calico-kube-controllers' settings from the environment: where etcd and the API are, and ours.
+
+Everything Calico's kube-controllers takes from the KubeControllersConfiguration (which controllers,
+log level, periods, grace, compaction, health) is merged in runconfig.py, where its environment
+variables (LOG_LEVEL, ENABLED_CONTROLLERS, …) are read too.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,26 @@ import os
 from dataclasses import dataclass
 
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
+from cni_calico.kubecontrollers.runconfig import ConfigError, default_spec, merge
 
-CONTROLLERS = ("node", "policy", "namespace", "serviceaccount", "workloadendpoint")
+# Variables an earlier release read, now taken from the resource: refused, naming what replaced them.
+REPLACED = {
+    "CALICO_IPAM_GC_PERIOD": "KubeControllersConfiguration controllers.node.leakGracePeriod (IPAM garbage "
+                             "collection runs every half of it)",
+    "CALICO_LABELS_RESYNC_PERIOD": "KubeControllersConfiguration controllers.workloadEndpoint.reconcilerPeriod "
+                                   "(or RECONCILER_PERIOD)",
+}
 
-
-class ConfigError(ValueError):
-    """A setting we cannot start with; the message names the variable."""
+__all__ = ["Config", "ConfigError", "from_env"]
 
 
 @dataclass
 class Config:
     etcd: EtcdConf
     kubeconfig: str  # "" → in-cluster (the pod's service account)
-    controllers: tuple[str, ...]
-    log_level: str = "info"
+    env: dict  # the whole environment: runconfig.merge picks Calico's variables from it
     node_grace: float = 60.0  # CALICO_NODE_DELETION_GRACE: seconds before a gone Node's clean-up
-    node_period: float = 10.0  # seconds between the node controller's checks
-    gc_period: float = 300.0  # seconds between IPAM garbage collections
-    labels_period: float = 60.0  # seconds between full checks of every endpoint's labels
+    node_period: float = 10.0  # CALICO_NODE_CHECK_PERIOD: seconds between the node controller's checks
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
@@ -45,19 +52,15 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         urls = parse_endpoints(env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "ETCD_ENDPOINTS")
     except DatastoreConfigError as exc:
         raise ConfigError(exc.msg) from None
-    wanted = tuple(c.strip() for c in env.get("ENABLED_CONTROLLERS", ",".join(CONTROLLERS)).split(",") if c.strip())
-    unknown = [c for c in wanted if c not in CONTROLLERS]
-    if unknown:
-        raise ConfigError(f"ENABLED_CONTROLLERS: unknown {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})")
-    level = (env.get("LOG_LEVEL") or "info").strip().lower()
+    for name, instead in REPLACED.items():
+        if env.get(name):
+            raise ConfigError(f"{name} is no longer read: set {instead}")
+    merge(env, default_spec())  # a bad LOG_LEVEL, ENABLED_CONTROLLERS, …: refused now, before anything starts
     return Config(
         etcd=EtcdConf(urls, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
                       env.get("ETCD_CA_CERT_FILE", "")),
         kubeconfig=env.get("KUBECONFIG", "").strip(),
-        controllers=wanted,
-        log_level="warning" if level == "warn" else level,
+        env=env,
         node_grace=_seconds(env, "CALICO_NODE_DELETION_GRACE", 60.0),
         node_period=_seconds(env, "CALICO_NODE_CHECK_PERIOD", 10.0),
-        gc_period=_seconds(env, "CALICO_IPAM_GC_PERIOD", 300.0),
-        labels_period=_seconds(env, "CALICO_LABELS_RESYNC_PERIOD", 60.0),
     )

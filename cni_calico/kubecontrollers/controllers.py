@@ -44,6 +44,8 @@ class Mirror:
     convert: Callable[[dict], tuple[Ident, dict]]
     # What each Kubernetes object became (its ident), to delete the right resource on DELETED.
     made: dict[tuple[str, str], Ident] = field(default_factory=dict)
+    # What the Kubernetes objects ask for now: the reconciler period brings etcd back to it.
+    desired: dict[Ident, dict] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def resync(self, items: list[dict]) -> None:
@@ -54,7 +56,7 @@ class Mirror:
                 desired[ident] = spec
                 made[_name(obj)] = ident
             self.owned.reconcile(desired)
-            self.made = made
+            self.made, self.desired = made, desired
 
     def event(self, event: WatchEvent) -> None:
         with self.lock:
@@ -62,11 +64,22 @@ class Mirror:
                 ident = self.made.pop(_name(event.object), None)
                 if ident is None:
                     ident, _ = self.convert(event.object)
+                if self.desired is not None:
+                    self.desired.pop(ident, None)
                 self.owned.remove(ident)
             elif event.type in ("ADDED", "MODIFIED"):
                 ident, spec = self.convert(event.object)
                 self.made[_name(event.object)] = ident
+                if self.desired is not None:
+                    self.desired[ident] = spec
                 self.owned.ensure(ident, spec)
+
+    def reconcile(self) -> None:
+        """etcd brought back to what the Kubernetes objects last seen ask for (Calico's reconciler
+        period): an owned resource edited or deleted behind our back is written again."""
+        with self.lock:
+            if self.desired is not None:
+                self.owned.reconcile(self.desired)
 
 
 def endpoint_labels(pod: dict, namespace: dict) -> dict[str, str]:

@@ -11,8 +11,16 @@ configuration deleted, the Node last.
 
 IPAM garbage collection: an allocation whose attributes name a Kubernetes pod (calico-ipam
 writes `namespace` and `pod`) that the API no longer has is released once it has been seen
-missing for the grace period in two checks (a pod being created has its allocation before the
-API shows it to a list that raced it; the grace covers that).
+missing for the leak grace period in two checks (a pod being created has its allocation before
+the API shows it to a list that raced it; the grace covers that). As Calico's: the grace is
+KubeControllersConfiguration's controllers.node.leakGracePeriod, the collection runs every half of
+it (every 5 minutes when it is 0 or unset), and there is none when it is 0 or unset.
+
+Label sync (`NodeLabels`, syncLabels Enabled, etcd mode): a Kubernetes Node's labels are copied
+onto the Calico Node that refers to it; the annotation `projectcalico.org/kube-labels` (the
+Node's labels as JSON) remembers which labels came from Kubernetes, so one removed there is
+removed here, and a label set on the Calico Node by other means is kept. On every Node event, on
+every list, and every reconciler period (Calico's 5-minute timer).
 """
 
 from __future__ import annotations
@@ -50,10 +58,13 @@ def k8s_node_of(calico_node: dict) -> str:
 class NodeController:
     ds: Store
     api: KubeApi
-    grace: float = 60.0  # seconds a deleted Node's Calico node (or a pod's allocation) is kept
+    grace: float = 60.0  # seconds a deleted Node's Calico node is kept
+    # Seconds a pod's allocation is kept after the pod is gone (leakGracePeriod); None or 0: no
+    # IPAM garbage collection.
+    leak_grace: float | None = 900.0
     # Seconds between IPAM garbage collections: each reads every block and lists every pod, too
-    # much for every tick on a large cluster (Calico's runs every few minutes too).
-    gc_period: float = 300.0
+    # much for every tick on a large cluster (Calico's: half the leak grace).
+    gc_period: float = 450.0
     _last_gc: float | None = None
     known: set[str] | None = None  # the Kubernetes Nodes, once listed
     pending: dict[str, float] = field(default_factory=dict)  # Calico node → when it may go
@@ -103,7 +114,7 @@ class NodeController:
             due = [n for n, when in self.pending.items() if when <= now]
         for calico in due:
             self._delete_if_orphan(calico, now)
-        if self._last_gc is None or now - self._last_gc >= self.gc_period:
+        if self.leak_grace and (self._last_gc is None or now - self._last_gc >= self.gc_period):
             self._last_gc = now
             self._collect_ipam(now)
 
@@ -162,7 +173,7 @@ class NodeController:
             mark = f"{ip} {handle}"
             seen.add(mark)
             first = self.missing_pods.setdefault(mark, now)
-            if now - first >= self.grace and ipam.release_ip_of_handle(ip, handle):
+            if now - first >= (self.leak_grace or 0) and ipam.release_ip_of_handle(ip, handle):
                 log.info("released %s: its pod %s/%s no longer exists (handle %s)", ip, attrs["namespace"],
                          attrs["pod"], handle)
                 seen.discard(mark)
@@ -174,3 +185,95 @@ class NodeController:
                 self.tick()
             except Exception:  # the next tick tries again
                 log.exception("node controller tick failed")
+
+
+LABELS_ANNOTATION = "projectcalico.org/kube-labels"  # Calico's nodeLabelAnnotation
+
+
+def synced_labels(calico_node: dict, k8s_labels: dict) -> dict | None:
+    """The Calico Node's new value with the Kubernetes Node's labels synced (Calico's
+    syncNodeLabels), or None when its labels need no change."""
+    import json
+
+    from cni_calico.datastore import encode
+
+    res = StoredResource.from_value(calico_node, "Node")
+    labels = dict(res.metadata.get("labels") or {})
+    annotations = dict(res.metadata.get("annotations") or {})
+    try:
+        before = json.loads(annotations.get(LABELS_ANNOTATION) or "{}")
+    except ValueError:
+        log.error("Calico node %s: annotation %s is not JSON; not syncing its labels", res.name, LABELS_ANNOTATION)
+        return None
+    changed = False
+    for key, value in k8s_labels.items():
+        if labels.get(key) != value:
+            labels[key], changed = value, True
+    for key in before if isinstance(before, dict) else {}:
+        if key not in k8s_labels and key in labels:
+            del labels[key]
+            changed = True
+    if not changed:
+        return None
+    annotations[LABELS_ANNOTATION] = encode(dict(sorted(k8s_labels.items())))
+    return StoredResource("Node", {**res.metadata, "labels": labels, "annotations": annotations}, res.spec,
+                          res.other).to_value()
+
+
+@dataclass
+class NodeLabels:
+    """The Node feed's handler for syncLabels: every Kubernetes Node's labels onto its Calico Node."""
+
+    ds: Store
+    nodes: dict[str, dict] = field(default_factory=dict)  # Kubernetes Node → its labels
+    seen: set[str] | None = None  # the Calico nodes' keys at the last check (`check_new`)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check_new(self) -> None:
+        """A Calico node that appeared since the last check (calico-node registering after its
+        Kubernetes Node exists) synced now, not at the next period (Calico's syncer does the same)."""
+        now = {kv.key for kv in self.ds.list(keys.resource_dir("nodes"), keys_only=True)}
+        new = now - self.seen if self.seen is not None else set()
+        self.seen = now
+        if new:
+            self.reconcile(only_keys=new)
+
+    def resync(self, items: list[dict]) -> None:
+        with self.lock:
+            self.nodes = {str((n.get("metadata") or {}).get("name")): dict((n.get("metadata") or {}).get("labels")
+                                                                           or {}) for n in items}
+        self.reconcile()
+
+    def event(self, event: WatchEvent) -> None:
+        meta = event.object.get("metadata") or {}
+        name = str(meta.get("name"))
+        labels = dict(meta.get("labels") or {})
+        with self.lock:
+            if event.type == "DELETED":
+                self.nodes.pop(name, None)
+                return
+            if self.nodes.get(name) == labels:
+                return  # a status update (the kubelet's heartbeats): nothing for the labels
+            self.nodes[name] = labels
+        self.reconcile(name)
+
+    def reconcile(self, only: str = "", only_keys: set[str] | None = None) -> None:
+        from cni_calico.datastore import Txn, transact
+
+        found = (self.ds.get(k) for k in sorted(only_keys)) if only_keys else self.ds.list(keys.resource_dir("nodes"))
+        for kv in found:
+            if kv is None:
+                continue
+            ref = k8s_node_of(kv.value)
+            with self.lock:
+                labels = self.nodes.get(ref)
+            if not ref or labels is None or (only and ref != only):
+                continue
+
+            def attempt(key=kv.key, labels=labels) -> tuple[Txn, bool]:
+                current = self.ds.get(key)
+                value = synced_labels(current.value, labels) if current else None
+                return (Txn().put(key, value, current.mod_revision), True) if value else (Txn(), False)
+
+            if transact(self.ds, attempt, f"syncing the labels of {kv.key}"):
+                log.info("synced the labels of Kubernetes node %s onto Calico node %s", ref, kv.key.rsplit("/", 1)[-1])

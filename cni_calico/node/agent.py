@@ -18,7 +18,7 @@ import os
 import threading
 import time
 
-from cni_calico import keys
+from cni_calico import datastore_lock, keys
 from cni_calico.datastore import Datastore, DatastoreError
 from cni_calico.logsetup import LEVELS
 from cni_calico.node import birdconf, startup
@@ -69,6 +69,7 @@ class Agent:
         self.identity_guard = RestoreGuard()
         self.identity_problem = ""  # set while another calico-node seems to use our name
         self.failsafe = None  # cni_calico.policy.hostep.Failsafe in force, made in start()
+        self.locked = False  # ClusterInformation datastoreReady false: follow etcd, program nothing
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -168,6 +169,7 @@ class Agent:
         self.routing = Routing()
         self.routing_dirty = True
         self.felix = {}
+        self.locked = False  # the snapshot says it again if it is so
         if self.policy is not None:
             self.policy.reset()
         if self.exporter is not None:
@@ -190,6 +192,21 @@ class Agent:
             parsed = keys.parse_resource(key)
             if parsed is not None and parsed.plural == "felixconfigurations":
                 self._felix_update(parsed.name, value)
+            elif key == datastore_lock.KEY:
+                self._lock_update(value)
+
+    def _lock_update(self, value: dict | None) -> None:
+        """The datastore lock (calicoctl datastore migrate lock): while it holds, the kernel keeps what
+        it has and nothing is programmed; changes are still followed and applied when it lifts (Felix
+        restarts and waits for the flag instead)."""
+        locked = datastore_lock.locked(value)
+        if locked != self.locked:
+            if locked:
+                log.warning("datastore locked (ClusterInformation datastoreReady false): programming nothing "
+                            "until it is unlocked")
+            else:
+                log.info("datastore unlocked: programming again")
+            self.locked = locked
 
     def _felix_update(self, name: str, value: dict | None) -> None:
         """FelixConfiguration `default` and `node.<me>` (which wins field by field): the drift check's
@@ -249,6 +266,8 @@ class Agent:
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""
         came = self.syncer.poll(timeout)
+        if self.locked:
+            return came
         if self.identity_fix:
             self._restore_identity()
         if self.routing_dirty:
@@ -271,6 +290,7 @@ class Agent:
     def _apply_routing(self) -> None:
         self.routing.revision = self.syncer.revision
         snap = self.routing.snapshot()
+        changes = self.routing.take_changes()
         self._apply_nat(snap.pools)
         if self.policy is not None:  # host endpoint policy lets the pools' tunnels between nodes through
             from cni_calico.policy.hostep import Tunnels
@@ -293,7 +313,7 @@ class Agent:
             self.bird.apply(birdconf.render(snap, me, subnet, self.passwords))
         if self.tunnels is not None:
             self.tunnels.enabled = dict(self.encapsulation)
-            self.tunnels.sync(snap)
+            self.tunnels.sync(snap, changes)
 
     def _repair_routes(self) -> list[str]:
         """The drift check of routing: the tunnel state calico-node programs and the blackholes of its
@@ -402,6 +422,7 @@ class Agent:
         and `calicoctl node status` (written when it changes, else once a HEARTBEAT)."""
         problems = list(self.tunnels.problems) if self.tunnels is not None else []
         problems += [self.identity_problem] if self.identity_problem else []
+        problems += [f"datastore locked: {datastore_lock.NOT_READY}"] if self.locked else []
         self.health.report(problems, self.etcd_ok and self.syncer.following)
 
     def _apply_nat(self, pools: list, repair: bool = False) -> None:
@@ -427,7 +448,8 @@ class Agent:
                 if not self.etcd_ok:
                     log.info("etcd is back; in sync at revision %d", self.syncer.revision)
                 self.etcd_ok = True
-                if self.policy is not None and time.monotonic() >= last_repair + self.refresh_interval:
+                if self.policy is not None and time.monotonic() >= last_repair + self.refresh_interval \
+                        and not self.locked:
                     last_repair = time.monotonic()
                     self.policy.repair()
                     self._apply_nat(list(self.routing.pools.values()), repair=True)

@@ -1,7 +1,8 @@
 """What calico-node's routing needs from etcd (BIRD's config, tunnel routes): the cluster's nodes,
 pools, peers, BGP filters, BGP configurations (`default` and `node.<name>`) and block affinities
-(pure). `Routing` keeps them up to date change by change;
-`Snapshot` is the view that birdconf, peers and tunnels render from."""
+(pure). `Routing` keeps them up to date change by change, and says what changed (`take_changes`) so
+that the tunnel routes follow block by block; `Snapshot` is the view that birdconf, peers and tunnels
+render from."""
 
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ class Snapshot:
         return next((p for p in self.pools if p.contains(cidr)), None)
 
 
+@dataclass
+class RoutingChanges:
+    """What changed since the last `Routing.take_changes`: the blocks whose affinity came, went or moved,
+    with every block of a node whose record changed (its addresses route them); the nodes that changed;
+    `everything` when a pool changed or the view started again (every block must be looked at)."""
+
+    blocks: set[str] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)
+    everything: bool = False
+
+
 class Routing:
     """The routing view, kept up to date by watched changes: `update` says whether routing changed."""
 
@@ -61,7 +73,15 @@ class Routing:
         self.node_configs: dict[str, BGPConfiguration] = {}
         self.filters: dict[str, BGPFilter] = {}
         self.blocks: dict[str, str] = {}
+        self.owned: dict[str, set[str]] = {}  # node -> the blocks affine to it
         self.revision = 0
+        self.changes = RoutingChanges(everything=True)
+
+    def take_changes(self) -> RoutingChanges:
+        changes, self.changes = self.changes, RoutingChanges()
+        for node in changes.nodes:
+            changes.blocks |= self.owned.get(node, set())
+        return changes
 
     @classmethod
     def wants(cls, key: str) -> bool:
@@ -72,11 +92,22 @@ class Routing:
         affinity = keys.parse_affinity(key)
         if affinity is not None:
             node, cidr = affinity
+            old = self.blocks.get(cidr)
+            if old == node and value is not None:
+                return False
+            if old is not None:
+                self.owned[old].discard(cidr)
+                if not self.owned[old]:
+                    del self.owned[old]
             if value is None:
-                return self.blocks.pop(cidr, None) is not None
-            changed = self.blocks.get(cidr) != node
-            self.blocks[cidr] = node
-            return changed
+                if old is None:
+                    return False
+                del self.blocks[cidr]
+            else:
+                self.blocks[cidr] = node
+                self.owned.setdefault(node, set()).add(cidr)
+            self.changes.blocks.add(cidr)
+            return True
         parsed = keys.parse_resource(key)
         if parsed is None or parsed.plural not in self.PLURALS:
             return False
@@ -90,7 +121,12 @@ class Routing:
             except (KeyError, ValueError, TypeError) as exc:  # as if absent: a value no Calico tool writes
                 log.warning("ignoring malformed %s %s: %s", parsed.plural, parsed.name, exc)
         if table is not None:
-            return _put(table, parsed.name, record)
+            changed = _put(table, parsed.name, record)
+            if changed and table is self.nodes:
+                self.changes.nodes.add(parsed.name)
+            elif changed and table is self.pools:
+                self.changes.everything = True
+            return changed
         if parsed.name.startswith("node."):
             return _put(self.node_configs, parsed.name.removeprefix("node."), record)
         if parsed.name != "default":

@@ -1,6 +1,7 @@
 """The controllers' Kubernetes client and reflector against a real kube-apiserver: paged lists with a
 resourceVersion, a streaming watch from it, bookmarks, 410 Gone for a compacted version (and the
-reflector's relist), and a token file re-read when it rotates."""
+reflector's relist), a token file re-read when it rotates, and an exec plugin's client certificate
+(renewed when it expires)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,114 @@ def test_token_file_reread_when_rotated(kube_apiserver, tmp_path):
     time.sleep(0.01)
     token.write_text(kube_apiserver.token + "\n")  # the kubelet's rotation: a new file content
     assert api.get("/api/v1/namespaces/default")["metadata"]["name"] == "default"
+
+
+def _client_cert(certs_dir, name: str) -> tuple[str, str]:
+    """A client certificate for user `name` in system:masters, signed by the apiserver's client CA."""
+    from tests.lab import sh
+
+    key, csr, pem = (str(certs_dir / f"{name}.{ext}") for ext in ("key", "csr", "pem"))
+    sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/O=system:masters/CN={name}", "-keyout", key,
+       "-out", csr)
+    ext = certs_dir / f"{name}.ext"
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    sh("openssl", "x509", "-req", "-in", csr, "-CA", str(certs_dir / "ca.pem"), "-CAkey", str(certs_dir / "ca.key"),
+       "-CAcreateserial", "-days", "1", "-out", pem, "-extfile", str(ext))
+    return open(pem).read(), open(key).read()
+
+
+def _exec_plugin(tmp_path, certs_dir, lifetime: int) -> tuple[dict, object]:
+    """An exec credential plugin handing out a client certificate valid `lifetime` seconds: user
+    exec-user-1 on its first run, exec-user-2 on every later one; it counts its runs in a file."""
+    import os
+
+    for n in (1, 2):
+        cert, key = _client_cert(certs_dir, f"exec-user-{n}")
+        (tmp_path / f"cred-{n}.json").write_text(json.dumps({"cert": cert, "key": key}))
+    runs = tmp_path / "runs"
+    script = tmp_path / "plugin.py"
+    script.write_text(f"""#!/usr/bin/env python3
+import datetime, json, os, sys
+runs = {str(runs)!r}
+n = len(open(runs).read().splitlines()) + 1 if os.path.exists(runs) else 1
+open(runs, "a").write(os.environ.get("KUBERNETES_EXEC_INFO", "") + "\\n")
+cred = json.load(open({str(tmp_path)!r} + f"/cred-{{min(n, 2)}}.json"))
+expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds={lifetime})
+json.dump({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", "status": {{
+    "clientCertificateData": cred["cert"], "clientKeyData": cred["key"],
+    "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}}}, sys.stdout)
+""")
+    os.chmod(script, 0o755)
+    return {"command": str(script), "apiVersion": "client.authentication.k8s.io/v1"}, runs
+
+
+def _whoami(api: KubeApi) -> str:
+    review = api.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    return review["status"]["userInfo"]["username"]
+
+
+def test_exec_plugin_client_certificate_authenticates_and_is_renewed(kube_apiserver, tmp_path):
+    """client-go's exec credential with a client certificate: TLS client auth with the plugin's PEM
+    certificate and key; once its expirationTimestamp passes, the plugin runs again and new
+    connections use the new certificate (kube-apiserver names the user from its CN)."""
+    spec, runs = _exec_plugin(tmp_path, kube_apiserver.certs.directory, lifetime=14)  # renewed 10 s early
+    api = KubeApi(ApiAccess(server=kube_apiserver.url, ca_file=kube_apiserver.certs.ca, exec_plugin=spec))
+    assert _whoami(api) == "exec-user-1"
+    assert _whoami(api) == "exec-user-1"
+    assert len(runs.read_text().splitlines()) == 1, "ran once while its certificate is valid"
+    assert json.loads(runs.read_text().splitlines()[0])["apiVersion"] == "client.authentication.k8s.io/v1"
+    time.sleep(5)
+    assert _whoami(api) == "exec-user-2", "an expired certificate is renewed by running the plugin again"
+    assert len(runs.read_text().splitlines()) == 2
+    for _ in api.watch("/api/v1/namespaces", api.list("/api/v1/namespaces")[1], timeout_seconds=1):
+        pass  # a watch (a connection of its own) authenticates with the renewed certificate too
+
+
+def test_exec_plugin_client_certificate_in_a_kubeconfig(kube_apiserver, tmp_path):
+    """The plugin's path (cni_calico.kube.ApiClient from a kubeconfig's users[].user.exec)."""
+    import yaml
+
+    from cni_calico.kube import ApiClient, load_kubeconfig
+
+    spec, runs = _exec_plugin(tmp_path, kube_apiserver.certs.directory, lifetime=3600)
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": kube_apiserver.url,
+                                                 "certificate-authority": kube_apiserver.certs.ca}}],
+        "users": [{"name": "lab", "user": {"exec": spec}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
+    client = ApiClient(load_kubeconfig(str(path)))
+    try:
+        assert client.get("/api/v1/namespaces/default")["metadata"]["name"] == "default"
+    finally:
+        client.close()
+    assert len(runs.read_text().splitlines()) == 1
+
+
+def test_exec_plugin_run_again_after_401(kube_apiserver, tmp_path):
+    """A credential the API refuses (401) is asked of the plugin again on the next request, as
+    client-go's exec round tripper does: here its first answer is a bogus token, its second a
+    client certificate."""
+    import os
+
+    cert, key = _client_cert(kube_apiserver.certs.directory, "exec-user-401")
+    runs = tmp_path / "runs"
+    script = tmp_path / "plugin.py"
+    first = {"token": "bogus"}
+    later = {"clientCertificateData": cert, "clientKeyData": key}
+    script.write_text(f"""#!/usr/bin/env python3
+import json, os, sys
+n = len(open({str(runs)!r}).read().splitlines()) + 1 if os.path.exists({str(runs)!r}) else 1
+open({str(runs)!r}, "a").write("run\\n")
+json.dump({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+           "status": {json.dumps(first)} if n == 1 else {json.dumps(later)}}}, sys.stdout)
+""")
+    os.chmod(script, 0o755)
+    spec = {"command": str(script), "apiVersion": "client.authentication.k8s.io/v1"}
+    api = KubeApi(ApiAccess(server=kube_apiserver.url, ca_file=kube_apiserver.certs.ca, exec_plugin=spec))
+    with pytest.raises(KubeError, match="401"):
+        _whoami(api)
+    assert _whoami(api) == "exec-user-401"
+    assert len(runs.read_text().splitlines()) == 2

@@ -25,14 +25,23 @@ RES = "/calico/resources/v3/projectcalico.org"
 SETTLE = 20.0  # seconds: API watch → etcd → every calico-node's rules
 
 
-def start_controllers(lab: Lab, etcd, kubeconfig: str, workdir) -> subprocess.Popen:
+def start_controllers(lab: Lab, etcd, kube_apiserver, kubeconfig: str, workdir, **env: str | None
+                      ) -> subprocess.Popen:
+    """The real calico-kube-controllers in a network namespace of its own (it serves Prometheus
+    metrics on every address, 9094 by Calico's default) reaching etcd and the API through bridges;
+    `env` adds (or, with None, removes) variables. This worktree's code first on its path."""
+    ns = lab.netns("kcc")
+    lab.bridge_etcd(ns, etcd)
+    kube_apiserver.bridge(ns)
     log = open(workdir / "kube-controllers.log", "ab")
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ETCD_ENDPOINTS": etcd.url, "KUBECONFIG": kubeconfig,
+            "LOG_LEVEL": "debug", "CALICO_NODE_DELETION_GRACE": "2", "CALICO_NODE_CHECK_PERIOD": "1",
+            **python_path(), **env}
     proc = subprocess.Popen(
-        [os.path.join(plugin_dir(), "calico-kube-controllers")],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ETCD_ENDPOINTS": etcd.url, "KUBECONFIG": kubeconfig,
-             "LOG_LEVEL": "debug", "CALICO_NODE_DELETION_GRACE": "2", "CALICO_NODE_CHECK_PERIOD": "1",
-             **python_path()},
-        stdout=log, stderr=subprocess.STDOUT)
+        ["ip", "netns", "exec", ns, os.path.join(plugin_dir(), "calico-kube-controllers"),
+         "--status-file", str(workdir / "status.json")],
+        env={k: v for k, v in full.items() if v is not None}, stdout=log, stderr=subprocess.STDOUT)
+    proc.netns = ns  # type: ignore[attr-defined]
     lab.procs.append(proc)  # the lab kills it should the test not get to
     return proc
 
@@ -100,7 +109,7 @@ def test_network_policy_namespace_and_pod_labels_and_node_deletion(lab, etcd, ku
     web, web_ip = pod(cluster, api, kubeconfig, "node1", "team-a", "web", {"app": "web"})
     a_client, _ = pod(cluster, api, kubeconfig, "node2", "team-a", "a-client", {"app": "client"})
     b_client, _ = pod(cluster, api, kubeconfig, "node2", "team-b", "b-client", {"app": "client"})
-    proc = start_controllers(lab, etcd, kubeconfig, tmp_path)
+    proc = start_controllers(lab, etcd, kube_apiserver, kubeconfig, tmp_path)
     try:
         # Reconciled on start: the namespaces' and service accounts' profiles.
         wait_for(lambda: etcd.get_json(f"{RES}/profiles/kns.team-a"), 20, "profile kns.team-a")
@@ -190,7 +199,7 @@ def test_a_named_container_port_opened_by_a_kubernetes_network_policy(lab, etcd,
     for server in (web, plain):
         serve(lab, server, 8080, 9090)
     checks = [(tcp, client, web_ip, 8080, 1), (tcp, client, web_ip, 9090, 1), (tcp, client, plain_ip, 8080, 1)]
-    proc = start_controllers(lab, etcd, kubeconfig, tmp_path)
+    proc = start_controllers(lab, etcd, kube_apiserver, kubeconfig, tmp_path)
     try:
         wait_for(lambda: etcd.get_json(f"{RES}/profiles/kns.shop"), 20, "profile kns.shop")
         expect(checks, [True, True, True], timeout=SETTLE)

@@ -96,6 +96,34 @@ def test_addresses_and_routes(pair):
     assert h.routes(socket.AF_INET, index + 1000) == []
 
 
+def test_route_table_reads_one_protocols_routes_of_a_device(pair):
+    """calico-node's tunnel routes: written onlink with its protocol, read back by route_table (its own
+    struct reading of the dump), deleted; `ip` is the witness."""
+    lab, host, _, h, _ = pair
+    for name in ("ccnl2", "ccnl3"):
+        lab.in_ns(host, "ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p", check=True)
+        lab.in_ns(host, "ip", "link", "set", name, "up", check=True)
+    index, other = h.get_link("ccnl2")["index"], h.get_link("ccnl3")["index"]
+    h.add_route("10.201.0.0/26", index, "10.250.0.1", replace=True, proto=80, flags=4)  # RTNH_F_ONLINK
+    h.add_route("10.201.0.64/26", index, "10.250.0.2", replace=True, proto=80, flags=4)
+    h.add_route("10.201.0.64/26", index, "10.250.0.3", replace=True, proto=80, flags=4)  # replaced
+    h.add_route("10.201.1.0/24", index, scope=253, proto=80)  # no gateway
+    h.add_route("10.201.2.0/24", index, scope=253)  # another protocol's
+    h.add_route("10.201.3.0/24", other, "10.250.0.4", proto=80, flags=4)  # another device's
+    h.add_route("fd00:201::/64", index, proto=80)  # another family's
+    shown = _ip(lab, host, "-4", "route", "show", "proto", "80", "dev", "ccnl2")
+    assert "10.201.0.64/26 via 10.250.0.3 onlink" in shown and "10.250.0.2" not in shown
+    assert h.route_table(socket.AF_INET, index, 80) == {
+        "10.201.0.0/26": "10.250.0.1", "10.201.0.64/26": "10.250.0.3", "10.201.1.0/24": ""}
+    assert h.route_table(socket.AF_INET6, index, 80) == {"fd00:201::/64": ""}
+    h.del_route("10.201.0.0/26", index, 80)
+    with pytest.raises(NetlinkError) as gone:
+        h.del_route("10.201.0.0/26", index, 80)
+    assert gone.value.code == errno.ESRCH
+    assert "10.201.0.0/26" not in _ip(lab, host, "-4", "route")
+    assert set(h.route_table(socket.AF_INET, index, 80)) == {"10.201.0.64/26", "10.201.1.0/24"}
+
+
 def test_a_socket_made_in_a_namespace_stays_there(pair):
     lab, host, pod, h, p = pair
     lab.in_ns(pod, "ip", "link", "add", "ccnl2", "type", "veth", "peer", "name", "ccnl2p", check=True)

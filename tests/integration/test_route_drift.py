@@ -10,6 +10,7 @@ import os
 import re
 import signal
 
+from cni_calico import keys
 from tests.integration.cluster import SETTLE, Cluster
 from tests.lab import add_pool, wait_for
 
@@ -103,3 +104,49 @@ def test_felixconfiguration_vxlan_enabled_false_takes_the_tunnel_away_and_true_b
     felix({"vxlanEnabled": True})
     cluster.wait_route("node1", rf"^{re.escape(block2)} via .* dev vxlan\.calico", timeout=10)
     assert has_device() and cluster.lab.ping(pod1, a2, within=SETTLE)
+
+
+def test_a_block_claimed_elsewhere_writes_that_blocks_route_alone(cluster, etcd):
+    """Cost per change: a remote block's affinity re-plans and writes that block's tunnel route only.
+    Proof from outside: a route an outsider deleted stays deleted while other blocks come and go and
+    their node's record changes (a whole re-plan would have written it again); the drift check puts it
+    back."""
+    def refresh(interval: str) -> None:
+        etcd.put_json(f"{RES}/felixconfigurations/default", {
+            "kind": "FelixConfiguration", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": "default"}, "spec": {"iptablesRefreshInterval": interval}})
+
+    refresh("3600s")
+    add_pool(etcd, "vx", "10.87.0.0/16", 26, vxlan="Always")
+    cluster.mesh(2)
+    blocks = [f"10.87.{i}.0/26" for i in range(1, 41)]  # claimed by node2 without pods
+    for cidr in blocks:
+        etcd.put_json(keys.affinity("node2", cidr), {"state": "confirmed", "deleted": False})
+    tunnel2 = wait_for(lambda: etcd.get_json(f"{RES}/nodes/node2")["spec"].get("ipv4VXLANTunnelAddr"), 20,
+                       "node2's tunnel address")
+    node1 = cluster.ns["node1"]
+
+    def routes() -> set[str]:
+        out = cluster.lab.in_ns(node1, "ip", "-4", "route", "show", "dev", "vxlan.calico").stdout
+        return {line.split()[0] for line in out.splitlines() if f"via {tunnel2}" in line}
+
+    wait_for(lambda: set(blocks) <= routes(), 20, "node2's blocks routed through vxlan.calico on node1")
+    assert cluster.lab.in_ns(node1, "ip", "route", "del", blocks[0]).returncode == 0
+
+    def claim_and_release(extra: str) -> None:
+        etcd.put_json(keys.affinity("node2", extra), {"state": "confirmed", "deleted": False})
+        wait_for(lambda: extra in routes(), 20, "the new block's route")
+        etcd.ctl("del", keys.affinity("node2", extra))
+        wait_for(lambda: extra not in routes(), 20, "the released block's route gone")
+
+    claim_and_release("10.87.200.0/26")
+    node2 = etcd.get_json(f"{RES}/nodes/node2")
+    node2["metadata"]["labels"] = {**(node2["metadata"].get("labels") or {}), "rack": "r2"}
+    etcd.put_json(f"{RES}/nodes/node2", node2)
+    claim_and_release("10.87.201.0/26")  # node1 handles changes in order: the label change is behind it
+    assert routes() & set(blocks) == set(blocks[1:]), "a change of other blocks rewrote this block's route"
+    assert not repaired(cluster, f"tunnel route {blocks[0]} via {tunnel2}")
+
+    refresh("1s")
+    wait_for(lambda: set(blocks) <= routes(), 20, "the deleted route put back by the drift check")
+    assert repaired(cluster, f"tunnel route {blocks[0]} via {tunnel2}")

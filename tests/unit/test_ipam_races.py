@@ -66,6 +66,44 @@ def test_a_commit_lost_to_a_conflict_is_retried_and_takes_another_address(tmp_pa
                                        "net.racer": {racer_ip[0]}}
 
 
+def test_a_precondition_is_read_with_the_first_read_and_guarded_in_the_commit(tmp_path):
+    """The plugin's datastore lock as IPAM sees it: a lock committed between an attempt's read and its
+    commit fails the commit; the attempt runs again, reads the lock and refuses, writing nothing."""
+    from cni_calico import datastore_lock
+    from cni_calico.errors import TRY_AGAIN_LATER, CniError
+    from ipam.assign import Precondition
+
+    store = pooled(("p", "10.0.0.0/24", 26))
+    info = new_resource("ClusterInformation", "default", {"datastoreReady": True}).to_value()
+    store.put(datastore_lock.KEY, info)
+
+    def assign(handle: str) -> list[str]:
+        with Assigner(store, args(handle, "n1", tmp_path), (Precondition(datastore_lock.KEY, datastore_lock.check),)) \
+                as assigner:
+            claim = transact(store, lambda: (lambda t: (t, assigner.prepare(t)))(Txn()), handle)
+            assigner.committed(claim)
+            return claim.cidrs
+
+    assert assign("net.a")  # claims the node's block
+    calls = store.calls
+    assert assign("net.a2")
+    assert store.calls - calls == 2  # one read, one commit: the precondition cost no round trip
+
+    def lock(s: MemStore, txn: Txn) -> None:
+        s.put(datastore_lock.KEY, {**info, "spec": {"datastoreReady": False}})
+
+    store.before_commit = lock
+    before = check_invariants(store)
+    with pytest.raises(CniError) as refused:
+        assign("net.b")
+    assert refused.value.code == TRY_AGAIN_LATER and refused.value.msg == datastore_lock.NOT_READY
+    assert store.failed_commits == 1 and check_invariants(store) == before
+    store.put(datastore_lock.KEY, info)  # unlocked; absent counts as unlocked too
+    assert assign("net.b")
+    store.delete(datastore_lock.KEY)
+    assert assign("net.c")
+
+
 def test_two_nodes_claiming_the_same_block_get_different_blocks(tmp_path):
     store = pooled(("p", "10.0.0.0/24", 26))
 

@@ -119,7 +119,7 @@ def test_ipam_gc_releases_allocations_of_pods_the_api_no_longer_has(tmp_path):
     live = auto_assign(store, AssignArgs("k8s.c1", "n1", str(tmp_path), {"namespace": "a", "pod": "live"}))
     gone = auto_assign(store, AssignArgs("k8s.c2", "n1", str(tmp_path), {"namespace": "a", "pod": "gone"}))
     plain = auto_assign(store, AssignArgs("net.c3", "n1", str(tmp_path), {}))  # not a Kubernetes pod's
-    ctl = NodeController(store, Pods([("a", "live")]), grace=5, gc_period=0)
+    ctl = NodeController(store, Pods([("a", "live")]), grace=5, leak_grace=5, gc_period=0)
     ctl.tick(100.0)  # first seen missing
     ctl.tick(104.0)
     ipam = IpamStore(store)

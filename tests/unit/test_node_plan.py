@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from cni_calico import keys
 from cni_calico.node import birdconf
 from cni_calico.node.config import NodeConfigError, from_env
-from cni_calico.node.model import Snapshot
+from cni_calico.node.model import Routing, Snapshot
 from cni_calico.node.peers import peerings
 from cni_calico.node.tunnels import IPIP_DEVICE, plan_ipip, plan_vxlan, tunnel_mac, tunnel_mtu
 from cni_calico.v3 import BGPPeer, IPPool, Node
@@ -107,6 +108,37 @@ def test_ipip_plan_routes_to_node_addresses_over_tunl0():
     assert [(r.dst, r.via, r.device) for r in plan.routes] == [("10.3.0.64/26", "192.168.0.2", IPIP_DEVICE)]
     cross = [IPPool("ip", "10.3.0.0/16", 26, ipip_mode="CrossSubnet")]
     assert plan_ipip(snap([N1, N2], pools=cross, blocks=blocks), "n1", "192.168.0.1/24").routes == []
+
+
+def _node_value(name: str, ip: str, labels: dict | None = None) -> dict:
+    return {"kind": "Node", "apiVersion": "projectcalico.org/v3", "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"bgp": {"ipv4Address": f"{ip}/24"}}}
+
+
+def test_routing_says_which_blocks_a_change_touches():
+    routing = Routing()
+    assert routing.take_changes().everything  # a fresh view: everything is new
+    confirmed = {"state": "confirmed", "deleted": False}
+    for cidr, node in (("10.0.0.0/26", "n1"), ("10.0.0.64/26", "n2"), ("10.0.0.128/26", "n2")):
+        routing.update(keys.affinity(node, cidr), confirmed)
+    routing.update(keys.resource("nodes", "n2"), _node_value("n2", "192.168.0.2"))
+    got = routing.take_changes()
+    assert not got.everything and got.nodes == {"n2"}
+    assert got.blocks == {"10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/26"}
+    assert routing.take_changes() == type(got)()  # taken: nothing left
+
+    # A node's record changing touches its blocks alone; a block moving touches that block.
+    assert routing.update(keys.resource("nodes", "n2"), _node_value("n2", "192.168.0.2", {"rack": "a"}))
+    assert routing.take_changes().blocks == {"10.0.0.64/26", "10.0.0.128/26"}
+    assert not routing.update(keys.affinity("n2", "10.0.0.64/26"), confirmed)  # the same again: no change
+    assert routing.update(keys.affinity("n1", "10.0.0.64/26"), confirmed)
+    assert routing.owned == {"n1": {"10.0.0.0/26", "10.0.0.64/26"}, "n2": {"10.0.0.128/26"}}
+    assert routing.update(keys.affinity("n2", "10.0.0.128/26"), None)
+    assert not routing.update(keys.affinity("n2", "10.0.0.128/26"), None)
+    assert routing.take_changes().blocks == {"10.0.0.64/26", "10.0.0.128/26"} and "n2" not in routing.owned
+    pool = {"kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "p"},
+            "spec": {"cidr": "10.0.0.0/16", "blockSize": 26}}
+    assert routing.update(keys.resource("ippools", "p"), pool) and routing.take_changes().everything
 
 
 def test_tunnel_mtu_and_mac():

@@ -4,15 +4,24 @@ Pure. Fields and checks as Calico's API type and clientv3 (`kubecontrollersconfi
 field named on error, durations stored as Go's metav1.Duration writes them ("5m" is stored
 "5m0s"), clientv3's defaults filled on write (prometheusMetricsPort 9094, a node controller's
 leakGracePeriod 15m0s, a load balancer controller's assignIPs AllServices, a host endpoint
-template's nodeSelector all()). Nothing here runs kube-controllers: the resource is stored for
-the tools that read it. Its `status` (kube-controllers' own report) is kept as stored.
+template's nodeSelector all()). Its `status` (kube-controllers' own report) is kept as stored.
+
+Our calico-kube-controllers (cni_calico.kubecontrollers.runconfig) honours logSeverityScreen,
+healthChecks, etcdV3CompactionPeriod, prometheusMetricsPort, which controllers run (a section
+present), each reconcilerPeriod, node.syncLabels and node.leakGracePeriod. What it does not do is
+refused here, naming the field (`NOT_HONOURED`): debugProfilePort other than 0 (no Go pprof),
+node.hostEndpoint.autoCreate Enabled and templates (no automatic host endpoints), and loadBalancer /
+migration other than as Calico's default writes them (no such controllers: those sections are
+accepted only so that the default Calico's kube-controllers creates can be applied back).
 """
 
 from __future__ import annotations
 
 from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
-from cni_calico.v3 import parse_duration
+from cni_calico.v3 import go_duration, parse_duration
+
+__all__ = ["KUBECONTROLLERSCONFIGURATION", "go_duration"]
 
 MODES = ("Enabled", "Disabled")
 LOG_LEVELS = ("None", "Debug", "Info", "Warning", "Error", "Fatal", "Panic")  # logrus' levels, as Calico's
@@ -25,25 +34,6 @@ NODE = {"reconcilerPeriod": str, "syncLabels": str, "hostEndpoint": dict, "leakG
 HOST_ENDPOINT = {"autoCreate": str, "createDefaultHostEndpoint": str, "templates": list}
 TEMPLATE = {"generateName": str, "interfaceCIDRs": list, "interfacePattern": str, "labels": dict,
             "annotations": dict, "nodeSelector": str}
-
-
-def go_duration(seconds: float) -> str:
-    """Go's time.Duration.String(): 15m0s, 1h0m0s, 1m30s, 500ms, 0s."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        ns = round(seconds * 1e9)
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return f"{ns / size:g}{unit}"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = f"{secs:g}s"
-    if hours or minutes:
-        text = f"{int(minutes)}m" + text
-    if hours:
-        text = f"{int(hours)}h" + text
-    return text
 
 
 def _duration(field: str, data: dict, key: str) -> list[FieldError]:
@@ -89,6 +79,35 @@ def _validate(res: Resource) -> list[FieldError]:
             errors += fields.one_of(f"{where}.policyNameMigrator", conf.get("policyNameMigrator"), MODES)
         else:
             errors += _node(where, conf)
+    return errors + not_honoured(spec)
+
+
+NOT_HERE = "not honoured by this calico-kube-controllers"
+# What Calico's default holds for the sections of controllers we do not have: accepted only so.
+INERT_SECTIONS = {"loadBalancer": {"assignIPs": "AllServices"}, "migration": {"policyNameMigrator": "Enabled"}}
+
+
+def not_honoured(spec: dict) -> list[FieldError]:
+    """What calico-kube-controllers here would not do, each naming its field (run after the checks
+    that fill the defaults)."""
+    errors = []
+    if spec.get("debugProfilePort"):
+        errors.append(FieldError("spec.debugProfilePort", f"{NOT_HERE}: there is no Go pprof server; only 0 (off)",
+                                 spec["debugProfilePort"]))
+    controllers = spec.get("controllers") or {}
+    for name, inert in INERT_SECTIONS.items():
+        conf = controllers.get(name)
+        if isinstance(conf, dict) and {k: v for k, v in conf.items() if v not in (None, "")} not in (inert, {}):
+            errors.append(FieldError(f"spec.controllers.{name}", f"{NOT_HERE}: there is no {name} controller; "
+                                     f"accepted only as Calico's default {inert}", conf))
+    hep = ((controllers.get("node") or {}).get("hostEndpoint")) or {}
+    if isinstance(hep, dict):
+        if hep.get("autoCreate") == "Enabled":
+            errors.append(FieldError("spec.controllers.node.hostEndpoint.autoCreate", f"{NOT_HERE}: automatic host "
+                                     "endpoints are not implemented; only Disabled", "Enabled"))
+        if hep.get("templates"):
+            errors.append(FieldError("spec.controllers.node.hostEndpoint.templates", f"{NOT_HERE}: automatic host "
+                                     "endpoints are not implemented"))
     return errors
 
 
