@@ -416,7 +416,29 @@ class Datastore:
         One watcher covers the range from the lowest prefix to the end of the highest, so the
         changes of every prefix come in one ordered stream: keys between them arrive too, and
         the caller skips what it does not want."""
-        return Watch(self, min(prefixes), max(prefixes), start_revision)
+        watch = Watch(self, min(prefixes), max(prefixes), start_revision)
+        if start_revision > 1 and self.compacted_since(start_revision - 1):
+            watch.cancel()
+            raise Compacted(f"etcd has compacted revision {start_revision}: its deletions are gone")
+        return watch
+
+    def compacted_since(self, revision: int) -> bool:
+        """Whether etcd has compacted past `revision`. A compaction at C drops the tombstones of
+        revision C itself, so a watch from C would silently miss those deletions while etcd still
+        accepts it (it refuses only revisions below C): a watch from S is exact only if revision S - 1
+        can still be read, which this asks with one count-only read."""
+        grpc = self._grpc
+
+        def read(c) -> bool:
+            try:
+                c.get_range_response(b"/calico/", b"/calico0", count_only=True, revision=revision)
+                return False
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    return True
+                raise
+
+        return self._call("compaction check", read)
 
     def close(self) -> None:
         for client in self._clients.values():
