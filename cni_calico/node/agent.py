@@ -253,9 +253,10 @@ class Agent:
         """DefaultEndpointToHostAction: the environment's, else FelixConfiguration's, else Drop (Felix's)."""
         to_host = self.cfg.endpoint_to_host or action or DEFAULT_ENDPOINT_TO_HOST
         if to_host != self.to_host and self.policy is not None:
-            log.info("workload to host traffic: %s after the workload's egress policy (%s)", to_host,
-                     "FELIX_DEFAULTENDPOINTTOHOSTACTION" if self.cfg.endpoint_to_host else
-                     "FelixConfiguration defaultEndpointToHostAction" if action else "Felix's default")
+            if self.to_host or to_host != DEFAULT_ENDPOINT_TO_HOST:
+                log.info("workload to host traffic: %s after the workload's egress policy (%s)", to_host,
+                         "FELIX_DEFAULTENDPOINTTOHOSTACTION" if self.cfg.endpoint_to_host else
+                         "FelixConfiguration defaultEndpointToHostAction" if action else "Felix's default")
             self.to_host = to_host
             self.policy.set_endpoint_to_host(to_host)
 

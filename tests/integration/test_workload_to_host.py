@@ -116,6 +116,8 @@ def test_return_drop_and_accept_as_felix_switched_without_restart(cluster):
     # Accept: the host's own DROP is bypassed, the egress policy still holds.
     set_action(cluster, "node.node1", "Accept")
     expect(to_host(pods), [True, True, False, False, True, True], timeout=20)
+    assert "workload to host traffic: Accept after the workload's egress policy (FelixConfiguration" in (
+        cluster.calico["node1"].log())
     host_rule(cluster, "-D")
 
     # Drop: nothing from the pod reaches its host; pods across nodes still talk, also after the pod
