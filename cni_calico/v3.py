@@ -352,10 +352,9 @@ def parse_duration(text: str) -> float:
 # describes what it does anyway (Calico's start-up writes them so): anything else is refused.
 FELIX_HONOURED = ("iptablesRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "ipipEnabled", "vxlanEnabled",
                   "prometheusMetricsEnabled", "prometheusMetricsPort", "healthEnabled", "healthHost", "healthPort",
-                  "failsafeInboundHostPorts", "failsafeOutboundHostPorts")
+                  "failsafeInboundHostPorts", "failsafeOutboundHostPorts", "defaultEndpointToHostAction")
 FELIX_INERT = {"reportingInterval": "0s", "bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP",
-               "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled",
-               "defaultEndpointToHostAction": "Return"}
+               "bpfHostNetworkedNATWithoutCTLB": "Enabled", "floatingIPs": "Disabled"}
 # What clientv3 fills in on every create and update of a FelixConfiguration (bpfLogLevel is the one
 # field Go always writes); and what calico-node's start-up writes into `default` and `node.<name>`.
 FELIX_DEFAULTS = {"bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP", "bpfHostNetworkedNATWithoutCTLB": "Enabled",
@@ -363,6 +362,18 @@ FELIX_DEFAULTS = {"bpfLogLevel": "", "bpfConnectTimeLoadBalancing": "TCP", "bpfH
 FELIX_START_DEFAULT = {"reportingInterval": "0s", "logSeverityScreen": "Info"}
 FELIX_START_NODE = {"defaultEndpointToHostAction": "Return"}
 LOG_SEVERITIES = ("Debug", "Info", "Warning", "Error", "Fatal")
+# defaultEndpointToHostAction: what becomes of a workload's traffic to its own host once its egress policy
+# allowed it (Felix's default when unset: Drop; Calico's start-up writes Return into node.<name>).
+ENDPOINT_TO_HOST_ACTIONS = ("Drop", "Accept", "Return")
+DEFAULT_ENDPOINT_TO_HOST = "Drop"
+
+
+def endpoint_to_host_action(value: object) -> str | None:
+    """A defaultEndpointToHostAction as Drop, Accept or Return, whatever its case (Calico's validator and
+    Felix take any); None for anything else (the empty string included: not set)."""
+    if not isinstance(value, str):
+        return None
+    return next((a for a in ENDPOINT_TO_HOST_ACTIONS if a.lower() == value.strip().lower()), None)
 
 
 @dataclass
@@ -382,6 +393,7 @@ class FelixConfiguration:
     health_port: int | None = None  # healthPort
     failsafe_inbound: tuple[ProtoPort, ...] | None = None  # failsafeInboundHostPorts ([] : none)
     failsafe_outbound: tuple[ProtoPort, ...] | None = None  # failsafeOutboundHostPorts
+    endpoint_to_host: str | None = None  # defaultEndpointToHostAction: Drop, Accept or Return
 
     @classmethod
     def from_value(cls, value: dict) -> FelixConfiguration:
@@ -403,7 +415,8 @@ class FelixConfiguration:
                    port_number(port), health if isinstance(health, bool) else None,
                    str(health_host) if health_host and listen_host(str(health_host)) else None,
                    port_number(health_port),
-                   *(_failsafe(res.spec, key) for key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")))
+                   *(_failsafe(res.spec, key) for key in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")),
+                   endpoint_to_host_action(res.spec.get("defaultEndpointToHostAction")))
 
 
 def port_number(value: object) -> int | None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from cni_calico import keys
 from cni_calico.policy import hostep, model, render
 from cni_calico.policy.calc import Changes, PolicyCalculator
+from cni_calico.v3 import DEFAULT_ENDPOINT_TO_HOST, ENDPOINT_TO_HOST_ACTIONS
 
 NODE = "n1"
 SELECTORS = ["app == 'web'", "has(tier)", "all()", "tier in {'x'}", "!has(app)", "app == 'db' && tier == 'y'",
@@ -174,10 +175,19 @@ def tunnels_op(draw):
                                                    max_size=3, unique=True))})
 
 
+@st.composite
+def to_host_op(draw):
+    """FelixConfiguration's defaultEndpointToHostAction (an input of the calculator, not a policy record)."""
+    return ("to_host", "", draw(st.sampled_from(ENDPOINT_TO_HOST_ACTIONS)))
+
+
 # Host endpoints of this node and GlobalNetworkPolicies (of every kind) most of all.
 HOST_OPS = st.lists(st.one_of(host_op(here=True), host_op(), policy_op(global_only=True),
                               policy_op(global_only=True), profile_op(), tier_op(), endpoint_op(), addresses_op(),
-                              tunnels_op()), min_size=1, max_size=25)
+                              tunnels_op(), to_host_op()), min_size=1, max_size=25)
+# Workloads, their policy and the action on their traffic to the host, switched among them.
+TO_HOST_OPS = st.lists(st.one_of(endpoint_op(), endpoint_op(), policy_op(), profile_op(), host_op(here=True),
+                                 to_host_op(), to_host_op()), min_size=1, max_size=25)
 
 
 PLURALS = {"endpoint": "workloadendpoints", "profile": "profiles", "tier": "tiers", "host": "hostendpoints"}
@@ -216,6 +226,7 @@ class World:
         self.failsafe = hostep.Failsafe()
         self.addresses: dict[str, frozenset[str]] = {}
         self.tunnels = hostep.Tunnels()
+        self.to_host = DEFAULT_ENDPOINT_TO_HOST
 
     def apply(self, op, calc: PolicyCalculator | None = None) -> None:
         """Records an update (and feeds it to `calc`, when given)."""
@@ -239,6 +250,10 @@ class World:
             self.tunnels = hostep.Tunnels(value["vxlan"], value["ipip"], tuple(value["hosts"]))
             if calc is not None:
                 calc.set_tunnels(self.tunnels)
+        elif kind == "to_host":
+            self.to_host = value
+            if calc is not None:
+                calc.set_endpoint_to_host(value)
         elif kind == "addresses":
             self.addresses = {iface: frozenset(held) for iface, held in value.items()}
             if calc is not None:
@@ -271,7 +286,7 @@ class World:
         local = render.local_endpoints(eps, NODE)
         return render.render_all(local, eps, list(self.policies.values()), self.profiles, tiers=self.tiers,
                                  hosts=hostep.local_host_endpoints(eps, NODE, self.addresses),
-                                 failsafe=self.failsafe, tunnels=self.tunnels)
+                                 failsafe=self.failsafe, tunnels=self.tunnels, to_host=self.to_host)
 
 
 def apply_changes(state: dict, changes: Changes) -> None:

@@ -29,7 +29,7 @@ from cni_calico.node.identity import RestoreGuard, drifted
 from cni_calico.node.model import Routing
 from cni_calico.node.secrets import SecretReader
 from cni_calico.node.syncer import Syncer
-from cni_calico.v3 import FelixConfiguration
+from cni_calico.v3 import DEFAULT_ENDPOINT_TO_HOST, FelixConfiguration
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Agent:
         self.identity_problem = ""  # set while another calico-node seems to use our name
         self.failsafe = None  # cni_calico.policy.hostep.Failsafe in force, made in start()
         self.locked = False  # ClusterInformation datastoreReady false: follow etcd, program nothing
+        self.to_host = ""  # DefaultEndpointToHostAction in force (Drop, Accept, Return), set in start()
         self.syncer = Syncer(self.ds, self.reset, self.update)
 
     # --- start ------------------------------------------------------------------------
@@ -147,6 +148,7 @@ class Agent:
         self.nat = {v: NatDataplane(version=v) for v in ((4, 6) if ipv6_available() else (4,))}
         self.policy = PolicySync(self.cfg.nodename)
         self._apply_failsafe(None, None)
+        self._apply_endpoint_to_host(None)
         self.syncer.resync()
         self.sync_once(0.0)
         self._apply_metrics_settings()
@@ -243,6 +245,7 @@ class Agent:
         self.health.configure(pick("health_enabled"), pick("health_host"), pick("health_port"))
         self._apply_metrics_settings()
         self._apply_failsafe(pick("failsafe_inbound"), pick("failsafe_outbound"))
+        self._apply_endpoint_to_host(pick("endpoint_to_host"))
         if not self.cfg.log_level_from_env:
             level = LEVELS.get((pick("log_severity") or self.cfg.log_level).lower(), logging.INFO)
             if logging.getLogger().level != level:
@@ -262,6 +265,17 @@ class Agent:
                          "none", ",".join(p.text() for p in failsafe.outbound) or "none")
             self.failsafe = failsafe
             self.policy.set_failsafe(failsafe)
+
+    def _apply_endpoint_to_host(self, action: str | None) -> None:
+        """DefaultEndpointToHostAction: the environment's, else FelixConfiguration's, else Drop (Felix's)."""
+        to_host = self.cfg.endpoint_to_host or action or DEFAULT_ENDPOINT_TO_HOST
+        if to_host != self.to_host and self.policy is not None:
+            if self.to_host or to_host != DEFAULT_ENDPOINT_TO_HOST:
+                log.info("workload to host traffic: %s after the workload's egress policy (%s)", to_host,
+                         "FELIX_DEFAULTENDPOINTTOHOSTACTION" if self.cfg.endpoint_to_host else
+                         "FelixConfiguration defaultEndpointToHostAction" if action else "Felix's default")
+            self.to_host = to_host
+            self.policy.set_endpoint_to_host(to_host)
 
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from cni_calico.datastore import DatastoreConfigError, EtcdConf, parse_endpoints
 from cni_calico.logsetup import LEVELS
 from cni_calico.names import is_valid_nodename
-from cni_calico.v3 import DEFAULT_BLOCK_SIZE, ProtoPort, listen_host, parse_port_list
+from cni_calico.v3 import (
+    DEFAULT_BLOCK_SIZE,
+    ENDPOINT_TO_HOST_ACTIONS,
+    ProtoPort,
+    endpoint_to_host_action,
+    listen_host,
+    parse_port_list,
+)
 
 # Every variable calico-node reads, with one line each: `calico-node --help` prints this table, and
 # tests/unit/test_node_config.py checks that config.py reads no variable missing from it.
@@ -60,6 +67,8 @@ VARIABLES: dict[str, str] = {
     "else off)",
     "FELIX_PROMETHEUSMETRICSHOST": "address the metrics exporter listens on (default: all)",
     "FELIX_PROMETHEUSMETRICSPORT": "its port (unset: FelixConfiguration's, else 9091)",
+    "FELIX_DEFAULTENDPOINTTOHOSTACTION": "Drop, Accept or Return (any case): what becomes of a workload's "
+    "traffic to its own host once its egress policy allowed it (unset: FelixConfiguration's, else Drop)",
     "CALICO_CNI_SERVER": "true (default) or false: serve CNI requests on $CALICO_RUN_DIR/cni.sock",
     "CALICO_SECRETS_DIR": "BGP passwords (secretKeyRef) as <dir>/<secret name>/<key> (default /etc/calico/secrets)",
     "CALICO_RUN_DIR": "BIRD's config, socket and pid file, readiness.json, the CNI socket (default /var/run/calico)",
@@ -126,6 +135,8 @@ class NodeConfig:
     # Felix's defaults hold); they win over FelixConfiguration's as Felix's environment does.
     failsafe_inbound: tuple[ProtoPort, ...] | None = None
     failsafe_outbound: tuple[ProtoPort, ...] | None = None
+    # FELIX_DEFAULTENDPOINTTOHOSTACTION as Drop, Accept or Return (None: not set; it wins where set).
+    endpoint_to_host: str | None = None
 
     @property
     def nodename_file(self) -> str:
@@ -338,6 +349,10 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
             failsafe[name] = parse_port_list(raw) if raw else None
         except ValueError as exc:
             raise NodeConfigError(f"{name}={raw!r}: {exc}") from None
+    to_host = env.get("FELIX_DEFAULTENDPOINTTOHOSTACTION", "").strip()
+    if to_host and endpoint_to_host_action(to_host) is None:
+        raise NodeConfigError(f"FELIX_DEFAULTENDPOINTTOHOSTACTION={to_host!r} is not one of "
+                              f"{', '.join(ENDPOINT_TO_HOST_ACTIONS)}")
     return NodeConfig(
         nodename=nodename,
         ip=ip,
@@ -381,4 +396,5 @@ def from_env(env: dict[str, str] | None = None) -> NodeConfig:
         metrics_port=metrics_port,
         failsafe_inbound=failsafe["FELIX_FAILSAFEINBOUNDHOSTPORTS"],
         failsafe_outbound=failsafe["FELIX_FAILSAFEOUTBOUNDHOSTPORTS"],
+        endpoint_to_host=endpoint_to_host_action(to_host),
     )

@@ -16,6 +16,7 @@ update touches only what depends on it:
   or one of the node's interfaces holds an address it expects: `set_interface_addresses`): its own
   chains, re-rendered whole when it, a policy selecting it, its profile, a tier or the failsafe
   ports change (a node has a few), and the fixed host endpoint chains when the set of them changes;
+- DefaultEndpointToHostAction (`set_endpoint_to_host`), failsafe ports, tunnels: the fixed chains;
 - nothing else: endpoint updates never re-render policy chains, and nothing re-renders BIRD.
 
 Set and chain lifetimes are reference counts: a policy or profile chain lives while some local
@@ -57,6 +58,7 @@ from cni_calico.policy.render import (
     workload_chains,
 )
 from cni_calico.selector import matches
+from cni_calico.v3 import DEFAULT_ENDPOINT_TO_HOST
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +139,11 @@ class _Family:
 
 
 class PolicyCalculator:
-    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6), failsafe: Failsafe | None = None) -> None:
+    def __init__(self, nodename: str, versions: tuple[int, ...] = (4, 6), failsafe: Failsafe | None = None,
+                 to_host: str = DEFAULT_ENDPOINT_TO_HOST) -> None:
         self.nodename = nodename
         self.failsafe = failsafe or Failsafe()
+        self.to_host = to_host  # DefaultEndpointToHostAction: Drop, Accept or Return
         self.tunnels = Tunnels()
         self.endpoints: dict[str, model.Endpoint] = {}  # key -> endpoint, own labels (effective: in the index)
         self.by_profile: dict[str, set[str]] = {}  # profile -> endpoints naming it
@@ -261,6 +265,12 @@ class PolicyCalculator:
         """FelixConfiguration's (or the environment's) failsafe ports: the failsafe chains change."""
         if failsafe != self.failsafe:
             self.failsafe = failsafe
+            self._write_fixed()
+
+    def set_endpoint_to_host(self, to_host: str) -> None:
+        """DefaultEndpointToHostAction (Drop, Accept or Return): cali-wl-to-host's last rule changes."""
+        if to_host != self.to_host:
+            self.to_host = to_host
             self._write_fixed()
 
     # --- the result ----------------------------------------------------------------------------
@@ -395,7 +405,8 @@ class PolicyCalculator:
         for fam in self.families.values():
             sets = hostep.tunnel_set(self.tunnels, fam.version) if self._summary is not None else {}
             self._fixed_sets(fam, {name: s.members for name, s in sets.items()})
-            chains = fixed_chains(sorted(self.local), fam.version, self._summary, self.failsafe, self.tunnels)
+            chains = fixed_chains(sorted(self.local), fam.version, self._summary, self.failsafe, self.tunnels,
+                                  self.to_host)
             for name in fam.fixed - set(chains):
                 fam.remove(name)
             for name, rules in chains.items():

@@ -16,9 +16,11 @@ it. Traffic between the host and its own workloads (``cali+``) is never policed 
 that; forwarded workload traffic meets the ``*`` endpoint's forward and preDNAT policy, as in Felix).
 doNotTrack policies do not apply to ``*`` (as Felix: ignored).
 
-Layout (Felix's names), present only while this node has a host endpoint::
+Layout (Felix's names), present only while this node has a host endpoint (cali-INPUT's first rules
+always are: cni_calico.policy.render)::
 
-    filter INPUT ─ first rule ─> cali-INPUT:  -i cali+ RETURN; accepted in raw/mangle -> ACCEPT;
+    filter INPUT ─ first rule ─> cali-INPUT:  -i cali+ -g cali-wl-to-host (the workload's egress
+        policy, then DefaultEndpointToHostAction); accepted in raw/mangle -> ACCEPT;
         [IPv6: neighbour discovery ACCEPT]; clear marks; -> cali-from-host-endpoint; accepted -> ACCEPT
     filter OUTPUT ─> cali-OUTPUT: accepted -> ACCEPT; -o cali+ RETURN; [IPv6 ND]; clear marks;
         not DNAT -> cali-to-host-endpoint; accepted -> ACCEPT
@@ -64,6 +66,7 @@ from cni_calico.policy.layout import (
     PASS_MARK,
     POSTROUTING_CHAIN,
     PREROUTING_CHAIN,
+    WL_TO_HOST,
     IpSet,
     chain_name,
     qualified,
@@ -83,6 +86,7 @@ FROM_HEP_FW = "cali-from-hep-forward"
 TO_HEP_FW = "cali-to-hep-forward"
 FAILSAFE_IN = "cali-failsafe-in"
 FAILSAFE_OUT = "cali-failsafe-out"
+TO_HOST_RULE = f"-i {IFACE_PREFIX}+ -g {WL_TO_HOST}"  # cali-INPUT's: workloads' traffic (cni_calico.policy.render)
 
 _ACCEPTED = f"-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}"
 _NOT_PASSED = f"-m mark --mark 0x0/{PASS_MARK:#x}"
@@ -308,7 +312,7 @@ def fixed_chains(summary: HostSummary, failsafe: Failsafe, version: int,
                if version == 6)
     names, workloads = summary.interfaces, f"{IFACE_PREFIX}+"
     out = {
-        INPUT_CHAIN: (*_tunnel_rules(tunnels, version, True), f"-i {workloads} -j RETURN", f"{_ACCEPTED} -j ACCEPT",
+        INPUT_CHAIN: (*_tunnel_rules(tunnels, version, True), TO_HOST_RULE, f"{_ACCEPTED} -j ACCEPT",
                       *nd, _CLEAR, f"-j {FROM_HEP}", f"{_ACCEPTED} -j ACCEPT"),
         OUTPUT_CHAIN: (f"{_ACCEPTED} -j ACCEPT", f"-o {workloads} -j RETURN", *_tunnel_rules(tunnels, version, False),
                        *nd, _CLEAR,

@@ -3,10 +3,10 @@ ip6tables-restore (IPv6) and ipset; cleans up.
 
 What holds, for each family on its own (one Dataplane per family; see cni_calico.policy.layout.Family):
 
-- We own exactly: chains named ``cali-...`` in the family's filter table, the one jump to cali-FORWARD
-  at the top of its FORWARD, and ipsets named ``cali40...`` (family inet) or ``cali60...`` (family
-  inet6); while this node has a host endpoint (cni_calico.policy.hostep) also the ``cali-...`` chains
-  of the mangle and raw tables and the jumps at the top of INPUT, OUTPUT (filter), PREROUTING,
+- We own exactly: chains named ``cali-...`` in the family's filter table, the jumps to cali-FORWARD and
+  cali-INPUT at the top of its FORWARD and INPUT, and ipsets named ``cali40...`` (family inet) or
+  ``cali60...`` (family inet6); while this node has a host endpoint (cni_calico.policy.hostep) also the
+  ``cali-...`` chains of the mangle and raw tables and the jumps at the top of OUTPUT (filter), PREROUTING,
   POSTROUTING (mangle) and PREROUTING, OUTPUT (raw): ``layout.HOOKS``. Nothing else is ever flushed, changed or
   deleted; without a host endpoint the mangle and raw tables are not even read.
 - Each apply is one ``iptables-restore --noflush`` (``ip6tables-restore``) transaction: every chain it
@@ -35,7 +35,6 @@ from collections.abc import Callable
 
 from cni_calico.policy.layout import (
     FAMILIES,
-    INPUT_CHAIN,
     OUTPUT_CHAIN,
     TABLES,
     V4,
@@ -61,7 +60,8 @@ MAXELEM = 1048576
 BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
 BUILTINS = {"filter": BUILTIN, "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
             "raw": ("PREROUTING", "OUTPUT")}
-HOST_MARKERS = (INPUT_CHAIN, OUTPUT_CHAIN)  # in the filter table: host endpoint chains may be in mangle and raw
+# In the filter table: host endpoint chains may be in mangle and raw (cali-INPUT is always there: workloads')
+HOST_MARKERS = (OUTPUT_CHAIN,)
 
 
 class PolicyError(RuntimeError):

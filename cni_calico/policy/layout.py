@@ -43,12 +43,16 @@ INPUT_CHAIN = "cali-INPUT"
 OUTPUT_CHAIN = "cali-OUTPUT"
 PREROUTING_CHAIN = "cali-PREROUTING"
 POSTROUTING_CHAIN = "cali-POSTROUTING"  # in mangle (the nat table's is cni_calico.policy.natout's)
+WL_TO_HOST = "cali-wl-to-host"  # workload -> its own host: its egress policy, then DefaultEndpointToHostAction
 TABLES = ("filter", "mangle", "raw")  # ours to program (the nat table's chains are cni_calico.policy.natout's)
 # (table, built-in chain) -> our chain its first rule jumps to, when that chain is rendered.
 HOOKS = {("filter", "FORWARD"): FORWARD_CHAIN, ("filter", "INPUT"): INPUT_CHAIN, ("filter", "OUTPUT"): OUTPUT_CHAIN,
          ("mangle", "PREROUTING"): PREROUTING_CHAIN, ("raw", "PREROUTING"): PREROUTING_CHAIN,
          ("mangle", "POSTROUTING"): POSTROUTING_CHAIN, ("raw", "OUTPUT"): OUTPUT_CHAIN}
 ND_TYPES = (133, 134, 135, 136)  # router solicitation/advertisement, neighbour solicitation/advertisement
+# What a workload may always send its host (Felix's ICMPv6Filter): multicast listener query, report and
+# done, router solicitation, neighbour solicitation and advertisement.
+WL_TO_HOST_ICMPV6 = (130, 131, 132, 133, 135, 136)
 _READABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 

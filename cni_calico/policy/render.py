@@ -40,12 +40,20 @@ already filter (Felix's rule scanner). In selector and net sets, 0.0.0.0/0 or ::
 halves (hash:net holds no /0), and a full-length network as its bare address (``set_member``: the
 kernel prints it so).
 
-Not policed (Calico's DefaultEndpointToHostAction=Return): traffic between a workload and its own node
-(INPUT, OUTPUT; neighbour discovery with the gateway is such traffic) is left to the host's own rules.
-A workload's chains hold its "normal" policies only: doNotTrack and preDNAT policies police host
-endpoints alone (as Felix). This node's host endpoints (cni_calico.policy.hostep) add chains in the
-filter, mangle and raw tables, the INPUT / OUTPUT / PREROUTING jumps and two rules of cali-FORWARD;
-without a host endpoint none of that exists and INPUT, OUTPUT, mangle and raw are never touched.
+A workload's traffic to its own node (Felix's layout, always present)::
+
+    INPUT ── first rule ──> cali-INPUT: -i cali+ -g cali-wl-to-host
+    cali-wl-to-host: [IPv6: ACCEPT ICMPv6 130-133, 135, 136]; -> cali-from-wl-dispatch (its egress
+        policy: denied is dropped there, allowed comes back); then DefaultEndpointToHostAction:
+        DROP, ACCEPT, or RETURN (to INPUT's later rules: the host's own)
+
+Felix's default is Drop; Calico's start-up writes Return into FelixConfiguration ``node.<name>``.
+Traffic from the node to its own workloads is not policed (host endpoints' cali-OUTPUT returns
+``-o cali+`` first). A workload's chains hold its "normal" policies only: doNotTrack and preDNAT
+policies police host endpoints alone (as Felix). This node's host endpoints
+(cni_calico.policy.hostep) add chains in the filter, mangle and raw tables, the rest of cali-INPUT, the
+OUTPUT / PREROUTING jumps and two rules of cali-FORWARD; without a host endpoint none of that exists
+and OUTPUT, mangle and raw are never touched.
 """
 
 from __future__ import annotations
@@ -63,12 +71,15 @@ from cni_calico.policy.layout import (
     FORWARD_CHAIN,
     FROM_WL,
     IFACE_PREFIX,
+    INPUT_CHAIN,
     MARKS,
     NAMED_PORT_SET,
     ND_TYPES,
     PASS_MARK,
     SELECTOR_SET,
     TO_WL,
+    WL_TO_HOST,
+    WL_TO_HOST_ICMPV6,
     Family,
     IpSet,
     Ruleset,
@@ -92,6 +103,7 @@ from cni_calico.policy.model import (
     named_port_protocol,
 )
 from cni_calico.selector import Selector, parse
+from cni_calico.v3 import DEFAULT_ENDPOINT_TO_HOST
 
 log = logging.getLogger(__name__)
 
@@ -359,10 +371,27 @@ def host_summary(owns: dict[str, dict[str, tuple[str, ...]]]) -> HostSummary | N
                        tuple(n for n in sorted(owns) if qualified("raw", chain_name("cali-fh-", n)) in owns[n]))
 
 
+_TO_HOST_TARGETS = {"Drop": "DROP", "Accept": "ACCEPT", "Return": "RETURN"}
+
+
+def workload_to_host_chain(version: int, to_host: str = DEFAULT_ENDPOINT_TO_HOST) -> tuple[str, ...]:
+    """cali-wl-to-host (Felix's): what a workload sends its own host meets the workload's egress policy
+    (cali-from-wl-dispatch: a denied packet is dropped there, an allowed one comes back with the accept
+    mark), then DefaultEndpointToHostAction ``to_host``: Drop, Accept, or Return (to INPUT's later rules,
+    the host's own). IPv6: multicast listener and neighbour discovery messages are accepted first."""
+    family = FAMILIES[version]
+    icmp = [f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in WL_TO_HOST_ICMPV6
+            if version == 6]
+    return (*icmp, f"-j {FROM_WL}",
+            f'-m comment --comment "Configured DefaultEndpointToHostAction" -j {_TO_HOST_TARGETS[to_host]}')
+
+
 def fixed_chains(interfaces: list[str], version: int, hosts: HostSummary | None = None,
-                 failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> dict[str, tuple[str, ...]]:
-    """The dispatch chains (by local interface, sorted) and cali-FORWARD; with host endpoints, their
-    fixed chains too (cni_calico.policy.hostep)."""
+                 failsafe: Failsafe | None = None, tunnels: Tunnels | None = None,
+                 to_host: str = DEFAULT_ENDPOINT_TO_HOST) -> dict[str, tuple[str, ...]]:
+    """The dispatch chains (by local interface, sorted), cali-FORWARD, cali-INPUT and cali-wl-to-host
+    (``to_host``: DefaultEndpointToHostAction); with host endpoints, their fixed chains too
+    (cni_calico.policy.hostep, whose cali-INPUT has the workloads' rule too)."""
     family = FAMILIES[version]
     nd = [f"-p {family.icmp} {family.icmp_match} {family.icmp_type} {t} -j ACCEPT" for t in ND_TYPES
           if version == 6]
@@ -372,6 +401,8 @@ def fixed_chains(interfaces: list[str], version: int, hosts: HostSummary | None 
         FROM_WL: (*nd, *dispatch["-i"], "-j DROP"),
         TO_WL: (*nd, *dispatch["-o"], "-j DROP"),
         FORWARD_CHAIN: (f"-j MARK --set-xmark 0x0/{MARKS:#x}", *workloads, f"{_ACCEPTED} -j ACCEPT"),
+        INPUT_CHAIN: (hostep.TO_HOST_RULE,),
+        WL_TO_HOST: workload_to_host_chain(version, to_host),
     }
     if hosts is not None:
         out[FORWARD_CHAIN] = hostep.forward_chain(workloads)
@@ -412,19 +443,22 @@ def local_endpoints(endpoints: list[Endpoint], node: str) -> list[Endpoint]:
 def render_all(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
                profiles: dict[str, Profile], versions: Iterable[int] = tuple(FAMILIES),
                tiers: dict[str, Tier] | None = None, hosts: dict[str, Endpoint] | None = None,
-               failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> dict[int, Ruleset]:
+               failsafe: Failsafe | None = None, tunnels: Tunnels | None = None,
+               to_host: str = DEFAULT_ENDPOINT_TO_HOST) -> dict[int, Ruleset]:
     """The rulesets of ``versions`` (selectors evaluated once for all)."""
     matcher = Matcher()
-    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers, hosts, failsafe, tunnels)
+    return {v: render(local, endpoints, policies, profiles, v, matcher, tiers, hosts, failsafe, tunnels, to_host)
             for v in versions}
 
 
 def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Policy],
            profiles: dict[str, Profile], version: int = 4, matcher: Matcher | None = None,
            tiers: dict[str, Tier] | None = None, hosts: dict[str, Endpoint] | None = None,
-           failsafe: Failsafe | None = None, tunnels: Tunnels | None = None) -> Ruleset:
+           failsafe: Failsafe | None = None, tunnels: Tunnels | None = None,
+           to_host: str = DEFAULT_ENDPOINT_TO_HOST) -> Ruleset:
     """``version``'s ruleset, from scratch. ``local``: this node's workload endpoints (see
     local_endpoints); ``hosts``: its host endpoints by chain name (hostep.local_host_endpoints);
+    ``to_host``: DefaultEndpointToHostAction (Drop, Accept or Return);
     ``endpoints``: the whole cluster's; all with effective labels. Only the policies and profiles
     some local endpoint uses are rendered. (cni_calico.policy.calc keeps the same result up to date
     change by change; this is its reference.)"""
@@ -454,7 +488,7 @@ def render(local: list[Endpoint], endpoints: list[Endpoint], policies: list[Poli
             if key not in chains:
                 chains[key] = rr.rules_chain(getattr(source, direction))
     summary = host_summary(owns)
-    chains.update(fixed_chains([ep.interface for ep in local], version, summary, failsafe, tunnels))
+    chains.update(fixed_chains([ep.interface for ep in local], version, summary, failsafe, tunnels, to_host))
     groups: dict[frozenset, list[Endpoint]] = {}
     for ep in endpoints:
         groups.setdefault(frozenset(ep.labels.items()), []).append(ep)

@@ -23,6 +23,7 @@ from cni_calico.policy import model
 from cni_calico.policy.calc import PolicyCalculator
 from cni_calico.policy.hostep import Failsafe, Tunnels
 from cni_calico.policy.iptables import Dataplane, ipv6_available
+from cni_calico.v3 import DEFAULT_ENDPOINT_TO_HOST
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class PolicySync:
         self.failsafe = Failsafe()
         self.tunnels = Tunnels()
         self.addresses: dict[str, frozenset[str]] = {}  # this node's interfaces' (host endpoints by expectedIPs)
-        self.calc = PolicyCalculator(nodename, self.versions, self.failsafe)
+        self.to_host = DEFAULT_ENDPOINT_TO_HOST
+        self.calc = PolicyCalculator(nodename, self.versions, self.failsafe, self.to_host)
         self.whole = True  # the next flush applies the whole state (start, resync, after a failure)
         self.updates = 0  # updates fed since start (for tests and benchmarks)
         self.last_timings: dict[str, float] = {}
@@ -55,7 +57,7 @@ class PolicySync:
     def reset(self) -> None:
         """A snapshot follows (its keys come as updates): start from nothing; the next flush makes the
         kernel hold the whole new state, diffed against what it holds now."""
-        self.calc = PolicyCalculator(self.nodename, self.versions, self.failsafe)  # the old one goes first
+        self.calc = PolicyCalculator(self.nodename, self.versions, self.failsafe, self.to_host)  # old one goes first
         self.calc.set_interface_addresses(self.addresses)
         self.calc.set_tunnels(self.tunnels)
         self.whole = True
@@ -79,6 +81,11 @@ class PolicySync:
         """The failsafe ports changed (FelixConfiguration or the environment); kept across resets."""
         self.failsafe = failsafe
         self.calc.set_failsafe(failsafe)
+
+    def set_endpoint_to_host(self, to_host: str) -> None:
+        """DefaultEndpointToHostAction changed (FelixConfiguration or the environment); kept across resets."""
+        self.to_host = to_host
+        self.calc.set_endpoint_to_host(to_host)
 
     def load(self, items: Iterable[tuple[str, dict]]) -> None:
         """`reset`, then every (key, value) of a snapshot."""

@@ -74,7 +74,9 @@ def saved(cluster: Cluster, node: str, *args: str) -> str:
 def test_a_host_endpoint_polices_its_interface_but_never_the_failsafe_ports(cluster):
     pods = setup(cluster, "10.90.0.0/16", "fd00:90::/64")
     expect(to_node1(cluster) + pod_to_pod(pods), [True] * 10)
-    assert ":cali-INPUT" not in saved(cluster, "node1")  # no host endpoint: INPUT is not ours
+    text = saved(cluster, "node1")  # no host endpoint: OUTPUT is not ours, INPUT only for the workloads
+    assert ":cali-OUTPUT" not in text and re.findall(r"-A cali-INPUT .*", text) == [
+        "-A cali-INPUT -i cali+ -g cali-wl-to-host"] * 2, text
 
     # Policy: node1's uplink admits ICMP from node2 only (and the failsafe ports, always).
     put_policy(cluster.etcd, "hep-icmp", {"selector": "hep == 'node1'", "types": ["Ingress"], "ingress": [
@@ -108,11 +110,13 @@ def test_a_host_endpoint_polices_its_interface_but_never_the_failsafe_ports(clus
     cluster.etcd.put_json(key, felix)
     expect(to_node1(cluster), [False, False, False, False, True, True], timeout=20)
 
-    # The host endpoint deleted: everything as before, and INPUT, OUTPUT, mangle and raw are ours no more.
+    # The host endpoint deleted: everything as before, and OUTPUT, mangle and raw are ours no more (INPUT
+    # keeps the workloads' rule alone).
     delete(cluster, hep)
     expect(to_node1(cluster) + pod_to_pod(pods), [True] * 10, timeout=20)
     text = saved(cluster, "node1")
-    assert not re.search(r"cali-(INPUT|OUTPUT|PREROUTING|fh-|th-|failsafe)", text), text
+    assert not re.search(r"cali-(OUTPUT|PREROUTING|fh-|th-|failsafe)", text), text
+    assert re.findall(r"-A cali-INPUT .*", text) == ["-A cali-INPUT -i cali+ -g cali-wl-to-host"] * 2, text
 
 
 def test_pre_dnat_deny_and_do_not_track_allow(cluster):

@@ -79,17 +79,18 @@ def test_a_profile_less_host_endpoint_without_policy_denies_all_but_the_failsafe
     assert rs.chains["cali-th-eth0"] == (*ct, "-j cali-failsafe-out", "-j MARK --set-xmark 0x0/0x30000", "-j DROP")
     assert rs.chains["cali-fhfw-eth0"][-2:] == ("-j MARK --set-xmark 0x10000/0x10000", "-j RETURN")  # forwarding
     assert rs.chains["cali-from-host-endpoint"] == ("-i eth0 -g cali-fh-eth0",)
-    assert rs.chains["cali-INPUT"][0] == "-i cali+ -j RETURN"  # workload traffic is its own chains'
+    assert rs.chains["cali-INPUT"][0] == "-i cali+ -g cali-wl-to-host"  # workload traffic: cali-wl-to-host's
     assert rs.chains["cali-FORWARD"][:2] == ("-j MARK --set-xmark 0x0/0x20000",
                                              "-m mark --mark 0x0/0x10000 -j cali-from-hep-forward")
     assert not any(k.startswith(("mangle:", "raw:")) and "cali-fh-" in k for k in rs.chains)  # no such policy
     assert "-I INPUT 1 " in rs.text() and "*raw" in rs.text() and "*mangle" in rs.text()
 
 
-def test_without_a_host_endpoint_nothing_but_forward_is_ours():
+def test_without_a_host_endpoint_only_forward_and_the_workloads_input_are_ours():
     rs = rendered([wep(), hep(node="n2"), hep("h2", iface="")], [gnp("p", ingress=[ALLOW])])
-    assert not any(k in rs.chains for k in ("cali-INPUT", "cali-OUTPUT", "cali-failsafe-in"))
-    assert not any(":" in k for k in rs.chains) and "*raw" not in rs.text() and "INPUT" not in rs.text()
+    assert not any(k in rs.chains for k in ("cali-OUTPUT", "cali-failsafe-in", "cali-from-host-endpoint"))
+    assert rs.chains["cali-INPUT"] == ("-i cali+ -g cali-wl-to-host",)  # workload -> own host (Felix's)
+    assert not any(":" in k for k in rs.chains) and "*raw" not in rs.text() and "OUTPUT" not in rs.text()
 
 
 def test_each_kind_of_policy_goes_to_its_table_and_workloads_get_normal_policy_only():
@@ -289,8 +290,8 @@ def test_host_endpoint_chains_come_and_go_with_their_jumps():
     dp.apply_changes(calc.take_changes(4))
     text = fake.restore()
     assert text.index("*filter") < text.index("*mangle") < text.index("*raw")
-    for line in ('-I INPUT 1 -m comment --comment "cali:calico-node policy" -j cali-INPUT',
-                 '-I OUTPUT 1 -m comment --comment "cali:calico-node policy" -j cali-OUTPUT',
+    assert "INPUT 1" not in text  # always there (the workloads' traffic to the host)
+    for line in ('-I OUTPUT 1 -m comment --comment "cali:calico-node policy" -j cali-OUTPUT',
                  '-I PREROUTING 1 -m comment --comment "cali:calico-node policy" -j cali-PREROUTING'):
         assert line in text
     assert "FORWARD 1" not in text  # already there
@@ -298,8 +299,9 @@ def test_host_endpoint_chains_come_and_go_with_their_jumps():
     fake = dp.run = Fake()
     dp.apply_changes(calc.take_changes(4))
     text = fake.restore()
-    assert '-D INPUT -m comment --comment "cali:calico-node policy" -j cali-INPUT' in text
-    assert "-X cali-INPUT" in text and "*raw" in text and "-X cali-PREROUTING" in text
+    assert '-D OUTPUT -m comment --comment "cali:calico-node policy" -j cali-OUTPUT' in text
+    assert "-X cali-OUTPUT" in text and "*raw" in text and "-X cali-PREROUTING" in text
+    assert "-D INPUT" not in text and "-X cali-INPUT" not in text  # the workloads' part stays
     assert dp.chains == calc.ruleset(4).chains
 
 
@@ -325,7 +327,7 @@ def test_a_host_endpoint_without_interface_name_goes_where_its_expected_ips_are(
     calc.set_interface_addresses(addresses)
     assert "cali-fh-eth0" in calc.ruleset(4).chains and "cali-fh-eth1" not in calc.ruleset(4).chains
     calc.update_endpoint("hostendpoint:b", None)
-    assert not calc.wants_addresses and "cali-INPUT" not in calc.ruleset(4).chains
+    assert not calc.wants_addresses and "cali-OUTPUT" not in calc.ruleset(4).chains
 
 
 def test_tunnels_between_nodes_pass_host_endpoint_policy_as_in_felix():

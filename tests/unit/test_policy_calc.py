@@ -13,7 +13,7 @@ from cni_calico.policy.calc import PolicyCalculator
 from cni_calico.policy.index import SelectorIndex
 from cni_calico.policy.layout import IpSet, qualified, split_key
 from cni_calico.selector import parse
-from tests.policy_cases import HOST_OPS, NAMED_OPS, NODE, OPS, SELECTORS, World, apply_changes
+from tests.policy_cases import HOST_OPS, NAMED_OPS, NODE, OPS, SELECTORS, TO_HOST_OPS, World, apply_changes
 
 
 @settings(max_examples=300, deadline=None)
@@ -31,6 +31,12 @@ def test_host_endpoints_and_every_kind_of_policy_leave_what_a_full_render_gives(
 @settings(max_examples=200, deadline=None)
 @given(ops=NAMED_OPS)
 def test_named_ports_of_endpoints_and_rules_leave_what_a_full_render_gives(ops):
+    check_against_render(ops)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=TO_HOST_OPS)
+def test_switching_the_endpoint_to_host_action_leaves_what_a_full_render_gives(ops):
     check_against_render(ops)
 
 

@@ -5,13 +5,16 @@ Pure. calico-node honours iptablesRefreshInterval (the drift check's interval), 
 (false: that encapsulation is never programmed, whatever the pools say; true or unset: programmed
 when a pool that selects the node needs it, as Felix), prometheusMetricsEnabled /
 prometheusMetricsPort (the metrics exporter), healthEnabled / healthHost / healthPort (the health
-endpoint) and failsafeInboundHostPorts / failsafeOutboundHostPorts (the ports no host endpoint
-policy can close: a list of {protocol: TCP|UDP|SCTP, port, net}; `[]` for none). Where calico-node's
-environment sets the same thing (FELIX_IPTABLESREFRESHINTERVAL, a log level variable,
+endpoint), failsafeInboundHostPorts / failsafeOutboundHostPorts (the ports no host endpoint
+policy can close: a list of {protocol: TCP|UDP|SCTP, port, net}; `[]` for none) and
+defaultEndpointToHostAction (Drop, Accept or Return, any case as Calico's validator: what becomes of a
+workload's traffic to its own host once its egress policy allowed it; unset: Drop, as Felix). Where
+calico-node's environment sets the same thing (FELIX_IPTABLESREFRESHINTERVAL, a log level variable,
 FELIX_PROMETHEUSMETRICS*, FELIX_HEALTH*, FELIX_FAILSAFEINBOUNDHOSTPORTS /
-FELIX_FAILSAFEOUTBOUNDHOSTPORTS) the environment wins, as Felix's does. A few fields are accepted at
-the one value that says what calico-node does anyway (Calico's start-up writes them so: see
-cni_calico.v3.FELIX_INERT); every other field is refused naming it, never stored and ignored.
+FELIX_FAILSAFEOUTBOUNDHOSTPORTS, FELIX_DEFAULTENDPOINTTOHOSTACTION) the environment wins, as Felix's
+does. A few fields are accepted at the one value that says what calico-node does anyway (Calico's
+start-up writes them so: see cni_calico.v3.FELIX_INERT); every other field is refused naming it, never
+stored and ignored.
 clientv3's defaults (cni_calico.v3.FELIX_DEFAULTS) are filled in on every write, as Calico's are.
 """
 
@@ -21,10 +24,12 @@ import re
 
 from cni_calico.resources import FieldError, Kind, Resource, register
 from cni_calico.v3 import (
+    ENDPOINT_TO_HOST_ACTIONS,
     FELIX_DEFAULTS,
     FELIX_HONOURED,
     FELIX_INERT,
     LOG_SEVERITIES,
+    endpoint_to_host_action,
     ipv4_address,
     listen_host,
     parse_duration,
@@ -66,6 +71,10 @@ def _validate(res: Resource) -> list[FieldError]:
                 proto_ports_from_config(value)
             except ValueError as exc:
                 errors.append(FieldError(f"spec.{key}", str(exc), value))
+        elif key == "defaultEndpointToHostAction":
+            if value != "" and endpoint_to_host_action(value) is None:
+                errors.append(FieldError(f"spec.{key}", f"must be one of {', '.join(ENDPOINT_TO_HOST_ACTIONS)}",
+                                         value))
         elif key == "logSeverityScreen":
             if value not in LOG_SEVERITIES:
                 errors.append(FieldError(f"spec.{key}", f"must be one of {', '.join(LOG_SEVERITIES)}", value))
