@@ -56,6 +56,7 @@ class Agent:
         self.passwords: dict = {}  # SecretRef -> password, as last rendered
         self.secret_refs: set = set()  # the secrets the rendered sessions need
         self.felix: dict[str, FelixConfiguration] = {}  # default and node.<me>, as read
+        self.felix_stale = False  # a snapshot came since self.felix was last applied
         self.refresh_interval = cfg.refresh_interval
         self.nat_address = ""  # FelixConfiguration natOutgoingAddress ("" masquerades)
         self.encapsulation: dict[str, bool | None] = {}  # FelixConfiguration ipipEnabled / vxlanEnabled
@@ -171,6 +172,7 @@ class Agent:
         self.routing = Routing()
         self.routing_dirty = True
         self.felix = {}
+        self.felix_stale = True  # applied again once the snapshot is in (see _apply_felix)
         self.locked = False  # the snapshot says it again if it is so
         if self.policy is not None:
             self.policy.reset()
@@ -211,14 +213,20 @@ class Agent:
             self.locked = locked
 
     def _felix_update(self, name: str, value: dict | None) -> None:
-        """FelixConfiguration `default` and `node.<me>` (which wins field by field): the drift check's
-        interval and the log level, unless the environment set them."""
+        """FelixConfiguration `default` and `node.<me>` (which wins field by field), applied at once
+        unless the environment set the same thing."""
         if name not in ("default", f"node.{self.cfg.nodename}"):
             return
         if value is None:
             self.felix.pop(name, None)
         else:
             self.felix[name] = FelixConfiguration.from_value(value)
+        self._apply_felix()
+
+    def _apply_felix(self) -> None:
+        """What `self.felix` says, applied (also after a fresh snapshot: one deleted meanwhile sends
+        no update, and its fields fall back to the other's or the defaults)."""
+        self.felix_stale = False
         chosen = [self.felix.get(f"node.{self.cfg.nodename}"), self.felix.get("default")]
 
         def pick(attr: str):
@@ -280,6 +288,8 @@ class Agent:
     def sync_once(self, timeout: float = 0.0) -> int:
         """Takes the changes etcd sends within `timeout` and programs them; returns how many came."""
         came = self.syncer.poll(timeout)
+        if self.felix_stale:
+            self._apply_felix()
         if self.locked:
             return came
         if self.identity_fix:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -161,3 +162,30 @@ def test_the_environment_wins_over_felix_configuration(cluster):
     stays(to_host(pods), [False] * 6)
     assert '-A cali-wl-to-host -m comment --comment "Configured DefaultEndpointToHostAction" -j DROP' in saved(
         cluster)
+
+
+def test_a_felix_configuration_deleted_while_etcd_was_away_falls_back_after_the_resync(cluster):
+    """calico-node's watch breaks (etcd restarted), node.node1 is deleted and etcd compacted meanwhile:
+    no deletion event can come, and the fresh snapshot holds no FelixConfiguration at all. calico-node
+    must apply what the snapshot says (Felix's default, Drop), not keep the deleted Return."""
+    from tests.lab import etcdctl, wait_for
+
+    add_pool(cluster.etcd, "pool4", "10.94.0.0/16", 26)
+    cluster.add_node(1)  # its start-up writes node.node1 with Return, which wins
+    rule = '-A cali-wl-to-host -m comment --comment "Configured DefaultEndpointToHostAction" -j {}'
+    wait_for(lambda: rule.format("RETURN") in saved(cluster, "-t", "filter"), 20, "Return from node.node1")
+    etcd, node = cluster.etcd, cluster.calico["node1"].proc
+    os.kill(node.pid, signal.SIGSTOP)  # it cannot see the deletion or resume before the compaction
+    try:
+        etcd.stop()
+        etcd.start()  # same data and port: calico-node's watch is broken
+        for name in ("node.node1", "default"):
+            assert calicoctl(cluster, "delete", "felixconfiguration", name).returncode == 0
+        status = json.loads(etcd.ctl("endpoint", "status", "-w", "json"))
+        etcdctl(etcd.url, "compaction", str(status[0]["Status"]["header"]["revision"]))
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    wait_for(lambda: cluster.calico["node1"].log().count("snapshot of etcd at revision") >= 2, 30,
+             "calico-node's resync")
+    wait_for(lambda: rule.format("DROP") in saved(cluster, "-t", "filter"), 30, "Felix's Drop after the resync")
+    assert cluster.calico["node1"].proc.poll() is None
