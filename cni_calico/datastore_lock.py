@@ -21,6 +21,11 @@ def locked(value: dict | None) -> bool:
     return isinstance(spec, dict) and spec.get("datastoreReady") is False
 
 
+def check_read(read: dict[str, list]) -> None:
+    """`check` on the lock as a multi-key read (Store.multi_get) that included KEY found it."""
+    check(read[KEY][0].value if read[KEY] else None)
+
+
 def check(value: dict | None) -> None:
     """Raises the CNI error when the value locks the datastore."""
     if locked(value):

@@ -263,7 +263,7 @@ def cmd_del(req: skel.Request, host: PluginHost) -> None:
     handle_key = keys.handle(handle_id(ctx.conf.name, req.container_id))
     # The endpoint, the handle, the IPAM configuration (its cooldown) and the datastore lock in one round trip.
     read = ds.multi_get([eid.key, handle_key, keys.ipam_config(), datastore_lock.KEY])
-    datastore_lock.check(read[datastore_lock.KEY][0].value if read[datastore_lock.KEY] else None)
+    datastore_lock.check_read(read)
     current = read[eid.key][0] if read[eid.key] else None
     owner = endpoints.owner(current)
 
@@ -301,7 +301,7 @@ def cmd_check(req: skel.Request, host: PluginHost) -> None:
     ds = ctx.datastore()
     eid = ctx.endpoint_id()
     read = ds.multi_get([eid.key, datastore_lock.KEY])
-    datastore_lock.check(read[datastore_lock.KEY][0].value if read[datastore_lock.KEY] else None)
+    datastore_lock.check_read(read)
     current = read[eid.key][0] if read[eid.key] else None
     if endpoints.owner(current) != req.container_id:
         raise CniError(DATAPLANE_FAILURE, f"no workload endpoint for container {req.container_id}")

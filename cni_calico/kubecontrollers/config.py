@@ -31,6 +31,7 @@ class Config:
     env: dict  # the whole environment: runconfig.merge picks Calico's variables from it
     node_grace: float = 60.0  # CALICO_NODE_DELETION_GRACE: seconds before a gone Node's clean-up
     node_period: float = 10.0  # CALICO_NODE_CHECK_PERIOD: seconds between the node controller's checks
+    log_level: str = "info"  # LOG_LEVEL over Calico's default resource: the level until `default` is read
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:
@@ -55,7 +56,8 @@ def from_env(env: dict[str, str] | None = None) -> Config:
     for name, instead in REPLACED.items():
         if env.get(name):
             raise ConfigError(f"{name} is no longer read: set {instead}")
-    merge(env, default_spec())  # a bad LOG_LEVEL, ENABLED_CONTROLLERS, …: refused now, before anything starts
+    # A bad LOG_LEVEL, ENABLED_CONTROLLERS, …: refused now, before anything starts.
+    start, _, _ = merge(env, default_spec())
     return Config(
         etcd=EtcdConf(urls, env.get("ETCD_KEY_FILE", ""), env.get("ETCD_CERT_FILE", ""),
                       env.get("ETCD_CA_CERT_FILE", "")),
@@ -63,4 +65,5 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         env=env,
         node_grace=_seconds(env, "CALICO_NODE_DELETION_GRACE", 60.0),
         node_period=_seconds(env, "CALICO_NODE_CHECK_PERIOD", 10.0),
+        log_level=start.log_level,
     )

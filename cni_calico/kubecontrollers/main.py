@@ -194,13 +194,12 @@ def main(argv: list[str]) -> int:
     from cni_calico.kubecontrollers import settings
     from cni_calico.kubecontrollers.client import KubeApi
     from cni_calico.kubecontrollers.config import ConfigError, from_env
-    from cni_calico.kubecontrollers.runconfig import default_spec, merge
     from cni_calico.logsetup import setup_stderr
 
     try:  # a bad setting or unusable credentials: say which, and stop before starting anything
         setup_stderr("info")
         cfg = from_env()
-        setup_stderr(merge(cfg.env, default_spec())[0].log_level)
+        setup_stderr(cfg.log_level)
         api = KubeApi(load_access(cfg.kubeconfig))
     except (ConfigError, KubeError) as exc:
         sys.stderr.write(f"calico-kube-controllers: {exc}\n")

@@ -21,13 +21,14 @@ import os
 import socket
 import struct
 
+from cni_calico.policy.layout import NAMED_PORT_PROTOCOLS
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_IPSET = 6
 IPSET_CMD_ADD, IPSET_CMD_DEL = 9, 10
 IPSET_PROTOCOL = 6
 ATTR_PROTOCOL, ATTR_SETNAME, ATTR_DATA = 1, 2, 7
 ATTR_IP, ATTR_CIDR, ATTR_PORT, ATTR_PROTO, ATTR_IPADDR_IPV4, ATTR_IPADDR_IPV6 = 1, 3, 4, 7, 1, 2
-PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}  # a hash:ip,port member's protocols (as Felix's)
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
@@ -70,7 +71,7 @@ class MemberSocket:
         if port:
             protocol, _, number = port.partition(":")
             data += _attr(ATTR_PORT | NLA_F_NET_BYTEORDER, struct.pack(">H", int(number)))
-            data += _attr(ATTR_PROTO, bytes([PROTOCOL_NUMBERS[protocol]]))
+            data += _attr(ATTR_PROTO, bytes([NAMED_PORT_PROTOCOLS[protocol]]))
         body = NFGEN.pack(family, 0, 0) + _attr(ATTR_PROTOCOL, bytes([IPSET_PROTOCOL]))
         body += _attr(ATTR_SETNAME, set_name.encode() + b"\0")
         body += _attr(ATTR_DATA | NLA_F_NESTED, data)

@@ -149,6 +149,7 @@ def chain_name(prefix: str, name: str) -> str:
 
 SELECTOR_SET = "hash:net"  # as Felix: a selector matches endpoints' addresses and network sets' CIDRs
 NAMED_PORT_SET = "hash:ip,port"  # as Felix: members "<address>,<proto>:<port>"
+NAMED_PORT_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}  # a named-port member's protocols (Felix's ipsetmember)
 
 
 def set_name(kind: str, key: str, version: int = 4) -> str:

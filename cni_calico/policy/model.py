@@ -31,7 +31,7 @@ import socket
 from dataclasses import dataclass, field
 from sys import intern
 
-from cni_calico.policy.layout import set_member
+from cni_calico.policy.layout import NAMED_PORT_PROTOCOLS, set_member
 from cni_calico.policy.scope import (
     NAMESPACE_LABEL,
     NS_NAME_LABEL,
@@ -201,8 +201,8 @@ def _ports(values: object) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
     return tuple(out), tuple(dict.fromkeys(named)), dropped
 
 
-# Felix's named-port protocols (ipsetmember.Protocol): a rule's protocol picks the set's, "any" for none.
-_PORT_PROTOCOL_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132"}
+# Felix's named-port protocols (ipsetmember.Protocol) as rules spell them: by name or by number.
+_PORT_PROTOCOL_NUMBERS = {name: str(number) for name, number in NAMED_PORT_PROTOCOLS.items()}
 
 
 def named_port_protocol(protocol: str) -> str:

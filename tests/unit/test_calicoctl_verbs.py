@@ -7,10 +7,11 @@ import pytest
 
 from cni_calico.ctl import CommandError
 from cni_calico.ctl.ipam_split import split_cidr
-from cni_calico.ctl.kinds.kubecontrollers import KUBECONTROLLERSCONFIGURATION, go_duration
+from cni_calico.ctl.kinds.kubecontrollers import KUBECONTROLLERSCONFIGURATION
 from cni_calico.ctl.patch import PatchError, json_patch, merge_patch
 from cni_calico.ctl.templates import TemplateError, execute
 from cni_calico.resources import Resource, ValidationError, validate
+from cni_calico.v3 import go_duration
 
 POOL = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
         "metadata": {"name": "p1", "labels": {"b": "2", "a": "1"}},

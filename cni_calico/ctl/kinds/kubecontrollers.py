@@ -21,8 +21,6 @@ from cni_calico.ctl.kinds import fields
 from cni_calico.resources import FieldError, Kind, Resource, register, selector_errors
 from cni_calico.v3 import go_duration, parse_duration
 
-__all__ = ["KUBECONTROLLERSCONFIGURATION", "go_duration"]
-
 MODES = ("Enabled", "Disabled")
 LOG_LEVELS = ("None", "Debug", "Info", "Warning", "Error", "Fatal", "Panic")  # logrus' levels, as Calico's
 ASSIGN_IPS = ("AllServices", "RequestedServicesOnly")
